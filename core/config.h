@@ -1,0 +1,129 @@
+/* config.h - the gateway's YAML configuration (libyaml), loaded into one immutable struct.
+ *
+ * Every unknown key and bad value is an error that names file:line:column. Secrets are
+ * never stored here as values read from the YAML file itself unless the operator wrote
+ * them inline; *_env / *_file name where they come from and config_resolve_secret reads
+ * them. Strings are owned by the config (freed by config_free).
+ */
+#ifndef PENSTOCK_CONFIG_H
+#define PENSTOCK_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define CONFIG_ERR_MAX 512
+
+struct config_addr {
+	char host[64]; /* numeric IPv4 or IPv6 literal, or "localhost" */
+	uint16_t port;
+};
+
+struct config_secret {
+	char *env;   /* environment variable name, or NULL */
+	char *file;  /* path to a file holding the secret (trailing newline trimmed), or NULL */
+	char *value; /* inline value (discouraged; logged as a warning), or NULL */
+};
+
+enum provider_kind { PROVIDER_OPENAI, PROVIDER_ANTHROPIC, PROVIDER_OPENAI_COMPAT };
+
+struct config_provider {
+	char *name;
+	enum provider_kind kind;
+	char *base_url;          /* as written, e.g. http://127.0.0.1:9000 or https://api.openai.com */
+	bool tls;                /* scheme is https */
+	char *host;              /* parsed from base_url */
+	uint16_t port;           /* parsed (default 80/443) */
+	char *path_prefix;       /* path part of base_url without trailing '/', "" if none */
+	struct config_secret api_key;
+};
+
+struct config_target {
+	char *provider; /* name of a config_provider */
+	char *model;    /* upstream model name */
+	unsigned weight;
+};
+
+struct config_model {
+	char *name;
+	double input_per_mtok, output_per_mtok; /* USD per million tokens */
+	char *routing; /* weighted | latency | cost | priority (default weighted) */
+	struct config_target *targets;
+	size_t ntargets;
+	char **fallback;
+	size_t nfallback;
+	uint32_t context_window; /* tokens; 0 = not given */
+	uint32_t max_tokens;     /* largest completion to allow; 0 = not given */
+};
+
+struct config_team {
+	char *name;
+	char **models;
+	size_t nmodels;
+	uint64_t rpm, tpm;     /* 0 = unlimited */
+	double budget_usd;     /* 0 = none */
+	char *budget_period;   /* daily | weekly | monthly | total (default monthly) */
+};
+
+struct config_key {
+	char *name;
+	char *team;
+	struct config_secret key;
+};
+
+struct config_timeouts { /* milliseconds */
+	uint32_t header_read;       /* default 10000 */
+	uint32_t body_read;         /* default 30000 */
+	uint32_t idle;              /* keep-alive idle, default 60000 */
+	uint32_t upstream_connect;  /* default 5000 */
+	uint32_t upstream_first_byte; /* default 120000 */
+	uint32_t upstream_idle;     /* between bytes of a response, default 120000 */
+	uint32_t shutdown_grace;    /* finish in-flight on SIGTERM, default 30000 */
+};
+
+struct config_limits {
+	uint32_t max_header_bytes;  /* default 16384 */
+	uint32_t max_headers;       /* default 100 */
+	uint64_t max_body_bytes;    /* default 8 MiB */
+	uint32_t max_connections;   /* per worker, default 16384 */
+};
+
+struct config {
+	char *path; /* file it was loaded from, or "<embedded>" */
+	struct config_addr listen;    /* default 127.0.0.1:8080 */
+	struct config_addr admin_listen; /* default 127.0.0.1:8081 */
+	struct config_secret admin_token;
+	unsigned workers;             /* 0 = auto (one per online core) */
+	char *data_dir;               /* default /var/lib/penstock */
+	char *log_level;              /* debug | info | warn | error (default info) */
+	struct config_timeouts timeouts;
+	struct config_limits limits;
+	struct config_provider *providers;
+	size_t nproviders;
+	struct config_model *models;
+	size_t nmodels;
+	struct config_team *teams;
+	size_t nteams;
+	struct config_key *keys;
+	size_t nkeys;
+	/* durability batch | strict (default batch); retention_days default 90, 0 = forever */
+	struct { char *durability; uint32_t retention_days; } audit;
+};
+
+/* Load and validate. On error returns -1 and writes "file:line:col: message" to err.
+ * The config is zeroed first; on error nothing needs freeing. */
+int config_load_file(const char *path, struct config *cfg, char *err, size_t errlen);
+/* Same, from a string in memory; name is used in error messages. */
+int config_load_string(const char *yaml, size_t len, const char *name, struct config *cfg,
+		       char *err, size_t errlen);
+void config_free(struct config *cfg);
+
+/* Read a secret from env, file or inline value into a new malloc'd string.
+ * Returns NULL (and err filled) when it names an env var that is unset/empty or a file
+ * that can't be read. A secret with no source at all returns NULL with err[0] == 0. */
+char *config_resolve_secret(const struct config_secret *s, char *err, size_t errlen);
+
+const struct config_provider *config_find_provider(const struct config *cfg, const char *name);
+const struct config_model *config_find_model(const struct config *cfg, const char *name);
+
+#endif

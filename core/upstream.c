@@ -1,0 +1,617 @@
+/* upstream.c - per-worker keep-alive connection pools and the HTTP/1.1 client call. */
+#include "upstream.h"
+
+#include <errno.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "log.h"
+
+#define UP_MAX_HEAD 65536
+#define UP_MAX_HEADERS 100
+
+struct upstream_pool {
+	struct worker *w;
+	char *host;
+	uint16_t port;
+	struct sockaddr_storage addr;
+	socklen_t addrlen;
+	struct upconn *idle; /* LIFO: the most recently used connection is warmest */
+	unsigned nidle, nconns;
+	uint64_t opened;
+	bool freeing;
+};
+
+struct upconn {
+	struct ev ev_connect, ev_send, ev_recv;
+	struct timer timer;
+	struct upstream_pool *pool;
+	struct upconn *idle_prev, *idle_next;
+	struct upstream_call *call;
+	int fd;
+	unsigned refs;
+	bool closing, recv_armed, in_pool, reused, any_byte, head_done, body_done;
+	bool paused;
+
+	/* send progress */
+	struct iovec iov[8];
+	struct msghdr msg;
+	size_t send_off, send_total;
+
+	/* response */
+	char *head;
+	size_t head_len, head_cap;
+	struct http1_response res;
+	struct http1_header hdrs[UP_MAX_HEADERS];
+	uint64_t body_left;
+	struct http1_chunked chunked;
+
+	/* a receive buffer whose processing was paused by the consumer */
+	uint16_t pbid;
+	size_t poff, plen;
+};
+
+static const struct http1_limits up_limits = {
+	.max_header_bytes = UP_MAX_HEAD, .max_headers = UP_MAX_HEADERS, .max_body_bytes = 0,
+};
+
+const char *upstream_error_text(enum upstream_error e)
+{
+	switch (e) {
+	case UP_E_CONNECT: return "upstream refused the connection";
+	case UP_E_CONNECT_TIMEOUT: return "upstream connect timed out";
+	case UP_E_FIRST_BYTE_TIMEOUT: return "upstream did not answer in time";
+	case UP_E_IDLE_TIMEOUT: return "upstream response stalled";
+	case UP_E_RESET: return "upstream closed the connection";
+	case UP_E_PROTOCOL: return "upstream sent a malformed response";
+	case UP_E_RESOURCES: return "gateway out of resources";
+	}
+	return "upstream error";
+}
+
+/* ---------------------------------------------------------------- pool */
+
+struct upstream_pool *upstream_pool_new(struct worker *w, const char *host, uint16_t port)
+{
+	struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM };
+	struct addrinfo *ai;
+	char portstr[8];
+	snprintf(portstr, sizeof(portstr), "%u", port);
+	/* Resolved once when the worker starts; see docs for DNS changes. */
+	int rc = getaddrinfo(host, portstr, &hints, &ai);
+	if (rc) {
+		log_error("upstream %s:%u: %s", host, port, gai_strerror(rc));
+		return NULL;
+	}
+	struct upstream_pool *p = calloc(1, sizeof(*p));
+	if (!p) {
+		freeaddrinfo(ai);
+		return NULL;
+	}
+	p->w = w;
+	p->host = strdup(host);
+	p->port = port;
+	memcpy(&p->addr, ai->ai_addr, ai->ai_addrlen);
+	p->addrlen = ai->ai_addrlen;
+	freeaddrinfo(ai);
+	return p;
+}
+
+unsigned upstream_pool_idle_count(const struct upstream_pool *p) { return p->nidle; }
+uint64_t upstream_pool_opened(const struct upstream_pool *p) { return p->opened; }
+
+static void pool_maybe_free(struct upstream_pool *p)
+{
+	if (p->freeing && p->nconns == 0) {
+		free(p->host);
+		free(p);
+	}
+}
+
+static void pool_unlink(struct upconn *u)
+{
+	struct upstream_pool *p = u->pool;
+	if (!u->in_pool)
+		return;
+	if (u->idle_prev)
+		u->idle_prev->idle_next = u->idle_next;
+	else
+		p->idle = u->idle_next;
+	if (u->idle_next)
+		u->idle_next->idle_prev = u->idle_prev;
+	u->idle_prev = u->idle_next = NULL;
+	u->in_pool = false;
+	p->nidle--;
+}
+
+/* ---------------------------------------------------------------- connections */
+
+static void up_recv_arm(struct upconn *u);
+static void up_close(struct upconn *u);
+static void up_process(struct upconn *u, uint16_t bid, size_t off, size_t len);
+
+static void up_unref(struct upconn *u)
+{
+	if (--u->refs || !u->closing)
+		return;
+	struct upstream_pool *p = u->pool;
+	close(u->fd);
+	free(u->head);
+	worker_release(p->w);
+	p->nconns--;
+	free(u);
+	pool_maybe_free(p);
+}
+
+static void up_close(struct upconn *u)
+{
+	if (u->closing)
+		return;
+	u->closing = true;
+	timer_disarm(&u->timer);
+	pool_unlink(u);
+	if (u->paused) {
+		worker_buffer_unref(u->pool->w, u->pbid);
+		u->paused = false;
+	}
+	/* Cancel whatever is in flight on the socket (a connect is not woken by shutdown). */
+	struct io_uring_sqe *sqe = worker_sqe(u->pool->w);
+	io_uring_prep_cancel_fd(sqe, u->fd, IORING_ASYNC_CANCEL_ALL);
+	io_uring_sqe_set_data(sqe, NULL);
+	shutdown(u->fd, SHUT_RDWR);
+	u->refs++;
+	up_unref(u);
+}
+
+static void call_fail(struct upconn *u, enum upstream_error err)
+{
+	struct upstream_call *call = u->call;
+	u->call = NULL;
+	up_close(u);
+	if (!call)
+		return;
+	call->conn = NULL;
+	call->active = false;
+	call->cb->on_error(call->arg, err, call->head_seen);
+}
+
+static void up_start(struct upstream_call *call, bool fresh);
+
+/* A reused connection died before answering: the upstream closed it while idle. */
+static bool call_retry(struct upconn *u)
+{
+	struct upstream_call *call = u->call;
+	if (!call || !u->reused || u->any_byte || call->retried)
+		return false;
+	call->retried = true;
+	u->call = NULL;
+	up_close(u);
+	up_start(call, true);
+	return true;
+}
+
+static void up_timer_fired(struct worker *w, struct timer *t)
+{
+	struct upconn *u = (struct upconn *)((char *)t - offsetof(struct upconn, timer));
+	if (!u->call) { /* idle in the pool too long */
+		up_close(u);
+		return;
+	}
+	enum upstream_error err = !u->send_total ? UP_E_CONNECT_TIMEOUT
+				  : !u->any_byte ? UP_E_FIRST_BYTE_TIMEOUT : UP_E_IDLE_TIMEOUT;
+	log_debug("upstream %s:%u: %s", u->pool->host, u->pool->port, upstream_error_text(err));
+	call_fail(u, err);
+}
+
+static void up_release_to_pool(struct upconn *u)
+{
+	struct upstream_pool *p = u->pool;
+	u->call = NULL;
+	if (p->freeing || !u->res.keep_alive || worker_stopping(p->w)) {
+		up_close(u);
+		return;
+	}
+	u->any_byte = u->head_done = u->body_done = false;
+	u->head_len = 0;
+	u->send_total = u->send_off = 0;
+	memset(&u->chunked, 0, sizeof(u->chunked));
+	u->reused = true;
+	u->in_pool = true;
+	u->idle_prev = NULL;
+	u->idle_next = p->idle;
+	if (p->idle)
+		p->idle->idle_prev = u;
+	p->idle = u;
+	p->nidle++;
+	timer_arm(p->w, TQ_POOL_IDLE, &u->timer);
+	/* Keep a receive armed: it tells us at once when the upstream closes. */
+	if (!u->recv_armed)
+		up_recv_arm(u);
+}
+
+static void up_send(struct upconn *u)
+{
+	unsigned n = 0;
+	size_t skip = u->send_off;
+	for (unsigned i = 0; i < u->call->niov && n < 8; i++) {
+		const struct iovec *v = &u->call->iov[i];
+		if (v->iov_len <= skip) {
+			skip -= v->iov_len;
+			continue;
+		}
+		u->iov[n].iov_base = (char *)v->iov_base + skip;
+		u->iov[n].iov_len = v->iov_len - skip;
+		skip = 0;
+		n++;
+	}
+	memset(&u->msg, 0, sizeof(u->msg));
+	u->msg.msg_iov = u->iov;
+	u->msg.msg_iovlen = n;
+	struct io_uring_sqe *sqe = worker_sqe(u->pool->w);
+	io_uring_prep_sendmsg(sqe, u->fd, &u->msg, MSG_NOSIGNAL);
+	io_uring_sqe_set_data(sqe, &u->ev_send);
+	u->refs++;
+}
+
+static void up_send_done(struct worker *w, struct ev *ev, struct io_uring_cqe *cqe)
+{
+	struct upconn *u = (struct upconn *)((char *)ev - offsetof(struct upconn, ev_send));
+	u->refs--;
+	if (u->closing || !u->call) {
+		u->refs++;
+		up_unref(u);
+		return;
+	}
+	if (cqe->res < 0) {
+		if (!call_retry(u))
+			call_fail(u, UP_E_RESET);
+		return;
+	}
+	u->send_off += (size_t)cqe->res;
+	if (u->send_off < u->send_total) {
+		up_send(u);
+		return;
+	}
+	if (!u->any_byte)
+		timer_arm(w, TQ_UP_FIRST_BYTE, &u->timer);
+}
+
+static void up_begin_request(struct upconn *u)
+{
+	struct upstream_call *call = u->call;
+	u->send_total = 0;
+	for (unsigned i = 0; i < call->niov; i++)
+		u->send_total += call->iov[i].iov_len;
+	u->send_off = 0;
+	up_send(u);
+	if (!u->recv_armed)
+		up_recv_arm(u);
+}
+
+static void up_connect_done(struct worker *w, struct ev *ev, struct io_uring_cqe *cqe)
+{
+	struct upconn *u = (struct upconn *)((char *)ev - offsetof(struct upconn, ev_connect));
+	u->refs--;
+	if (u->closing || !u->call) {
+		u->refs++;
+		up_unref(u);
+		if (!u->closing)
+			up_close(u);
+		return;
+	}
+	timer_disarm(&u->timer);
+	if (cqe->res < 0) {
+		log_debug("upstream %s:%u: connect: %s", u->pool->host, u->pool->port,
+			  strerror(-cqe->res));
+		call_fail(u, UP_E_CONNECT);
+		return;
+	}
+	up_begin_request(u);
+}
+
+static void up_recv_done(struct worker *w, struct ev *ev, struct io_uring_cqe *cqe)
+{
+	struct upconn *u = (struct upconn *)((char *)ev - offsetof(struct upconn, ev_recv));
+	u->recv_armed = false;
+	u->refs--;
+	int bid = -1;
+	if (cqe->flags & IORING_CQE_F_BUFFER) {
+		bid = (uint16_t)(cqe->flags >> IORING_CQE_BUFFER_SHIFT);
+		worker_buffer_ref(w, (uint16_t)bid);
+	}
+	if (u->closing || (!u->call && cqe->res != -ENOBUFS)) {
+		/* Closed, or bytes/EOF on an idle pooled connection: it is done either way. */
+		if (bid >= 0)
+			worker_buffer_unref(w, (uint16_t)bid);
+		u->refs++;
+		up_unref(u);
+		if (!u->closing)
+			up_close(u);
+		return;
+	}
+	if (cqe->res == -ENOBUFS) {
+		up_recv_arm(u); /* the ring is refilled as clients drain; try again */
+		return;
+	}
+	if (cqe->res <= 0) {
+		if (bid >= 0)
+			worker_buffer_unref(w, (uint16_t)bid);
+		if (cqe->res == 0 && u->head_done && u->res.body == HTTP1_BODY_CLOSE) {
+			struct upstream_call *call = u->call;
+			u->call = NULL;
+			up_close(u);
+			call->conn = NULL;
+			call->active = false;
+			call->cb->on_end(call->arg);
+			return;
+		}
+		if (!call_retry(u))
+			call_fail(u, UP_E_RESET);
+		return;
+	}
+	u->any_byte = true;
+	timer_arm(w, TQ_UP_IDLE, &u->timer);
+	up_process(u, (uint16_t)bid, 0, (size_t)cqe->res);
+}
+
+static void up_recv_arm(struct upconn *u)
+{
+	struct io_uring_sqe *sqe = worker_sqe(u->pool->w);
+	io_uring_prep_recv(sqe, u->fd, NULL, 0, 0);
+	sqe->flags |= IOSQE_BUFFER_SELECT;
+	sqe->buf_group = (uint16_t)worker_buffer_group(u->pool->w);
+	io_uring_sqe_set_data(sqe, &u->ev_recv);
+	u->recv_armed = true;
+	u->refs++;
+}
+
+/* The response ended: hand it to the caller and recycle the connection. */
+static void up_response_done(struct upconn *u)
+{
+	struct upstream_call *call = u->call;
+	call->conn = NULL;
+	call->active = false;
+	up_release_to_pool(u);
+	call->cb->on_end(call->arg);
+}
+
+/* Gather bytes of a head that spans receive buffers. */
+static bool up_gather(struct upconn *u, const char *p, size_t len)
+{
+	if (u->head_len + len > UP_MAX_HEAD + 16384)
+		return false;
+	if (u->head_len + len > u->head_cap) {
+		size_t cap = u->head_len + len < 4096 ? 4096 : u->head_len + len;
+		char *nh = realloc(u->head, cap);
+		if (!nh)
+			return false;
+		u->head = nh;
+		u->head_cap = cap;
+	}
+	memcpy(u->head + u->head_len, p, len);
+	u->head_len += len;
+	return true;
+}
+
+/* Parse the response head from p[0..len) after any bytes gathered before. Returns how
+ * many bytes of p the head used (the body starts there), or -1: need more bytes, or
+ * the call failed. Interim (1xx) responses are skipped. The head's slices stay valid
+ * until the next receive (they point into p or into the gathered buffer). */
+static long up_parse_head(struct upconn *u, const char *p, size_t len)
+{
+	size_t used = 0;
+	for (;;) {
+		size_t prior = u->head_len;
+		const char *buf = p + used;
+		size_t blen = len - used;
+		if (prior) {
+			if (!up_gather(u, p + used, len - used)) {
+				call_fail(u, UP_E_PROTOCOL);
+				return -1;
+			}
+			buf = u->head;
+			blen = u->head_len;
+		}
+		int r = http1_parse_response(buf, blen, &up_limits, false, &u->res, u->hdrs,
+					     UP_MAX_HEADERS);
+		if (r == HTTP1_INCOMPLETE) {
+			if (!prior && !up_gather(u, buf, blen))
+				call_fail(u, UP_E_PROTOCOL);
+			return -1;
+		}
+		if (r < 0) {
+			call_fail(u, UP_E_PROTOCOL);
+			return -1;
+		}
+		/* A head never ends inside bytes gathered earlier: those were incomplete. */
+		used += (size_t)r - prior;
+		if (u->res.status >= 200) {
+			u->head_done = true;
+			u->call->head_seen = true;
+			return (long)used;
+		}
+		u->head_len = 0; /* interim response: parse what follows it */
+	}
+}
+
+static void up_process(struct upconn *u, uint16_t bid, size_t off, size_t len)
+{
+	struct worker *w = u->pool->w;
+	const char *base = worker_buffer(w, bid);
+	const char *p = base + off;
+
+	if (!u->head_done) {
+		long body_off = up_parse_head(u, p, len);
+		if (body_off < 0) {
+			worker_buffer_unref(w, bid);
+			return;
+		}
+		/* If the head was gathered, body bytes are still those at the tail of p. */
+		off += (size_t)body_off;
+		len -= (size_t)body_off;
+		p = base + off;
+		u->body_left = u->res.body == HTTP1_BODY_LENGTH ? u->res.content_length : 0;
+		struct upstream_call *call = u->call;
+		call->cb->on_head(call->arg, &u->res);
+		if (!u->call || u->closing) { /* cancelled from on_head */
+			worker_buffer_unref(w, bid);
+			return;
+		}
+		if (u->res.body == HTTP1_BODY_NONE ||
+		    (u->res.body == HTTP1_BODY_LENGTH && u->body_left == 0)) {
+			worker_buffer_unref(w, bid);
+			up_response_done(u);
+			return;
+		}
+	}
+
+	while (len) {
+		struct slice data = { 0 };
+		size_t used = 0;
+		bool end = false;
+		switch (u->res.body) {
+		case HTTP1_BODY_LENGTH:
+			used = len < u->body_left ? len : (size_t)u->body_left;
+			data = (struct slice){ p, used };
+			u->body_left -= used;
+			end = u->body_left == 0;
+			break;
+		case HTTP1_BODY_CHUNKED: {
+			int r = http1_chunked_next(&u->chunked, p, len, &used, &data);
+			if (r < 0) {
+				worker_buffer_unref(w, bid);
+				call_fail(u, UP_E_PROTOCOL);
+				return;
+			}
+			if (r != HTTP1_CHUNK_DATA)
+				data.n = 0;
+			end = r == HTTP1_CHUNK_DONE;
+			break;
+		}
+		default:
+			used = len;
+			data = (struct slice){ p, len };
+			break;
+		}
+		p += used;
+		off += used;
+		len -= used;
+		bool go_on = true;
+		if (data.n) {
+			worker_buffer_ref(w, bid);
+			go_on = u->call->cb->on_data(u->call->arg, data, bid);
+			if (!u->call || u->closing) {
+				worker_buffer_unref(w, bid);
+				return;
+			}
+		}
+		if (end) {
+			worker_buffer_unref(w, bid);
+			if (len) /* bytes after the response: the upstream is confused */
+				u->res.keep_alive = false;
+			up_response_done(u);
+			return;
+		}
+		if (!go_on) {
+			u->paused = true;
+			u->pbid = bid;
+			u->poff = off;
+			u->plen = len;
+			timer_disarm(&u->timer); /* the client is slow, not the upstream */
+			return;
+		}
+	}
+	worker_buffer_unref(w, bid);
+	if (!u->recv_armed)
+		up_recv_arm(u);
+}
+
+void upstream_resume(struct upstream_call *call)
+{
+	struct upconn *u = call->conn;
+	if (!u || !u->paused)
+		return;
+	u->paused = false;
+	timer_arm(u->pool->w, TQ_UP_IDLE, &u->timer);
+	up_process(u, u->pbid, u->poff, u->plen);
+}
+
+static void up_start(struct upstream_call *call, bool fresh)
+{
+	struct upstream_pool *p = call->pool;
+	struct worker *w = p->w;
+	struct upconn *u = fresh ? NULL : p->idle;
+	if (u) {
+		pool_unlink(u);
+		timer_disarm(&u->timer);
+		u->call = call;
+		call->conn = u;
+		up_begin_request(u);
+		return;
+	}
+	u = calloc(1, sizeof(*u));
+	int fd = u ? socket(p->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0) : -1;
+	if (fd < 0) {
+		free(u);
+		call->active = false;
+		call->cb->on_error(call->arg, UP_E_RESOURCES, false);
+		return;
+	}
+	int one = 1;
+	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	u->fd = fd;
+	u->pool = p;
+	u->ev_connect.fn = up_connect_done;
+	u->ev_send.fn = up_send_done;
+	u->ev_recv.fn = up_recv_done;
+	u->timer.fn = up_timer_fired;
+	u->call = call;
+	call->conn = u;
+	p->nconns++;
+	p->opened++;
+	worker_hold(w);
+	struct io_uring_sqe *sqe = worker_sqe(w);
+	io_uring_prep_connect(sqe, fd, (struct sockaddr *)&p->addr, p->addrlen);
+	io_uring_sqe_set_data(sqe, &u->ev_connect);
+	u->refs++;
+	timer_arm(w, TQ_UP_CONNECT, &u->timer);
+}
+
+void upstream_call_start(struct upstream_call *call, struct upstream_pool *p,
+			 const struct iovec *iov, unsigned niov,
+			 const struct upstream_callbacks *cb, void *arg)
+{
+	*call = (struct upstream_call){ .pool = p, .iov = iov, .niov = niov, .cb = cb, .arg = arg,
+					.active = true };
+	up_start(call, false);
+}
+
+void upstream_cancel(struct upstream_call *call)
+{
+	struct upconn *u = call->conn;
+	call->active = false;
+	call->conn = NULL;
+	if (!u)
+		return;
+	u->call = NULL;
+	up_close(u);
+}
+
+void upstream_pool_close_idle(struct upstream_pool *p)
+{
+	while (p->idle)
+		up_close(p->idle);
+}
+
+void upstream_pool_free(struct upstream_pool *p)
+{
+	p->freeing = true;
+	upstream_pool_close_idle(p);
+	pool_maybe_free(p);
+}

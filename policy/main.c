@@ -1,0 +1,155 @@
+/* main.c - the penstock daemon: load the config, start the workers, wait for signals. */
+#include <getopt.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/config.h"
+#include "core/engine.h"
+#include "core/log.h"
+#include "pipeline.h"
+
+#define DEFAULT_CONFIG "/etc/penstock/penstock.yaml"
+
+/* The demo: the bundled mock provider on 127.0.0.1:9090 (tools/run starts it) and a
+ * client key from PENSTOCK_DEMO_KEY. */
+static const char demo_config[] =
+	"listen: 127.0.0.1:8080\n"
+	"workers: auto\n"
+	"data_dir: /tmp/penstock-demo\n"
+	"providers:\n"
+	"  - { name: mock, kind: openai-compatible, base_url: http://127.0.0.1:9090 }\n"
+	"models:\n"
+	"  - { name: gpt-4o-mini, price: { input_per_mtok: 0.15, output_per_mtok: 0.60 },\n"
+	"      targets: [ { provider: mock, model: gpt-4o-mini } ] }\n"
+	"  - { name: gpt-4o, price: { input_per_mtok: 2.50, output_per_mtok: 10.00 },\n"
+	"      targets: [ { provider: mock, model: gpt-4o } ] }\n"
+	"keys:\n"
+	"  - { name: demo, key_env: PENSTOCK_DEMO_KEY }\n";
+
+static void usage(FILE *f)
+{
+	fprintf(f,
+		"usage: penstock [--config FILE]      run the gateway (default " DEFAULT_CONFIG ")\n"
+		"       penstock --demo               run the built-in demo config (mock provider)\n"
+		"       penstock --check-config FILE  validate a config file and exit\n"
+		"       penstock --version\n");
+}
+
+static int load(const char *path, bool demo, struct config *cfg)
+{
+	char err[CONFIG_ERR_MAX];
+	int rc = demo ? config_load_string(demo_config, sizeof(demo_config) - 1, "<demo>", cfg, err,
+					   sizeof(err))
+		      : config_load_file(path, cfg, err, sizeof(err));
+	if (rc)
+		fprintf(stderr, "penstock: %s\n", err);
+	return rc;
+}
+
+int main(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{ "config", required_argument, NULL, 'c' },
+		{ "check-config", required_argument, NULL, 'C' },
+		{ "demo", no_argument, NULL, 'd' },
+		{ "version", no_argument, NULL, 'V' },
+		{ "help", no_argument, NULL, 'h' },
+		{ 0 },
+	};
+	const char *path = DEFAULT_CONFIG;
+	bool demo = false, check = false;
+	int c;
+	while ((c = getopt_long(argc, argv, "c:h", opts, NULL)) != -1) {
+		switch (c) {
+		case 'c': path = optarg; break;
+		case 'C': path = optarg; check = true; break;
+		case 'd': demo = true; break;
+		case 'V': puts("penstock " PENSTOCK_VERSION); return 0;
+		case 'h': usage(stdout); return 0;
+		default: usage(stderr); return 2;
+		}
+	}
+	if (optind < argc) {
+		usage(stderr);
+		return 2;
+	}
+
+	struct config cfg;
+	if (load(path, demo, &cfg))
+		return 1;
+	char err[512] = "";
+	struct pipeline *pl = pipeline_new(&cfg, err, sizeof(err));
+	if (check) {
+		if (!pl) {
+			fprintf(stderr, "penstock: %s: %s\n", path, err);
+			config_free(&cfg);
+			return 1;
+		}
+		printf("%s: ok (%zu providers, %zu models, %zu keys)\n", path, cfg.nproviders,
+		       cfg.nmodels, cfg.nkeys);
+		pipeline_free(pl);
+		config_free(&cfg);
+		return 0;
+	}
+	if (!pl) {
+		fprintf(stderr, "penstock: %s\n", err);
+		config_free(&cfg);
+		return 1;
+	}
+	int level = log_level_parse(cfg.log_level ? cfg.log_level : "info");
+	if (level >= 0)
+		log_min_level = (enum log_level)level;
+	log_info("penstock %s starting (config %s)", PENSTOCK_VERSION, demo ? "<demo>" : path);
+	http1_init();
+
+	/* Workers inherit this mask: signals are taken here, by sigwait, only. */
+	sigset_t set;
+	sigemptyset(&set);
+	sigaddset(&set, SIGTERM);
+	sigaddset(&set, SIGINT);
+	sigaddset(&set, SIGHUP);
+	pthread_sigmask(SIG_BLOCK, &set, NULL);
+	signal(SIGPIPE, SIG_IGN);
+
+	const struct config_timeouts *t = &cfg.timeouts;
+	struct engine_options opt = {
+		.host = cfg.listen.host,
+		.port = cfg.listen.port,
+		.workers = cfg.workers,
+		.pin = true,
+		.limits = { .max_header_bytes = cfg.limits.max_header_bytes,
+			    .max_headers = cfg.limits.max_headers,
+			    .max_body_bytes = cfg.limits.max_body_bytes },
+		.max_connections = cfg.limits.max_connections,
+		.timeouts = { .header_read = t->header_read, .body_read = t->body_read, .idle = t->idle,
+			      .upstream_connect = t->upstream_connect,
+			      .upstream_first_byte = t->upstream_first_byte,
+			      .upstream_idle = t->upstream_idle, .pool_idle = t->idle,
+			      .shutdown_grace = t->shutdown_grace },
+		.handler = pipeline_handler(pl),
+		.name = "penstock",
+	};
+	struct engine *e = engine_start(&opt);
+	if (!e)
+		return 1;
+	for (;;) {
+		int sig;
+		sigwait(&set, &sig);
+		if (sig == SIGHUP) {
+			log_warn("SIGHUP: configuration reload is not implemented yet; ignoring");
+			continue;
+		}
+		log_info("%s: finishing requests in flight (up to %u ms), then exiting",
+			 sig == SIGTERM ? "SIGTERM" : "SIGINT", t->shutdown_grace);
+		break;
+	}
+	engine_stop(e);
+	engine_join(e);
+	pipeline_free(pl);
+	config_free(&cfg);
+	log_info("stopped");
+	return 0;
+}
