@@ -74,7 +74,8 @@ struct conn {
 	unsigned refs;
 	enum conn_state state;
 	bool recv_armed, sending, finished, close_after, rejecting, starved, head_seen;
-	bool continue_sent, timeout_armed, drain_wanted, eof;
+	bool continue_sent, timeout_armed, drain_wanted, eof, flush_queued;
+	struct conn *next_flush;
 	uint8_t timer_q;   /* which queue the connection timer is in */
 	int8_t framing;    /* response body: 0 length-delimited, -1 chunked, -2 close */
 	void (*drain_fn)(struct exchange *ex);
@@ -127,6 +128,7 @@ struct worker {
 	struct conn conns;              /* sentinel */
 	unsigned nconns;
 	struct conn *starved;
+	struct conn *flush;             /* connections with output to send this turn */
 	struct busy *busy_free;
 	unsigned live;                  /* objects with operations in flight */
 	bool stopping;
@@ -286,6 +288,7 @@ static void conn_recv_arm(struct conn *c);
 static void conn_close(struct conn *c);
 static void conn_try_request(struct conn *c);
 static void out_flush(struct conn *c);
+static void out_kick(struct conn *c);
 
 static struct conn *ev_conn(struct ev *ev, size_t off) { return (struct conn *)((char *)ev - off); }
 #define EV_CONN(ev, field) ev_conn((ev), offsetof(struct conn, field))
@@ -640,8 +643,8 @@ need_body:
 		static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
 		c->continue_sent = true;
 		struct outseg s = { .p = cont, .n = sizeof(cont) - 1 };
-		if (out_push(c, &s) && !c->sending)
-			out_flush(c);
+		if (out_push(c, &s))
+			out_kick(c);
 	}
 }
 
@@ -760,6 +763,30 @@ static void starved_rearm(struct worker *w)
 
 static void out_send_done(struct worker *w, struct ev *ev, struct io_uring_cqe *cqe);
 static void out_sent(struct conn *c, size_t sent);
+
+/* Output is sent once per loop turn, so that a response head and the body bytes that
+ * follow it in the same turn leave in one sendmsg (one TCP segment, not two). */
+static void out_kick(struct conn *c)
+{
+	if (c->sending || c->flush_queued)
+		return;
+	c->flush_queued = true;
+	c->refs++;
+	c->next_flush = c->w->flush;
+	c->w->flush = c;
+}
+
+static void out_flush_queued(struct worker *w)
+{
+	while (w->flush) {
+		struct conn *c = w->flush;
+		w->flush = c->next_flush;
+		c->flush_queued = false;
+		if (c->state != C_CLOSING && !c->sending && c->busy && c->busy->seg_count)
+			out_flush(c);
+		conn_unref(c);
+	}
+}
 
 static void out_flush(struct conn *c)
 {
@@ -957,8 +984,7 @@ void ex_respond(struct exchange *ex, int status, const char *content_type,
 		conn_close(c);
 		return;
 	}
-	if (!c->sending)
-		out_flush(c);
+	out_kick(c);
 }
 
 /* Per-connection framing of a streamed body. */
@@ -981,8 +1007,7 @@ void ex_begin(struct exchange *ex, int status, const char *content_type,
 		conn_close(c);
 		return;
 	}
-	if (!c->sending)
-		out_flush(c);
+	out_kick(c);
 }
 
 bool ex_write(struct exchange *ex, struct slice data, void (*release)(void *arg, uint64_t arg2),
@@ -1005,8 +1030,7 @@ bool ex_write(struct exchange *ex, struct slice data, void (*release)(void *arg,
 		conn_close(c);
 		return false;
 	}
-	if (!c->sending)
-		out_flush(c);
+	out_kick(c);
 	return true;
 }
 
@@ -1034,8 +1058,7 @@ void ex_finish(struct exchange *ex)
 		conn_exchange_done(c);
 		return;
 	}
-	if (!c->sending)
-		out_flush(c);
+	out_kick(c);
 }
 
 void ex_close(struct exchange *ex)
@@ -1222,6 +1245,7 @@ static void *worker_main(void *arg)
 	for (;;) {
 		if (w->stopping && w->nconns == 0 && w->live == 0 && !w->accept_armed)
 			break;
+		out_flush_queued(w);
 		buffers_publish(w);
 		uint64_t deadline = timers_next_deadline(w);
 		if (w->stopping && w->stop_deadline < deadline)
