@@ -106,6 +106,10 @@ struct config {
 	size_t nteams;
 	struct config_key *keys;
 	size_t nkeys;
+	/* Client request headers passed upstream: exact names, or prefixes ending in '*'
+	 * ("x-mock-*"). Credentials and hop-by-hop headers never are. Default: none. */
+	char **forward_headers;
+	size_t nforward_headers;
 	/* durability batch | strict (default batch); retention_days default 90, 0 = forever */
 	struct { char *durability; uint32_t retention_days; } audit;
 };

@@ -194,6 +194,57 @@ static const struct client_key *authenticate(const struct pipeline *pl, const st
 	return found;
 }
 
+/* Client headers that go upstream: only those the operator named (forward_headers:
+ * exact names or prefixes ending in '*'), and never credentials or framing. */
+static bool forwardable(const struct config *cfg, struct slice name)
+{
+	static const char *const never[] = { "authorization", "x-api-key", "host", "content-length",
+		"transfer-encoding", "connection", "keep-alive", "expect", "te", "upgrade",
+		"proxy-authorization", "cookie" };
+	for (size_t i = 0; i < sizeof(never) / sizeof(never[0]); i++)
+		if (slice_ieq_cstr(name, never[i]))
+			return false;
+	for (size_t i = 0; i < cfg->nforward_headers; i++) {
+		const char *f = cfg->forward_headers[i];
+		size_t n = strlen(f);
+		if (n && f[n - 1] == '*') {
+			if (name.n >= n - 1 && strncasecmp(name.p, f, n - 1) == 0)
+				return true;
+		} else if (slice_ieq_cstr(name, f)) {
+			return true;
+		}
+	}
+	return false;
+}
+
+static size_t forwarded_len(const struct config *cfg, const struct exchange *ex)
+{
+	size_t n = 0;
+	for (unsigned i = 0; i < ex->req.nheaders; i++)
+		if (forwardable(cfg, ex->req.headers[i].name))
+			n += ex->req.headers[i].name.n + ex->req.headers[i].value.n + 4;
+	return n;
+}
+
+static size_t forwarded_write(const struct config *cfg, const struct exchange *ex, char *out)
+{
+	size_t n = 0;
+	for (unsigned i = 0; i < ex->req.nheaders; i++) {
+		const struct http1_header *h = &ex->req.headers[i];
+		if (!forwardable(cfg, h->name))
+			continue;
+		memcpy(out + n, h->name.p, h->name.n);
+		n += h->name.n;
+		out[n++] = ':';
+		out[n++] = ' ';
+		memcpy(out + n, h->value.p, h->value.n);
+		n += h->value.n;
+		out[n++] = '\r';
+		out[n++] = '\n';
+	}
+	return n;
+}
+
 static const struct route *find_route(const struct pipeline *pl, struct slice model)
 {
 	for (size_t i = 0; i < pl->nroutes; i++)
@@ -240,8 +291,9 @@ static void chat_completions(struct pl_worker *pw, struct exchange *ex)
 		body_len = before.n + quoted_len + after.n;
 
 	/* The head's fixed text and numbers take < 200 bytes; the spliced model follows it. */
+	size_t fwd_len = pl->cfg->nforward_headers ? forwarded_len(pl->cfg, ex) : 0;
 	size_t cap = 256 + strlen(prov->cfg->path_prefix) + strlen(prov->auth_header) +
-		     strlen(prov->host_header) + quoted_len + 1;
+		     strlen(prov->host_header) + fwd_len + quoted_len + 1;
 	struct px *px = malloc(sizeof(*px) + cap);
 	if (!px) {
 		respond_error(ex, 503, "api_error", NULL, "gateway out of memory", NULL);
@@ -253,9 +305,13 @@ static void chat_completions(struct pl_worker *pw, struct exchange *ex)
 	int n = snprintf(px->head, cap,
 			 "POST %s/v1/chat/completions HTTP/1.1\r\n%s%s"
 			 "Content-Type: application/json\r\nContent-Length: %zu\r\n"
-			 "x-request-id: %s\r\n\r\n",
+			 "x-request-id: %s\r\n",
 			 prov->cfg->path_prefix, prov->host_header, prov->auth_header, body_len, ex->id);
 	px->head_len = (size_t)n;
+	if (fwd_len)
+		px->head_len += forwarded_write(pl->cfg, ex, px->head + px->head_len);
+	memcpy(px->head + px->head_len, "\r\n", 2);
+	px->head_len += 2;
 	unsigned niov = 0;
 	px->iov[niov++] = (struct iovec){ px->head, px->head_len };
 	if (splice) {
