@@ -975,6 +975,11 @@ void ex_respond(struct exchange *ex, int status, const char *content_type,
 		conn_close(c);
 		return;
 	}
+	/* A response to HEAD keeps its Content-Length but carries no body. */
+	if (slice_eq_cstr(ex->req.method, "HEAD"))
+		body.n = 0;
+	if (slice_eq_cstr(b->ex.req.method, "HEAD"))
+		body.n = 0; /* the head says how long the body would be; none follows */
 	if (body.n)
 		memcpy(b->hbuf + n, body.p, body.n);
 	struct outseg s = { .p = b->hbuf, .n = n + body.n };
@@ -1140,7 +1145,7 @@ static void accept_done(struct worker *w, struct ev *ev, struct io_uring_cqe *cq
 				conn_recv_arm(c);
 			}
 		}
-	} else if (cqe->res != -ECANCELED) {
+	} else if (cqe->res != -ECANCELED && !w->stopping) {
 		log_warn("%s worker %u: accept: %s", w->e->opt.name, w->id, strerror(-cqe->res));
 	}
 	if (!w->accept_armed && !w->stopping)
@@ -1166,6 +1171,9 @@ static void worker_begin_stop(struct worker *w)
 		io_uring_prep_cancel64(sqe, (uint64_t)(uintptr_t)&w->ev_accept, 0);
 		io_uring_sqe_set_data(sqe, &ev_noop);
 	}
+	/* Stop listening at once: new connections are refused rather than left in the
+	 * backlog, unanswered, until the process exits. */
+	shutdown(w->listen_fd, SHUT_RDWR);
 	/* Idle connections go now; busy ones close after their response. */
 	for (struct conn *c = w->conns.next, *next; c != &w->conns; c = next) {
 		next = c->next;

@@ -33,6 +33,7 @@ enum http1_result {
 int http1_error_status(int result);
 const char *http1_error_text(int result);
 
+/* A zero limit means "no limit" (the head length is still capped at INT_MAX). */
 struct http1_limits {
 	size_t max_header_bytes; /* request line + headers + final CRLF */
 	unsigned max_headers;
