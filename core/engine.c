@@ -74,7 +74,7 @@ struct conn {
 	unsigned refs;
 	enum conn_state state;
 	bool recv_armed, sending, finished, close_after, rejecting, starved, head_seen;
-	bool continue_sent, timeout_armed, drain_wanted, eof, flush_queued;
+	bool continue_sent, timeout_armed, drain_wanted, flush_queued;
 	struct conn *next_flush;
 	uint8_t timer_q;   /* which queue the connection timer is in */
 	int8_t framing;    /* response body: 0 length-delimited, -1 chunked, -2 close */
@@ -716,10 +716,6 @@ static void conn_recv_done(struct worker *w, struct ev *ev, struct io_uring_cqe 
 			worker_buffer_unref(w, cqe_take_buffer(w, cqe));
 	} else if (cqe->res > 0) {
 		conn_on_data(c, cqe_take_buffer(w, cqe), (size_t)cqe->res);
-	} else if (cqe->res == 0 && c->state != C_READING) {
-		/* The client half-closed after its request: answer, then close. */
-		c->close_after = true;
-		c->eof = true;
 	} else if (cqe->res == -ENOBUFS) {
 		if (!c->starved) {
 			c->starved = true;
@@ -727,9 +723,12 @@ static void conn_recv_done(struct worker *w, struct ev *ev, struct io_uring_cqe 
 			w->starved = c;
 		}
 	} else if (cqe->res != -ECANCELED) {
-		conn_close(c); /* EOF between requests, or an error */
+		/* EOF or an error. A client that closes while its request is in flight has
+		 * gone (as nginx sees it too): abort the exchange so that the upstream stops
+		 * generating for nobody, rather than treat it as a half-close. */
+		conn_close(c);
 	}
-	if (!c->recv_armed && c->state != C_CLOSING && !c->starved && !c->eof &&
+	if (!c->recv_armed && c->state != C_CLOSING && !c->starved &&
 	    c->npend < PENDING_BIDS_STOP)
 		conn_recv_arm(c);
 	conn_unref(c);
@@ -1064,6 +1063,18 @@ void ex_finish(struct exchange *ex)
 		return;
 	}
 	out_kick(c);
+}
+
+void ex_truncate(struct exchange *ex)
+{
+	struct conn *c = ex->conn;
+	struct linger lg = { .l_onoff = 1, .l_linger = 0 };
+	setsockopt(c->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+	c->framing = 0; /* no terminating chunk: the client must see the cut */
+	c->close_after = true;
+	c->finished = true;
+	if (c->busy->seg_count == 0)
+		conn_exchange_done(c);
 }
 
 void ex_close(struct exchange *ex)

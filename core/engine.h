@@ -164,6 +164,10 @@ size_t ex_pending(const struct exchange *ex);
 /* Called when pending output falls below the low-water mark after being above it. */
 void ex_on_drain(struct exchange *ex, void (*fn)(struct exchange *ex));
 void ex_finish(struct exchange *ex);
+/* End the response without its proper ending: what is queued is still sent, then the
+ * connection is reset, so the client sees a truncated body (chunked without its last
+ * chunk, or short of its Content-Length), never a complete-looking one. */
+void ex_truncate(struct exchange *ex);
 /* Abort the connection now (e.g. upstream died mid-body and the framing can't be ended
  * honestly with Content-Length). The handler's on_abort is NOT called. */
 void ex_close(struct exchange *ex);

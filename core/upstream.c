@@ -299,9 +299,10 @@ static void up_connect_done(struct worker *w, struct ev *ev, struct io_uring_cqe
 	struct upconn *u = (struct upconn *)((char *)ev - offsetof(struct upconn, ev_connect));
 	u->refs--;
 	if (u->closing || !u->call) {
+		bool closing = u->closing; /* u may be freed by up_unref */
 		u->refs++;
 		up_unref(u);
-		if (!u->closing)
+		if (!closing)
 			up_close(u);
 		return;
 	}
@@ -329,9 +330,10 @@ static void up_recv_done(struct worker *w, struct ev *ev, struct io_uring_cqe *c
 		/* Closed, or bytes/EOF on an idle pooled connection: it is done either way. */
 		if (bid >= 0)
 			worker_buffer_unref(w, (uint16_t)bid);
+		bool closing = u->closing; /* u may be freed by up_unref */
 		u->refs++;
 		up_unref(u);
-		if (!u->closing)
+		if (!closing)
 			up_close(u);
 		return;
 	}
@@ -357,7 +359,10 @@ static void up_recv_done(struct worker *w, struct ev *ev, struct io_uring_cqe *c
 	}
 	u->any_byte = true;
 	timer_arm(w, TQ_UP_IDLE, &u->timer);
+	/* Callbacks may close u; up_process reads it after them. */
+	u->refs++;
 	up_process(u, (uint16_t)bid, 0, (size_t)cqe->res);
+	up_unref(u);
 }
 
 static void up_recv_arm(struct upconn *u)
@@ -539,7 +544,9 @@ void upstream_resume(struct upstream_call *call)
 		return;
 	u->paused = false;
 	timer_arm(u->pool->w, TQ_UP_IDLE, &u->timer);
+	u->refs++; /* as in up_recv_done */
 	up_process(u, u->pbid, u->poff, u->plen);
+	up_unref(u);
 }
 
 static void up_start(struct upstream_call *call, bool fresh)

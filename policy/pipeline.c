@@ -158,8 +158,9 @@ static void px_on_error(void *arg, enum upstream_error err, bool head_seen)
 		 head_seen ? " (after the response began)" : "");
 	px_free(px);
 	if (head_seen) {
-		/* The status line is out; the only honest ending is an aborted connection. */
-		ex_close(ex);
+		/* The status line is out: relay what came, then cut the connection so the
+		 * client cannot mistake the response for complete. */
+		ex_truncate(ex);
 		return;
 	}
 	bool timeout = err == UP_E_CONNECT_TIMEOUT || err == UP_E_FIRST_BYTE_TIMEOUT ||
