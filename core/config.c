@@ -1316,6 +1316,8 @@ static const struct field top_fields[] = {
 	{ .key = "admin", .type = &type_map, .spec = &admin_schema },
 	FIELD(struct config, workers, "workers", .type = &type_uint, .spec = "auto",
 	      .def = "auto", .min = 1, .max = 1024),
+	FIELD(struct config, busy_poll_us, "busy_poll_us", .type = &type_uint, .def = "0",
+	      .max = 10000),
 	FIELD(struct config, data_dir, "data_dir", .type = &type_str, .def = "/var/lib/penstock"),
 	FIELD(struct config, log_level, "log_level", .type = &type_str, .spec = &log_level_spec,
 	      .def = "info"),

@@ -94,6 +94,9 @@ struct config {
 	struct config_addr admin_listen; /* default 127.0.0.1:8081 */
 	struct config_secret admin_token;
 	unsigned workers;             /* 0 = auto (one per online core) */
+	/* A worker polls for up to this long before it sleeps: less latency (no wake-up of
+	 * an idle CPU) for more CPU time. 0 (default) = never poll. */
+	uint32_t busy_poll_us;
 	char *data_dir;               /* default /var/lib/penstock */
 	char *log_level;              /* debug | info | warn | error (default info) */
 	struct config_timeouts timeouts;

@@ -131,6 +131,7 @@ struct worker {
 	struct conn *flush;             /* connections with output to send this turn */
 	struct busy *busy_free;
 	unsigned live;                  /* objects with operations in flight */
+	unsigned exchanges;             /* requests being handled or answered */
 	bool stopping;
 	uint64_t stop_deadline;
 	uint64_t req_seq;
@@ -145,6 +146,7 @@ struct engine {
 	unsigned nworkers;
 	uint16_t port;
 	uint32_t salt;
+	uint64_t busy_poll_ns;
 	atomic_bool stop;
 };
 
@@ -405,6 +407,8 @@ static void conn_close(struct conn *c)
 	if (c->state == C_CLOSING)
 		return;
 	conn_abort_exchange(c);
+	if (c->state == C_HANDLING || c->state == C_RESPONDING)
+		c->w->exchanges--;
 	c->state = C_CLOSING;
 	timer_disarm(&c->timer);
 	if (c->starved) {
@@ -447,6 +451,8 @@ static void conn_exchange_done(struct conn *c)
 	out_release_all(b);
 	c->busy = NULL;
 	busy_put(w, b);
+	w->exchanges--;
+	c->state = C_READING;
 	c->finished = c->head_seen = c->continue_sent = c->drain_wanted = false;
 	c->drain_fn = NULL;
 	free(c->body);
@@ -484,7 +490,6 @@ static void conn_exchange_done(struct conn *c)
 		}
 	}
 	c->npend = 0;
-	c->state = C_READING;
 	if (!c->recv_armed)
 		conn_recv_arm(c);
 	if (c->in_len) {
@@ -503,6 +508,7 @@ static void conn_begin_exchange(struct conn *c)
 	struct worker *w = c->w;
 	struct busy *b = c->busy;
 	c->state = C_HANDLING;
+	w->exchanges++;
 	timer_disarm(&c->timer);
 	b->ex.conn = c;
 	b->ex.user = NULL;
@@ -1215,6 +1221,27 @@ static void worker_force_close(struct worker *w)
 	}
 }
 
+static uint64_t clock_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* Busy polling: run the ring's pending work without sleeping for up to busy_poll_ns,
+ * because waking an idle (virtual) CPU costs tens of microseconds (measured: about
+ * 60 us of the gateway's added latency on the reference VM). It costs CPU time. */
+static bool worker_poll(struct worker *w)
+{
+	uint64_t until = clock_ns() + w->e->busy_poll_ns;
+	do {
+		io_uring_submit_and_get_events(&w->ring);
+		if (io_uring_cq_ready(&w->ring))
+			return true;
+	} while (clock_ns() < until);
+	return false;
+}
+
 static int ring_init(struct worker *w)
 {
 	struct io_uring_params p;
@@ -1277,7 +1304,10 @@ static void *worker_main(void *arg)
 			tsp = &ts;
 		}
 		struct io_uring_cqe *cqe;
-		rc = io_uring_submit_and_wait_timeout(&w->ring, &cqe, 1, tsp, NULL);
+		if (w->e->busy_poll_ns && worker_poll(w))
+			rc = 0;
+		else
+			rc = io_uring_submit_and_wait_timeout(&w->ring, &cqe, 1, tsp, NULL);
 		if (rc < 0 && rc != -ETIME && rc != -EINTR && rc != -EBUSY)
 			log_warn("%s worker %u: io_uring wait: %s", opt->name, w->id, strerror(-rc));
 		w->now_ms = clock_ms();
@@ -1356,6 +1386,7 @@ struct engine *engine_start(const struct engine_options *opt)
 		e->opt.buffers = 4096;
 	if (!e->opt.buffer_size)
 		e->opt.buffer_size = 16384;
+	e->busy_poll_ns = (uint64_t)opt->busy_poll_us * 1000;
 	if (getrandom(&e->salt, sizeof(e->salt), 0) != sizeof(e->salt))
 		e->salt = (uint32_t)clock_ms();
 	cpu_set_t allowed;

@@ -80,6 +80,7 @@ struct engine_options {
 	const char *host; /* numeric address or "localhost" */
 	uint16_t port;
 	unsigned workers;     /* 0 = one per online core */
+	uint32_t busy_poll_us; /* poll this long before sleeping (0: sleep at once) */
 	bool pin;             /* pin worker i to the i-th allowed CPU */
 	unsigned buffers;     /* provided receive buffers per worker (power of two) */
 	unsigned buffer_size; /* bytes each */

@@ -132,6 +132,7 @@ int main(int argc, char **argv)
 		.host = cfg.listen.host,
 		.port = cfg.listen.port,
 		.workers = cfg.workers,
+		.busy_poll_us = cfg.busy_poll_us,
 		.pin = true,
 		.limits = { .max_header_bytes = cfg.limits.max_header_bytes,
 			    .max_headers = cfg.limits.max_headers,

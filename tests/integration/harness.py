@@ -309,7 +309,7 @@ def to_yaml(obj, indent=0):
 
 
 def gateway_config(port, providers, workdir, workers=2, timeouts=None, limits=None,
-                   forward_headers=("x-mock-*",), log_level="info"):
+                   forward_headers=("x-mock-*",), log_level="info", settings=None):
     """providers: {name: port}. Each gets a model "gpt-NAME" (the provider "mock" also
     "gpt-test") routed to the upstream name UPSTREAM_MODEL, so the body is spliced; the
     model "same-name" keeps its name upstream (the body goes through untouched)."""
@@ -340,6 +340,7 @@ def gateway_config(port, providers, workdir, workers=2, timeouts=None, limits=No
         cfg["timeouts"] = dict(timeouts)
     if limits:
         cfg["limits"] = dict(limits)
+    cfg.update(settings or {})  # other top-level keys, as they are
     return cfg
 
 
@@ -431,7 +432,8 @@ class Stack:
 
     def __init__(self, workers=2, timeouts=None, limits=None, provider_key=PROVIDER_KEY,
                  mock_expect_key=PROVIDER_KEY, mocks=None, dead_provider=False,
-                 external=None, forward_headers=("x-mock-*",), log_level="info"):
+                 external=None, forward_headers=("x-mock-*",), log_level="info",
+                 settings=None):
         self.dir = Path(tempfile.mkdtemp(prefix="penstock-it-"))
         _dirs.add(self.dir)
         self.mocks = {}
@@ -450,7 +452,8 @@ class Stack:
             def config_fn(port):
                 return gateway_config(port, ports, self.dir, workers=workers,
                                       timeouts=timeouts, limits=limits,
-                                      forward_headers=forward_headers, log_level=log_level)
+                                      forward_headers=forward_headers, log_level=log_level,
+                                      settings=settings)
             self.gw = Gateway(self.dir, config_fn, provider_key=provider_key)
         except BaseException:
             self.stop(check=False)

@@ -312,3 +312,15 @@ def test_slow_reader_gets_the_whole_stream(stack):
     text = [json.loads(e)["choices"][0]["delta"]["content"] for e in events[1:tokens + 1]]
     period = text[:24]
     assert all(text[i] == period[i % 24] for i in range(tokens)), "tokens out of order"
+
+
+def test_busy_poll_serves_plain_and_streamed(env):
+    # busy_poll_us changes how a worker waits, never what it answers
+    s = env.stack(workers=1, settings={"busy_poll_us": 200})
+    for _ in range(20):
+        r = s.gw.request("POST", "/v1/chat/completions", h.chat_body("gpt-test"))
+        assert r.status == 200, r
+        assert r.json()["usage"]["completion_tokens"] == 16, r.body
+    r = s.gw.request("POST", "/v1/chat/completions", h.chat_body("gpt-test", stream=True))
+    assert r.status == 200, r
+    assert r.body.rstrip().endswith(b"data: [DONE]"), r.body[-80:]
