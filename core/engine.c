@@ -27,6 +27,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "buf.h"
 #include "log.h"
 
 #define RING_ENTRIES 1024
@@ -57,8 +58,7 @@ struct busy {
 	unsigned seg_cap, seg_head, seg_count;
 	size_t seg_off;      /* bytes of segs[seg_head] already sent */
 	size_t pending;      /* bytes queued and not yet sent */
-	char *hbuf;          /* response head (and small bodies) */
-	size_t hbuf_cap;
+	struct buf head;     /* response head (and small bodies) */
 	struct iovec iov[SEND_IOV_MAX];
 	struct msghdr msg;
 	struct http1_header headers[];
@@ -87,8 +87,7 @@ struct conn {
 	uint16_t held_bid;
 	const char *held_p;
 	size_t held_len;
-	char *in;
-	size_t in_len, in_cap;
+	struct buf in;
 	uint16_t pend_bid[MAX_PENDING_BIDS];
 	uint32_t pend_len[MAX_PENDING_BIDS];
 	unsigned npend;
@@ -97,8 +96,7 @@ struct conn {
 	/* chunked request body, de-chunked into its own buffer */
 	struct http1_chunked chunked;
 	size_t dec_off;
-	char *body;
-	size_t body_len, body_cap;
+	struct buf body;
 
 	struct busy *busy;
 };
@@ -191,8 +189,7 @@ void worker_buffer_unref(struct worker *w, uint16_t bid)
 	w->bufs_free++;
 }
 
-/* A CQE that carries a buffer: we own it with one reference. */
-static uint16_t cqe_take_buffer(struct worker *w, const struct io_uring_cqe *cqe)
+uint16_t worker_buffer_take(struct worker *w, const struct io_uring_cqe *cqe)
 {
 	uint16_t bid = (uint16_t)(cqe->flags >> IORING_CQE_BUFFER_SHIFT);
 	w->buf_refs[bid] = 1;
@@ -338,36 +335,15 @@ static void conn_release_input(struct conn *c)
 	for (unsigned i = 0; i < c->npend; i++)
 		worker_buffer_unref(c->w, c->pend_bid[i]);
 	c->npend = 0;
-	free(c->in);
-	c->in = NULL;
-	c->in_len = c->in_cap = 0;
-	free(c->body);
-	c->body = NULL;
-	c->body_len = c->body_cap = 0;
+	buf_free(&c->in);
+	buf_free(&c->body);
 }
 
 /* Append bytes to the gathered input, within the request size limit. */
 static bool conn_in_append(struct conn *c, const char *p, size_t n)
 {
 	const struct http1_limits *lim = &c->w->e->opt.limits;
-	size_t max = lim->max_header_bytes + lim->max_body_bytes + 8192;
-	if (c->in_len + n > max)
-		return false;
-	if (c->in_len + n > c->in_cap) {
-		size_t cap = c->in_cap ? c->in_cap : 4096;
-		while (cap < c->in_len + n)
-			cap *= 2;
-		if (cap > max)
-			cap = max;
-		char *in = realloc(c->in, cap);
-		if (!in)
-			return false;
-		c->in = in;
-		c->in_cap = cap;
-	}
-	memcpy(c->in + c->in_len, p, n);
-	c->in_len += n;
-	return true;
+	return buf_append(&c->in, p, n, lim->max_header_bytes + lim->max_body_bytes + 8192);
 }
 
 static void out_release_all(struct busy *b)
@@ -455,9 +431,7 @@ static void conn_exchange_done(struct conn *c)
 	c->state = C_READING;
 	c->finished = c->head_seen = c->continue_sent = c->drain_wanted = false;
 	c->drain_fn = NULL;
-	free(c->body);
-	c->body = NULL;
-	c->body_len = c->body_cap = 0;
+	buf_free(&c->body);
 	memset(&c->chunked, 0, sizeof(c->chunked));
 	c->dec_off = 0;
 
@@ -475,9 +449,8 @@ static void conn_exchange_done(struct conn *c)
 			return;
 		}
 		worker_buffer_unref(w, c->held_bid);
-	} else if (c->in) {
-		memmove(c->in, c->in + c->req_len, c->in_len - c->req_len);
-		c->in_len -= c->req_len;
+	} else if (c->in.p) {
+		buf_consume(&c->in, c->req_len);
 	}
 	c->req_len = 0;
 	for (unsigned i = 0; i < c->npend; i++) {
@@ -492,13 +465,11 @@ static void conn_exchange_done(struct conn *c)
 	c->npend = 0;
 	if (!c->recv_armed)
 		conn_recv_arm(c);
-	if (c->in_len) {
+	if (c->in.len) {
 		conn_timer(c, TQ_HEADER);
 		conn_try_request(c);
 	} else {
-		free(c->in);
-		c->in = NULL;
-		c->in_cap = 0;
+		buf_free(&c->in);
 		conn_timer(c, TQ_IDLE);
 	}
 }
@@ -567,8 +538,8 @@ static void conn_try_request(struct conn *c)
 {
 	struct worker *w = c->w;
 	const struct engine_options *opt = &w->e->opt;
-	const char *buf = c->held ? c->held_p : c->in;
-	size_t len = c->held ? c->held_len : c->in_len;
+	const char *buf = c->held ? c->held_p : c->in.p;
+	size_t len = c->held ? c->held_len : c->in.len;
 
 	if (!c->busy && !(c->busy = busy_get(w))) {
 		conn_close(c);
@@ -610,20 +581,11 @@ static void conn_try_request(struct conn *c)
 			int d = http1_chunked_next(&c->chunked, buf + c->dec_off, len - c->dec_off, &used, &data);
 			c->dec_off += used;
 			if (d == HTTP1_CHUNK_DATA) {
-				if (c->body_len + data.n > c->body_cap) {
-					size_t cap = c->body_cap ? c->body_cap * 2 : 4096;
-					while (cap < c->body_len + data.n)
-						cap *= 2;
-					char *nb = realloc(c->body, cap);
-					if (!nb) {
-						conn_close(c);
-						return;
-					}
-					c->body = nb;
-					c->body_cap = cap;
+				/* the decoder enforces max_body_bytes; this bound only backs it */
+				if (!buf_append(&c->body, data.p, data.n, SIZE_MAX)) {
+					conn_close(c);
+					return;
 				}
-				memcpy(c->body + c->body_len, data.p, data.n);
-				c->body_len += data.n;
 				continue;
 			}
 			if (d == HTTP1_CHUNK_MORE)
@@ -634,7 +596,7 @@ static void conn_try_request(struct conn *c)
 			}
 			break; /* DONE */
 		}
-		b->ex.body = (struct slice){ c->body ? c->body : "", c->body_len };
+		b->ex.body = (struct slice){ c->body.p ? c->body.p : "", c->body.len };
 		c->req_len = c->dec_off;
 		break;
 	default:
@@ -675,9 +637,9 @@ static void conn_on_data(struct conn *c, uint16_t bid, size_t n)
 		}
 		return;
 	}
-	if (c->in_len == 0 && !c->held && c->timer_q == TQ_IDLE)
+	if (c->in.len == 0 && !c->held && c->timer_q == TQ_IDLE)
 		conn_timer(c, TQ_HEADER); /* first byte of a request after keep-alive idle */
-	if (c->in_len == 0 && !c->held) {
+	if (c->in.len == 0 && !c->held) {
 		c->held = true;
 		c->held_bid = bid;
 		c->held_p = p;
@@ -719,9 +681,9 @@ static void conn_recv_done(struct worker *w, struct ev *ev, struct io_uring_cqe 
 		c->recv_armed = false;
 	if (c->state == C_CLOSING) {
 		if (cqe->flags & IORING_CQE_F_BUFFER)
-			worker_buffer_unref(w, cqe_take_buffer(w, cqe));
+			worker_buffer_unref(w, worker_buffer_take(w, cqe));
 	} else if (cqe->res > 0) {
-		conn_on_data(c, cqe_take_buffer(w, cqe), (size_t)cqe->res);
+		conn_on_data(c, worker_buffer_take(w, cqe), (size_t)cqe->res);
 	} else if (cqe->res == -ENOBUFS) {
 		if (!c->starved) {
 			c->starved = true;
@@ -924,22 +886,7 @@ const char *http_reason(int status)
 	}
 }
 
-static bool hbuf_reserve(struct busy *b, size_t n)
-{
-	if (n <= b->hbuf_cap)
-		return true;
-	size_t cap = b->hbuf_cap ? b->hbuf_cap : 1024;
-	while (cap < n)
-		cap *= 2;
-	char *p = realloc(b->hbuf, cap);
-	if (!p)
-		return false;
-	b->hbuf = p;
-	b->hbuf_cap = cap;
-	return true;
-}
-
-/* Write the response head into hbuf (followed by room for body bytes). framing:
+/* Write the response head into busy->head (followed by room for body bytes). framing:
  * >= 0 content length, -1 chunked, -2 close-delimited. Returns head length or 0. */
 static size_t head_format(struct conn *c, int status, const char *ctype, const char *extra,
 			  int64_t framing, size_t body_room)
@@ -947,11 +894,12 @@ static size_t head_format(struct conn *c, int status, const char *ctype, const c
 	struct busy *b = c->busy;
 	size_t extra_len = extra ? strlen(extra) : 0;
 	size_t need = 256 + (ctype ? strlen(ctype) : 0) + extra_len + body_room;
-	if (!hbuf_reserve(b, need))
+	b->head.len = 0;
+	if (!buf_reserve(&b->head, need, SIZE_MAX))
 		return 0;
 	if (c->w->stopping)
 		c->close_after = true;
-	char *h = b->hbuf;
+	char *h = b->head.p;
 	int n = snprintf(h, need, "HTTP/1.1 %d %s\r\n", status, http_reason(status));
 	if (ctype)
 		n += snprintf(h + n, need - (size_t)n, "Content-Type: %s\r\n", ctype);
@@ -986,8 +934,8 @@ void ex_respond(struct exchange *ex, int status, const char *content_type,
 	if (slice_eq_cstr(b->ex.req.method, "HEAD"))
 		body.n = 0; /* the head says how long the body would be; none follows */
 	if (body.n)
-		memcpy(b->hbuf + n, body.p, body.n);
-	struct outseg s = { .p = b->hbuf, .n = n + body.n };
+		memcpy(b->head.p + n, body.p, body.n);
+	struct outseg s = { .p = b->head.p, .n = n + body.n };
 	c->state = C_RESPONDING;
 	c->finished = true;
 	if (!out_push(c, &s)) {
@@ -1010,7 +958,7 @@ void ex_begin(struct exchange *ex, int status, const char *content_type,
 	if (framing == -2)
 		c->close_after = true;
 	size_t n = head_format(c, status, content_type, extra_headers, framing, 0);
-	struct outseg s = { .p = c->busy->hbuf, .n = n };
+	struct outseg s = { .p = c->busy->head.p, .n = n };
 	c->state = C_RESPONDING;
 	c->framing = (int8_t)(framing < 0 ? framing : 0);
 	if (!n || !out_push(c, &s)) {
@@ -1194,7 +1142,7 @@ static void worker_begin_stop(struct worker *w)
 	/* Idle connections go now; busy ones close after their response. */
 	for (struct conn *c = w->conns.next, *next; c != &w->conns; c = next) {
 		next = c->next;
-		if (c->state == C_READING && !c->in_len && !c->held)
+		if (c->state == C_READING && !c->in.len && !c->held)
 			conn_close(c);
 		else
 			c->close_after = true;
@@ -1330,7 +1278,7 @@ static void *worker_main(void *arg)
 		struct busy *b = w->busy_free;
 		w->busy_free = b->next_free;
 		free(b->segs);
-		free(b->hbuf);
+		buf_free(&b->head);
 		free(b);
 	}
 	close(w->listen_fd);

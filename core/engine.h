@@ -122,6 +122,9 @@ int worker_buffer_group(const struct worker *w);
 /* Provided buffers: a CQE's buffer id is held until released. References let one
  * receive buffer back several outgoing slices. */
 char *worker_buffer(struct worker *w, uint16_t bid);
+/* The buffer a completion carries (IORING_CQE_F_BUFFER): the caller owns it with one
+ * reference. */
+uint16_t worker_buffer_take(struct worker *w, const struct io_uring_cqe *cqe);
 void worker_buffer_ref(struct worker *w, uint16_t bid);
 void worker_buffer_unref(struct worker *w, uint16_t bid);
 

@@ -11,6 +11,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "buf.h"
 #include "log.h"
 
 #define UP_MAX_HEAD 65536
@@ -45,8 +46,7 @@ struct upconn {
 	size_t send_off, send_total;
 
 	/* response */
-	char *head;
-	size_t head_len, head_cap;
+	struct buf head; /* a response head gathered across receive buffers */
 	struct http1_response res;
 	struct http1_header hdrs[UP_MAX_HEADERS];
 	uint64_t body_left;
@@ -142,7 +142,7 @@ static void up_unref(struct upconn *u)
 		return;
 	struct upstream_pool *p = u->pool;
 	close(u->fd);
-	free(u->head);
+	buf_free(&u->head);
 	worker_release(p->w);
 	p->nconns--;
 	free(u);
@@ -218,7 +218,7 @@ static void up_release_to_pool(struct upconn *u)
 		return;
 	}
 	u->any_byte = u->head_done = u->body_done = false;
-	u->head_len = 0;
+	u->head.len = 0;
 	u->send_total = u->send_off = 0;
 	memset(&u->chunked, 0, sizeof(u->chunked));
 	u->reused = true;
@@ -294,18 +294,22 @@ static void up_begin_request(struct upconn *u)
 		up_recv_arm(u);
 }
 
+/* An operation completed on a connection nobody wants any more (closing, or idle in the
+ * pool): close it if that is not under way, then drop the operation's reference. */
+static void up_op_unwanted(struct upconn *u)
+{
+	up_close(u);
+	up_unref(u);
+}
+
 static void up_connect_done(struct worker *w, struct ev *ev, struct io_uring_cqe *cqe)
 {
 	struct upconn *u = (struct upconn *)((char *)ev - offsetof(struct upconn, ev_connect));
-	u->refs--;
 	if (u->closing || !u->call) {
-		bool closing = u->closing; /* u may be freed by up_unref */
-		u->refs++;
-		up_unref(u);
-		if (!closing)
-			up_close(u);
+		up_op_unwanted(u);
 		return;
 	}
+	u->refs--;
 	timer_disarm(&u->timer);
 	if (cqe->res < 0) {
 		log_debug("upstream %s:%u: connect: %s", u->pool->host, u->pool->port,
@@ -320,23 +324,17 @@ static void up_recv_done(struct worker *w, struct ev *ev, struct io_uring_cqe *c
 {
 	struct upconn *u = (struct upconn *)((char *)ev - offsetof(struct upconn, ev_recv));
 	u->recv_armed = false;
-	u->refs--;
 	int bid = -1;
-	if (cqe->flags & IORING_CQE_F_BUFFER) {
-		bid = (uint16_t)(cqe->flags >> IORING_CQE_BUFFER_SHIFT);
-		worker_buffer_ref(w, (uint16_t)bid);
-	}
+	if (cqe->flags & IORING_CQE_F_BUFFER)
+		bid = worker_buffer_take(w, cqe);
 	if (u->closing || (!u->call && cqe->res != -ENOBUFS)) {
 		/* Closed, or bytes/EOF on an idle pooled connection: it is done either way. */
 		if (bid >= 0)
 			worker_buffer_unref(w, (uint16_t)bid);
-		bool closing = u->closing; /* u may be freed by up_unref */
-		u->refs++;
-		up_unref(u);
-		if (!closing)
-			up_close(u);
+		up_op_unwanted(u);
 		return;
 	}
+	u->refs--;
 	if (cqe->res == -ENOBUFS) {
 		up_recv_arm(u); /* the ring is refilled as clients drain; try again */
 		return;
@@ -386,22 +384,11 @@ static void up_response_done(struct upconn *u)
 	call->cb->on_end(call->arg);
 }
 
-/* Gather bytes of a head that spans receive buffers. */
+/* Gather bytes of a head that spans receive buffers (bounded: a head over the limit,
+ * with room for the start of its body, is malformed). */
 static bool up_gather(struct upconn *u, const char *p, size_t len)
 {
-	if (u->head_len + len > UP_MAX_HEAD + 16384)
-		return false;
-	if (u->head_len + len > u->head_cap) {
-		size_t cap = u->head_len + len < 4096 ? 4096 : u->head_len + len;
-		char *nh = realloc(u->head, cap);
-		if (!nh)
-			return false;
-		u->head = nh;
-		u->head_cap = cap;
-	}
-	memcpy(u->head + u->head_len, p, len);
-	u->head_len += len;
-	return true;
+	return buf_append(&u->head, p, len, UP_MAX_HEAD + 16384);
 }
 
 /* Parse the response head from p[0..len) after any bytes gathered before. Returns how
@@ -412,7 +399,7 @@ static long up_parse_head(struct upconn *u, const char *p, size_t len)
 {
 	size_t used = 0;
 	for (;;) {
-		size_t prior = u->head_len;
+		size_t prior = u->head.len;
 		const char *buf = p + used;
 		size_t blen = len - used;
 		if (prior) {
@@ -420,8 +407,8 @@ static long up_parse_head(struct upconn *u, const char *p, size_t len)
 				call_fail(u, UP_E_PROTOCOL);
 				return -1;
 			}
-			buf = u->head;
-			blen = u->head_len;
+			buf = u->head.p;
+			blen = u->head.len;
 		}
 		int r = http1_parse_response(buf, blen, &up_limits, false, &u->res, u->hdrs,
 					     UP_MAX_HEADERS);
@@ -441,7 +428,7 @@ static long up_parse_head(struct upconn *u, const char *p, size_t len)
 			u->call->head_seen = true;
 			return (long)used;
 		}
-		u->head_len = 0; /* interim response: parse what follows it */
+		u->head.len = 0; /* interim response: parse what follows it */
 	}
 }
 

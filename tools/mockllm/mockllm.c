@@ -26,6 +26,7 @@
 #include <sys/resource.h>
 #include <time.h>
 
+#include "core/buf.h"
 #include "core/engine.h"
 #include "core/json.h"
 #include "core/log.h"
@@ -48,8 +49,7 @@ enum dialect { OPENAI, ANTHROPIC };
 struct mock_ex {
 	struct exchange *ex;
 	unsigned refs; /* the exchange + each queued segment */
-	char *buf;
-	size_t len, cap;
+	struct buf out; /* the whole response */
 	size_t *ev_off; /* start of event i; ev_off[nev] == len */
 	unsigned nev, nev_cap, next;
 	int event_delay_ms;
@@ -70,44 +70,29 @@ static void mx_unref(struct mock_ex *m)
 {
 	if (--m->refs)
 		return;
-	free(m->buf);
+	buf_free(&m->out);
 	free(m->ev_off);
 	free(m);
 }
 
 static void mx_release(void *arg, uint64_t unused) { mx_unref(arg); }
 
-static bool mx_reserve(struct mock_ex *m, size_t more)
-{
-	if (m->len + more <= m->cap)
-		return true;
-	size_t cap = m->cap ? m->cap : 1024;
-	while (cap < m->len + more)
-		cap *= 2;
-	char *b = realloc(m->buf, cap);
-	if (!b)
-		return false;
-	m->buf = b;
-	m->cap = cap;
-	return true;
-}
-
 static void mx_printf(struct mock_ex *m, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void mx_printf(struct mock_ex *m, const char *fmt, ...)
 {
 	va_list ap;
 	for (;;) {
-		size_t room = m->cap - m->len;
+		size_t room = m->out.cap - m->out.len;
 		va_start(ap, fmt);
-		int n = vsnprintf(m->buf ? m->buf + m->len : NULL, room, fmt, ap);
+		int n = vsnprintf(m->out.p ? m->out.p + m->out.len : NULL, room, fmt, ap);
 		va_end(ap);
 		if (n < 0)
 			return;
 		if ((size_t)n < room) {
-			m->len += (size_t)n;
+			m->out.len += (size_t)n;
 			return;
 		}
-		if (!mx_reserve(m, (size_t)n + 1))
+		if (!buf_reserve(&m->out, (size_t)n + 1, SIZE_MAX))
 			return;
 	}
 }
@@ -122,7 +107,7 @@ static void mx_event_start(struct mock_ex *m)
 		m->ev_off = o;
 		m->nev_cap = cap;
 	}
-	m->ev_off[m->nev++] = m->len;
+	m->ev_off[m->nev++] = m->out.len;
 }
 
 static void text_append(struct mock_ex *m, unsigned i) { mx_printf(m, "%s", words[i % NWORDS]); }
@@ -243,9 +228,9 @@ static void mx_send_events(struct mock_ex *m)
 			return;
 		}
 		unsigned i = m->next++;
-		size_t end = i + 1 < m->nev ? m->ev_off[i + 1] : m->len;
+		size_t end = i + 1 < m->nev ? m->ev_off[i + 1] : m->out.len;
 		m->refs++;
-		if (!ex_write(ex, slice_of(m->buf + m->ev_off[i], end - m->ev_off[i]), mx_release, m, 0))
+		if (!ex_write(ex, slice_of(m->out.p + m->ev_off[i], end - m->ev_off[i]), mx_release, m, 0))
 			return;
 		if (m->event_delay_ms > 0 && m->next < m->nev) {
 			ex_after(ex, (uint32_t)m->event_delay_ms, mx_next_event);
@@ -276,7 +261,7 @@ static void mx_start(struct exchange *ex)
 		return;
 	}
 	if (!m->stream || m->status != 200) {
-		ex_respond(ex, m->status, m->ctype, NULL, slice_of(m->buf, m->len));
+		ex_respond(ex, m->status, m->ctype, NULL, slice_of(m->out.p, m->out.len));
 		ex->user = NULL;
 		mx_unref(m);
 		return;
@@ -360,7 +345,7 @@ static void handle_generate(struct exchange *ex, enum dialect d)
 		openai_complete(m, model, prompt, tokens, include_usage);
 	else
 		anthropic_complete(m, model, prompt, tokens);
-	if (!m->buf) {
+	if (!m->out.p) {
 		mx_unref(m);
 		respond_json(ex, 500, "{}");
 		return;
