@@ -1,0 +1,72 @@
+/* sse.h - incremental server-sent events parser (the WHATWG "event stream" rules).
+ *
+ * Fed arbitrary fragments of a stream (an event may be split anywhere: inside a field
+ * name, a UTF-8 sequence, or between the CR and LF of a line ending), it reports each
+ * complete event once. Events that arrive whole inside one fragment with at most one
+ * data line are reported as slices into that fragment (no copy); others are gathered
+ * into the parser's own buffer, bounded by max_event_bytes.
+ *
+ * Parsing rules (https://html.spec.whatwg.org/multipage/server-sent-events.html):
+ * lines end in CRLF, LF or CR; a leading BOM is dropped; lines starting with ':' are
+ * comments; "name: value" drops one space after the colon, a line without a colon is a
+ * name with an empty value; "data" lines are joined with LF; "event" sets the type, "id"
+ * the last event id (ignored if it contains NUL), "retry" a reconnection time (ASCII
+ * digits only); unknown fields are ignored; an empty line dispatches the event, unless
+ * no data line was seen (then the event is dropped, as the spec says).
+ */
+#ifndef PENSTOCK_SSE_H
+#define PENSTOCK_SSE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "buf.h"
+#include "str.h"
+
+struct sse_event {
+	struct slice type;  /* the "event" field; empty if none (means "message") */
+	struct slice data;  /* data lines joined with LF, without the final LF */
+	struct slice id;    /* the last event id (persists across events) */
+	int64_t retry;      /* the "retry" field of this event, or -1 */
+	bool has_id;        /* id was set at some point in the stream */
+};
+
+/* Called once per event; the slices are valid only during the call. Return false to
+ * stop parsing (sse_feed then returns SSE_STOPPED). */
+typedef bool (*sse_event_fn)(void *arg, const struct sse_event *ev);
+
+enum sse_result {
+	SSE_OK = 0,
+	SSE_STOPPED = 1,        /* the callback asked to stop */
+	SSE_E_TOO_LONG = -1,    /* an event or line over max_event_bytes: the stream is bad */
+	SSE_E_NOMEM = -2,
+};
+
+struct sse_parser {
+	size_t max;          /* max_event_bytes */
+	struct buf line;     /* a line split across fragments */
+	struct buf data;     /* data lines gathered for the current event */
+	struct buf type;     /* event type, when it must outlive its fragment */
+	struct buf id;       /* last event id (persists) */
+	struct slice pend_data; /* the single data line still in the current fragment */
+	struct slice pend_type; /* the event type still in the current fragment */
+	size_t event_bytes;  /* bytes of the current event so far */
+	int64_t retry;
+	unsigned ndata;      /* data lines in the current event */
+	bool data_copied;    /* data is in .data, not pend_data */
+	bool type_copied;
+	bool has_id;
+	bool after_cr;       /* the last fragment ended in CR: a leading LF is its pair */
+	bool started;        /* past the optional BOM */
+	bool failed;
+};
+
+void sse_init(struct sse_parser *p, size_t max_event_bytes);
+void sse_free(struct sse_parser *p);
+
+/* Parse a fragment. Returns SSE_OK, SSE_STOPPED, or an error (after which every call
+ * returns the same error). */
+int sse_feed(struct sse_parser *p, const char *frag, size_t len, sse_event_fn fn, void *arg);
+
+#endif
