@@ -48,17 +48,24 @@ void hdrhist_init(struct hdrhist *h)
 	h->hh_min = UINT64_MAX;
 }
 
-void hdrhist_record(struct hdrhist *h, uint64_t value)
+void hdrhist_record_n(struct hdrhist *h, uint64_t value, uint64_t n)
 {
+	if (n == 0)
+		return;
 	if (value > HDRHIST_MAX_VALUE)
 		value = HDRHIST_MAX_VALUE;
-	h->hh_buckets[hdrhist_bucket_of(value)]++;
-	h->hh_count++;
-	h->hh_sum += (double)value;
+	h->hh_buckets[hdrhist_bucket_of(value)] += n;
+	h->hh_count += n;
+	h->hh_sum += (double)value * (double)n;
 	if (value < h->hh_min)
 		h->hh_min = value;
 	if (value > h->hh_max)
 		h->hh_max = value;
+}
+
+void hdrhist_record(struct hdrhist *h, uint64_t value)
+{
+	hdrhist_record_n(h, value, 1);
 }
 
 void hdrhist_merge(struct hdrhist *dst, const struct hdrhist *src)

@@ -26,6 +26,8 @@ struct hdrhist {
 
 void hdrhist_init(struct hdrhist *h);
 void hdrhist_record(struct hdrhist *h, uint64_t value);
+/* Record the same value n times (n may be 0). */
+void hdrhist_record_n(struct hdrhist *h, uint64_t value, uint64_t n);
 void hdrhist_merge(struct hdrhist *dst, const struct hdrhist *src);
 
 /*

@@ -1,6 +1,7 @@
 /* loadgen: an open- or closed-loop HTTP/1.1 load generator on io_uring, for the penstock bench. */
 #include "hdrhist.h"
 #include "respparse.h"
+#include "ssetiming.h"
 
 #include <arpa/inet.h>
 #include <assert.h>
@@ -31,6 +32,8 @@
 #define LOADGEN_MAX_BODY_BYTES	(16u << 20)
 #define LOADGEN_MAX_DURATION_S	3600.0
 #define LOADGEN_MAX_RATE	10e6
+#define LOADGEN_MAX_STALL_MS	3600e3
+#define LOADGEN_MAX_EXPECT_EVENTS 1e9
 /* Per connection; also the largest response header block we accept. */
 #define LOADGEN_RECV_BUFFER_BYTES 16384
 /* How long the start waits for every connection to open before it goes on without them. */
@@ -56,6 +59,8 @@ struct options {
 	double warmup_s;
 	double rate;		/* requests per second over all connections; 0: closed loop */
 	bool stream;
+	double stall_ms;	/* --stream: a gap between events over this is a stall; 0: off */
+	uint32_t expect_events;	/* --stream: a response with fewer events lost some; 0: off */
 	const char *json_path;
 	const char *url;
 };
@@ -71,6 +76,13 @@ struct stats {
 	uint64_t bytes_received;
 	uint64_t events;		/* SSE events in completed responses */
 	uint64_t responses_without_events; /* in --stream mode: a sign of a wrong endpoint */
+	uint64_t events_arrived;	/* SSE events that arrived inside the measured window */
+	uint64_t stalls;		/* gaps between events over --stall-ms, open ones at the end too */
+	uint64_t responses_stalled;	/* ended streams with at least one stall */
+	uint64_t responses_short;	/* ended streams with fewer than --expect-events events */
+	uint64_t events_lost;		/* what those lacked, in all */
+	uint64_t responses_without_done; /* ended streams whose last event was not [DONE] */
+	uint64_t streams_cut;		/* streams whose connection failed after their head */
 	uint64_t backlog_at_end;	/* open loop: requests due but never sent */
 	uint64_t in_flight_at_end;
 	uint64_t connections_open_at_start;
@@ -78,6 +90,8 @@ struct stats {
 	struct hdrhist ttfb;		/* ns: to the first body byte */
 	struct hdrhist ttfe;		/* ns: to the first complete SSE event */
 	struct hdrhist send_lag;	/* ns: actual send minus intended send (open loop) */
+	struct hdrhist event_gap;	/* ns: between consecutive SSE events of a response */
+	struct hdrhist latency_uncorrected; /* ns: actual send to end (open loop): CO hides here */
 };
 
 /* What every worker reads and nobody writes once the workers run. */
@@ -86,6 +100,7 @@ struct shared {
 	const char *request;
 	size_t request_len;
 	bool head_request;
+	uint64_t stall_ns;		/* --stall-ms; 0: off */
 	pthread_barrier_t barrier;
 	uint64_t t0_ns;			/* schedule origin, after all connections opened */
 	uint64_t t_measure_ns;		/* end of warmup */
@@ -120,11 +135,13 @@ struct conn {
 	bool send_queued;	/* a request waits for the previous send's completion */
 	int idle_pos;		/* index in the worker's idle stack, -1 when not there */
 	size_t sent;
-	uint64_t start_ns;
+	uint64_t start_ns;	/* intended send (open loop) or actual send (closed loop) */
+	uint64_t send_ns;	/* when the send was actually submitted */
 	uint64_t ttfb_ns;	/* 0 until the first body byte */
 	uint64_t ttfe_ns;	/* 0 until the first event */
 	size_t rfill;
 	struct respparse parser;
+	struct ssetiming sse;
 	struct __kernel_timespec retry_ts;
 	char *rbuf;
 };
@@ -310,16 +327,19 @@ static void conn_close(struct worker *w, struct conn *c)
 		conn_finish_close(w, c);
 }
 
-static void request_start(struct worker *w, struct conn *c, uint64_t start_ns)
+static void request_start(struct worker *w, struct conn *c, uint64_t start_ns, uint64_t now)
 {
 	assert(c->state == CONN_IDLE);
 	assert(c->idle_pos < 0);
+	assert(start_ns <= now);
 	c->state = CONN_BUSY;
 	c->start_ns = start_ns;
+	c->send_ns = now;
 	c->ttfb_ns = 0;
 	c->ttfe_ns = 0;
 	c->sent = 0;
 	respparse_reset(&c->parser, w->sh->head_request);
+	ssetiming_reset(&c->sse);
 	if (c->send_pending)
 		c->send_queued = true;	/* the last request's send CQE is not reaped yet */
 	else
@@ -334,7 +354,24 @@ static void conn_became_idle(struct worker *w, struct conn *c, uint64_t now)
 	if (open_loop(w))
 		idle_push(w, c);
 	else
-		request_start(w, c, now);
+		request_start(w, c, now, now);
+}
+
+/* A stream ended, whole or cut off after its head (inside the window): what did it lack? */
+static void stream_ended(struct worker *w, const struct conn *c)
+{
+	struct stats *st = &w->st;
+	const struct respparse *p = &c->parser;
+	uint32_t want = w->sh->opt->expect_events;
+
+	assert(c->state == CONN_BUSY);
+	assert(p->rp_headers_done);
+	st->responses_stalled += c->sse.sti_stalls > 0;
+	st->responses_without_done += !p->rp_sse_last_done;
+	if (p->rp_sse_events < want) {
+		st->responses_short++;
+		st->events_lost += want - p->rp_sse_events;
+	}
 }
 
 static void response_complete(struct worker *w, struct conn *c, uint64_t now)
@@ -348,6 +385,8 @@ static void response_complete(struct worker *w, struct conn *c, uint64_t now)
 	st->completed++;
 	st->status_class[p->rp_status >= 100 && p->rp_status < 600 ? p->rp_status / 100 : 0]++;
 	hdrhist_record(&st->latency, now - c->start_ns);
+	if (open_loop(w))
+		hdrhist_record(&st->latency_uncorrected, now - c->send_ns);
 	if (!w->sh->opt->stream)
 		return;
 	if (c->ttfb_ns)
@@ -356,13 +395,19 @@ static void response_complete(struct worker *w, struct conn *c, uint64_t now)
 		hdrhist_record(&st->ttfe, c->ttfe_ns);
 	st->events += p->rp_sse_events;
 	st->responses_without_events += p->rp_sse_events == 0;
+	stream_ended(w, c);
 }
 
 /* A request failed with the connection: count it and start over on a new connection. */
 static void conn_fail(struct worker *w, struct conn *c, uint64_t *counter, uint64_t now)
 {
-	if (in_window(w, now))
+	if (in_window(w, now)) {
 		(*counter)++;
+		if (w->sh->opt->stream && c->state == CONN_BUSY && c->parser.rp_headers_done) {
+			w->st.streams_cut++;
+			stream_ended(w, c);
+		}
+	}
 	conn_close(w, c);
 }
 
@@ -418,6 +463,20 @@ static void note_first_bytes(struct conn *c, uint64_t now)
 		c->ttfe_ns = now - c->start_ns ? now - c->start_ns : 1;
 }
 
+/* --stream: the events this receive completed arrived now; time them against the last. */
+static void note_events(struct worker *w, struct conn *c, uint64_t now)
+{
+	uint32_t events = c->parser.rp_sse_events;
+	if (events == c->sse.sti_events)
+		return;
+	if (!in_window(w, now)) {
+		ssetiming_note(&c->sse, events, now, w->sh->stall_ns, NULL);
+		return;
+	}
+	w->st.events_arrived += events - c->sse.sti_events;
+	w->st.stalls += ssetiming_note(&c->sse, events, now, w->sh->stall_ns, &w->st.event_gap);
+}
+
 /* Feed what the buffer holds to the parser; re-arms recv unless the connection closes. */
 static void process_input(struct worker *w, struct conn *c, uint64_t now)
 {
@@ -426,6 +485,8 @@ static void process_input(struct worker *w, struct conn *c, uint64_t now)
 
 	assert(consumed <= c->rfill);
 	note_first_bytes(c, now);
+	if (w->sh->opt->stream)
+		note_events(w, c, now);
 	if (r == RESPPARSE_ERROR) {
 		conn_fail(w, c, &w->st.errors_parse, now);
 		return;
@@ -444,6 +505,7 @@ static void process_input(struct worker *w, struct conn *c, uint64_t now)
 	response_complete(w, c, now);
 	if (consumed < c->rfill) {
 		/* we never pipeline, so bytes after the response are a framing bug */
+		c->state = CONN_IDLE;	/* that response itself ended and was counted */
 		conn_fail(w, c, &w->st.errors_parse, now);
 		return;
 	}
@@ -576,7 +638,7 @@ static void dispatch_due(struct worker *w, uint64_t now)
 		struct conn *c = idle_pop(w);
 		if (in_window(w, now))
 			hdrhist_record(&w->st.send_lag, now - w->next_due_ns);
-		request_start(w, c, w->next_due_ns);
+		request_start(w, c, w->next_due_ns, now);
 		w->next_due_ns = due_time(w, ++w->sched_k);
 	}
 }
@@ -650,6 +712,14 @@ static void worker_stop(struct worker *w)
 		w->st.backlog_at_end = k_end - w->sched_k;
 	}
 	w->st.in_flight_at_end = count_state(w, CONN_BUSY);
+	if (sh->opt->stream) {
+		/* a stream that hangs until the end never closes its gap: count it here */
+		uint64_t now = now_ns();
+		for (unsigned i = 0; i < w->nconns; i++)
+			if (w->conns[i].state == CONN_BUSY)
+				w->st.stalls += ssetiming_open_stall(&w->conns[i].sse, now,
+								     sh->stall_ns);
+	}
 
 	/* shutdown() completes every op still in flight; reap them before buffers can go */
 	for (unsigned i = 0; i < w->nconns; i++)
@@ -726,6 +796,8 @@ static void stats_init(struct stats *st)
 	hdrhist_init(&st->ttfb);
 	hdrhist_init(&st->ttfe);
 	hdrhist_init(&st->send_lag);
+	hdrhist_init(&st->event_gap);
+	hdrhist_init(&st->latency_uncorrected);
 }
 
 static void stats_merge(struct stats *dst, const struct stats *src)
@@ -741,6 +813,13 @@ static void stats_merge(struct stats *dst, const struct stats *src)
 	dst->bytes_received += src->bytes_received;
 	dst->events += src->events;
 	dst->responses_without_events += src->responses_without_events;
+	dst->events_arrived += src->events_arrived;
+	dst->stalls += src->stalls;
+	dst->responses_stalled += src->responses_stalled;
+	dst->responses_short += src->responses_short;
+	dst->events_lost += src->events_lost;
+	dst->responses_without_done += src->responses_without_done;
+	dst->streams_cut += src->streams_cut;
 	dst->backlog_at_end += src->backlog_at_end;
 	dst->in_flight_at_end += src->in_flight_at_end;
 	dst->connections_open_at_start += src->connections_open_at_start;
@@ -748,6 +827,8 @@ static void stats_merge(struct stats *dst, const struct stats *src)
 	hdrhist_merge(&dst->ttfb, &src->ttfb);
 	hdrhist_merge(&dst->ttfe, &src->ttfe);
 	hdrhist_merge(&dst->send_lag, &src->send_lag);
+	hdrhist_merge(&dst->event_gap, &src->event_gap);
+	hdrhist_merge(&dst->latency_uncorrected, &src->latency_uncorrected);
 }
 
 static int worker_init(struct worker *w, unsigned index, unsigned nconns,
@@ -795,7 +876,10 @@ static _Noreturn void usage(int code)
 		"  --duration S        measured seconds (default 10)\n"
 		"  --warmup S          seconds before measuring (default 1)\n"
 		"  --rate R            open loop at R requests/s in all; 0: closed loop (default)\n"
-		"  --stream            record time to first body byte and first SSE event\n"
+		"  --stream            record time to first body byte, first SSE event, the gaps\n"
+		"                      between events and events per second\n"
+		"  --stall-ms MS       (--stream) count gaps between events over MS as stalls\n"
+		"  --expect-events N   (--stream) count responses that end with fewer events\n"
 		"  --json FILE         write the results as JSON\n"
 		"Only loopback targets are accepted.\n");
 	exit(code);
@@ -854,6 +938,11 @@ static double parse_number(const char *arg, const char *name, double lo, double 
 	return v;
 }
 
+enum {
+	OPT_STALL_MS = 256,	/* long-only options */
+	OPT_EXPECT_EVENTS,
+};
+
 static void parse_options(struct options *o, int argc, char **argv)
 {
 	static const struct option longopts[] = {
@@ -867,6 +956,8 @@ static void parse_options(struct options *o, int argc, char **argv)
 		{ "warmup", required_argument, NULL, 'w' },
 		{ "rate", required_argument, NULL, 'r' },
 		{ "stream", no_argument, NULL, 's' },
+		{ "stall-ms", required_argument, NULL, OPT_STALL_MS },
+		{ "expect-events", required_argument, NULL, OPT_EXPECT_EVENTS },
 		{ "json", required_argument, NULL, 'j' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
@@ -908,6 +999,13 @@ static void parse_options(struct options *o, int argc, char **argv)
 			break;
 		case 'r': o->rate = parse_number(optarg, "rate", 0, LOADGEN_MAX_RATE); break;
 		case 's': o->stream = true; break;
+		case OPT_STALL_MS:
+			o->stall_ms = parse_number(optarg, "stall-ms", 0, LOADGEN_MAX_STALL_MS);
+			break;
+		case OPT_EXPECT_EVENTS:
+			o->expect_events = (uint32_t)parse_number(optarg, "expect-events", 0,
+								  LOADGEN_MAX_EXPECT_EVENTS);
+			break;
 		case 'j': o->json_path = optarg; break;
 		case 'h': usage(0);
 		default: usage(2);
@@ -921,6 +1019,10 @@ static void parse_options(struct options *o, int argc, char **argv)
 	}
 	if (!is_loopback(&o->addr)) {
 		fprintf(stderr, "loadgen: only loopback targets (127.0.0.0/8) are allowed\n");
+		exit(2);
+	}
+	if (!o->stream && (o->stall_ms > 0 || o->expect_events > 0)) {
+		fprintf(stderr, "loadgen: --stall-ms and --expect-events need --stream\n");
 		exit(2);
 	}
 	if (o->threads > o->connections) {
@@ -1044,6 +1146,24 @@ static uint64_t errors_total(const struct stats *st)
 	return st->errors_connect + st->errors_read + st->errors_write + st->errors_parse;
 }
 
+static double events_per_response(const struct stats *st)
+{
+	return st->completed ? (double)st->events / (double)st->completed : 0.0;
+}
+
+static void print_stream_losses(const struct options *o, const struct stats *st)
+{
+	if (o->stall_ms > 0)
+		printf("  stalls over %.1f ms: %llu, in %llu responses\n", o->stall_ms,
+		       (unsigned long long)st->stalls, (unsigned long long)st->responses_stalled);
+	if (o->expect_events > 0)
+		printf("  expecting %u events: %llu responses short, %llu events lost\n",
+		       o->expect_events, (unsigned long long)st->responses_short,
+		       (unsigned long long)st->events_lost);
+	printf("  responses not ending in [DONE] %llu, streams cut after their head %llu\n",
+	       (unsigned long long)st->responses_without_done, (unsigned long long)st->streams_cut);
+}
+
 static void print_text(const struct options *o, const struct stats *st, struct cpu_usage cpu)
 {
 	uint64_t non2xx = st->completed - st->status_class[2];
@@ -1066,13 +1186,16 @@ static void print_text(const struct options *o, const struct stats *st, struct c
 	if (o->stream) {
 		print_hist_line("first byte", &st->ttfb);
 		print_hist_line("first event", &st->ttfe);
-		printf("  events %llu (%.2f per response), responses without events %llu\n",
-		       (unsigned long long)st->events,
-		       st->completed ? (double)st->events / st->completed : 0.0,
+		printf("  events %llu (%.2f per response, %.1f/s), responses without events %llu\n",
+		       (unsigned long long)st->events, events_per_response(st),
+		       st->events_arrived / o->duration_s,
 		       (unsigned long long)st->responses_without_events);
+		print_hist_line("event gap", &st->event_gap);
+		print_stream_losses(o, st);
 	}
 	if (o->rate > 0) {
 		print_hist_line("send lag", &st->send_lag);
+		print_hist_line("uncorrected", &st->latency_uncorrected);
 		/* a request or two per thread fall due in the last wake-up before the end */
 		uint64_t noise = 2 * o->threads + (uint64_t)(o->rate * o->duration_s / 1000);
 		if (st->backlog_at_end > noise)
@@ -1143,10 +1266,23 @@ static int write_json(const char *path, const struct options *o, const struct st
 		(unsigned long long)st->in_flight_at_end);
 	fprintf(f, "  \"events\": %llu,\n  \"responses_without_events\": %llu,\n",
 		(unsigned long long)st->events, (unsigned long long)st->responses_without_events);
+	fprintf(f, "  \"events_per_response\": %.3f,\n  \"events_per_s\": %.3f,\n",
+		events_per_response(st), st->events_arrived / o->duration_s);
+	fprintf(f, "  \"stall_ms\": %.3f,\n  \"stalls\": %llu,\n  \"responses_stalled\": %llu,\n",
+		o->stall_ms, (unsigned long long)st->stalls,
+		(unsigned long long)st->responses_stalled);
+	fprintf(f, "  \"expect_events\": %u,\n  \"responses_short\": %llu,\n"
+		"  \"events_lost\": %llu,\n  \"responses_without_done\": %llu,\n"
+		"  \"streams_cut\": %llu,\n", o->expect_events,
+		(unsigned long long)st->responses_short, (unsigned long long)st->events_lost,
+		(unsigned long long)st->responses_without_done,
+		(unsigned long long)st->streams_cut);
 	json_hist(f, "latency_us", &st->latency);
 	json_hist(f, "ttfb_us", &st->ttfb);
 	json_hist(f, "ttfe_us", &st->ttfe);
 	json_hist(f, "send_lag_us", &st->send_lag);
+	json_hist(f, "event_gap_us", &st->event_gap);
+	json_hist(f, "latency_uncorrected_us", &st->latency_uncorrected);
 	fprintf(f, "  \"cpu\": {\"user_s\": %.3f, \"sys_s\": %.3f, \"cores\": %.3f}\n}\n",
 		cpu.user_s, cpu.sys_s, (cpu.user_s + cpu.sys_s) / o->duration_s);
 	int rc = ferror(f) ? -EIO : 0;
@@ -1236,7 +1372,11 @@ int main(int argc, char **argv)
 	signal(SIGPIPE, SIG_IGN);
 	raise_fd_limit(opt.connections);
 
-	struct shared sh = { .opt = &opt, .head_request = strcmp(opt.method, "HEAD") == 0 };
+	struct shared sh = {
+		.opt = &opt,
+		.head_request = strcmp(opt.method, "HEAD") == 0,
+		.stall_ns = (uint64_t)(opt.stall_ms * 1e6),
+	};
 	char *request = build_request(&opt, &sh.request_len);
 	if (!request)
 		return 1;

@@ -35,19 +35,69 @@ void respparse_reset(struct respparse *p, bool head_request)
 	p->rp_framing = FRAMING_NONE;
 }
 
-/* SSE event counting (WHATWG "event stream interpretation", reduced to what we count). */
+/*
+ * SSE event counting (WHATWG "event stream interpretation", reduced to what we count): an
+ * event is dispatched by a blank line after at least one data line. We also note whether its
+ * data is exactly "[DONE]" (one data line), the sentinel that ends an OpenAI stream.
+ */
+static const char sse_done_value[] = "[DONE]";
+#define SSE_DONE_LEN (sizeof(sse_done_value) - 1)
+
+static void sse_dispatch(struct respparse *p)
+{
+	if (p->rp_sse_event_data_lines > 0) {
+		p->rp_sse_events++;
+		p->rp_sse_last_done = p->rp_sse_event_data_lines == 1 && p->rp_sse_event_done;
+	}
+	p->rp_sse_event_data_lines = 0;
+	p->rp_sse_event_done = false;
+}
+
 static void sse_line_end(struct respparse *p)
 {
 	if (p->rp_sse_line_len == 0) {
-		if (p->rp_sse_event_has_data)
-			p->rp_sse_events++;
-		p->rp_sse_event_has_data = false;
+		sse_dispatch(p);
 	} else if (!p->rp_sse_not_data && p->rp_sse_line_len >= 4) {
 		/* "data" alone or "data:..." is a data field; "data2:" failed the match earlier */
-		p->rp_sse_event_has_data = true;
+		if (p->rp_sse_event_data_lines < 2)
+			p->rp_sse_event_data_lines++;
+		p->rp_sse_event_done = p->rp_sse_line_len == 5 && !p->rp_sse_value_not_done &&
+				       p->rp_sse_value_len == SSE_DONE_LEN;
 	}
 	p->rp_sse_line_len = 0;
 	p->rp_sse_not_data = false;
+	p->rp_sse_value_len = 0;
+	p->rp_sse_value_space = false;
+	p->rp_sse_value_not_done = false;
+}
+
+/* One character of a data field's value (after "data:"): does the value spell "[DONE]"? */
+static void sse_value_char(struct respparse *p, char c)
+{
+	assert(!p->rp_sse_value_not_done);	/* a settled line is skipped, not scanned */
+	if (c == ' ' && p->rp_sse_value_len == 0 && !p->rp_sse_value_space) {
+		p->rp_sse_value_space = true;	/* the spec drops one leading space */
+		return;
+	}
+	if (p->rp_sse_value_len >= SSE_DONE_LEN || c != sse_done_value[p->rp_sse_value_len])
+		p->rp_sse_value_not_done = true;
+	else
+		p->rp_sse_value_len++;
+}
+
+/* Nothing more on this line can change what we count: not a data line, or not [DONE]. */
+static bool sse_line_settled(const struct respparse *p)
+{
+	return p->rp_sse_not_data || (p->rp_sse_line_len == 5 && p->rp_sse_value_not_done);
+}
+
+/* Index of the next CR or LF at or after i, or n: SIMD memchr beats a loop on ~200-byte lines. */
+static size_t sse_next_break(const char *data, size_t i, size_t n)
+{
+	const char *lf = memchr(data + i, '\n', n - i);
+	size_t end = lf ? (size_t)(lf - data) : n;
+	const char *cr = memchr(data + i, '\r', end - i);
+	return cr ? (size_t)(cr - data) : end;
 }
 
 static void sse_scan(struct respparse *p, const char *data, size_t n)
@@ -55,6 +105,13 @@ static void sse_scan(struct respparse *p, const char *data, size_t n)
 	static const char field[] = "data:";
 
 	for (size_t i = 0; i < n; i++) {
+		if (sse_line_settled(p)) {
+			/* the char before was neither CR nor LF, so rp_sse_after_cr is false */
+			assert(!p->rp_sse_after_cr);
+			i = sse_next_break(data, i, n);
+			if (i == n)
+				break;
+		}
 		char c = data[i];
 
 		if (c == '\n' && p->rp_sse_after_cr) {
@@ -70,6 +127,8 @@ static void sse_scan(struct respparse *p, const char *data, size_t n)
 			if (c != field[p->rp_sse_line_len])
 				p->rp_sse_not_data = true;
 			p->rp_sse_line_len++;
+		} else {
+			sse_value_char(p, c);
 		}
 	}
 }

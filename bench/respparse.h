@@ -30,6 +30,7 @@ struct respparse {
 	bool rp_event_stream;	/* Content-Type: text/event-stream; SSE events are counted */
 	uint64_t rp_body_bytes;	/* body bytes so far, chunk framing excluded */
 	uint32_t rp_sse_events;	/* events dispatched (blank line after >= 1 data line) */
+	bool rp_sse_last_done;	/* the newest event's data was exactly "[DONE]" (OpenAI's end) */
 
 	/* private */
 	bool rp_head_request;
@@ -40,8 +41,12 @@ struct respparse {
 	unsigned rp_chunk_digits;
 	int rp_sse_line_len;	/* chars seen on this line, saturating at 5 */
 	bool rp_sse_not_data;	/* this line has failed to match "data:" */
-	bool rp_sse_event_has_data;
 	bool rp_sse_after_cr;
+	uint8_t rp_sse_value_len;	/* leading chars of the data value that match "[DONE]" */
+	bool rp_sse_value_space;	/* the one optional space after "data:" was skipped */
+	bool rp_sse_value_not_done;	/* this data value has failed to match "[DONE]" */
+	uint8_t rp_sse_event_data_lines; /* saturating at 2: "[DONE]" must be the only one */
+	bool rp_sse_event_done;		/* the event's one data line so far is "[DONE]" */
 };
 
 /* Start a new response; head_request: the request was HEAD (no body whatever the headers). */

@@ -1,6 +1,7 @@
-/* test_loadgen.c - the load generator's response parser (framing, keep-alive, SSE counting) and
- * its latency histogram. Every parser case is fed whole, byte by byte and split at every pair
- * of points, with foreign bytes after it that must be left unconsumed. */
+/* test_loadgen.c - the load generator's response parser (framing, keep-alive, SSE counting and
+ * the [DONE] sentinel), its latency histogram and its SSE event timing. Every parser case is fed
+ * whole, byte by byte and split at every pair of points, with foreign bytes after it that must
+ * be left unconsumed. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -13,6 +14,7 @@
 
 #include "hdrhist.h"
 #include "respparse.h"
+#include "ssetiming.h"
 
 enum expect_kind {
 	EXPECT_DONE,		/* a whole response, then the trailing bytes stay unconsumed */
@@ -29,6 +31,7 @@ struct parse_case {
 	bool keep_alive;
 	uint64_t body_bytes;
 	uint32_t events;
+	bool last_done;		/* the last event's data is exactly [DONE] (false when omitted) */
 };
 
 #define H200 "HTTP/1.1 200 OK\r\n"
@@ -39,141 +42,176 @@ static const struct parse_case cases[] = {
 	/* framing */
 	{ "content-length",
 	  H200 "Content-Length: 5\r\n\r\nhello",
-	  false, EXPECT_DONE, 200, true, 5, 0 },
+	  false, EXPECT_DONE, 200, true, 5, 0, false },
 	{ "content-length zero",
 	  H200 "Content-Length: 0\r\n\r\n",
-	  false, EXPECT_DONE, 200, true, 0, 0 },
+	  false, EXPECT_DONE, 200, true, 0, 0, false },
 	{ "header names are case-insensitive",
 	  H200 "cOnTeNt-LeNgTh:3\r\n\r\nabc",
-	  false, EXPECT_DONE, 200, true, 3, 0 },
+	  false, EXPECT_DONE, 200, true, 3, 0, false },
 	{ "bare LF line endings",
 	  "HTTP/1.1 200 OK\nContent-Length: 2\n\nok",
-	  false, EXPECT_DONE, 200, true, 2, 0 },
+	  false, EXPECT_DONE, 200, true, 2, 0, false },
 	{ "204 has no body",
 	  "HTTP/1.1 204 No Content\r\n\r\n",
-	  false, EXPECT_DONE, 204, true, 0, 0 },
+	  false, EXPECT_DONE, 204, true, 0, 0, false },
 	{ "304 ignores its length",
 	  "HTTP/1.1 304 Not Modified\r\nContent-Length: 10\r\n\r\n",
-	  false, EXPECT_DONE, 304, true, 0, 0 },
+	  false, EXPECT_DONE, 304, true, 0, 0, false },
 	{ "HEAD ignores the length",
 	  H200 "Content-Length: 100\r\n\r\n",
-	  true, EXPECT_DONE, 200, true, 0, 0 },
+	  true, EXPECT_DONE, 200, true, 0, 0, false },
 	{ "error statuses parse like any",
 	  "HTTP/1.1 503 Busy\r\nContent-Length: 4\r\n\r\nbusy",
-	  false, EXPECT_DONE, 503, true, 4, 0 },
+	  false, EXPECT_DONE, 503, true, 4, 0, false },
 	{ "no reason phrase",
 	  "HTTP/1.1 200\r\nContent-Length: 1\r\n\r\nx",
-	  false, EXPECT_DONE, 200, true, 1, 0 },
+	  false, EXPECT_DONE, 200, true, 1, 0, false },
 	{ "chunked",
 	  H200 CHUNKED "\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
-	  false, EXPECT_DONE, 200, true, 11, 0 },
+	  false, EXPECT_DONE, 200, true, 11, 0, false },
 	{ "chunk size in upper-case hex with extension",
 	  H200 CHUNKED "\r\nA;name=v\r\n0123456789\r\n0\r\n\r\n",
-	  false, EXPECT_DONE, 200, true, 10, 0 },
+	  false, EXPECT_DONE, 200, true, 10, 0, false },
 	{ "chunked with trailers",
 	  H200 CHUNKED "\r\n1\r\nx\r\n0\r\nX-T: 1\r\nX-U: 2\r\n\r\n",
-	  false, EXPECT_DONE, 200, true, 1, 0 },
+	  false, EXPECT_DONE, 200, true, 1, 0, false },
 	{ "chunked with bare LF",
 	  H200 CHUNKED "\r\n2\nab\n0\n\n",
-	  false, EXPECT_DONE, 200, true, 2, 0 },
+	  false, EXPECT_DONE, 200, true, 2, 0, false },
 	{ "chunked beats content-length",
 	  H200 "Content-Length: 99\r\n" CHUNKED "\r\n1\r\nx\r\n0\r\n\r\n",
-	  false, EXPECT_DONE, 200, true, 1, 0 },
+	  false, EXPECT_DONE, 200, true, 1, 0, false },
 	{ "last coding decides",
 	  H200 "Transfer-Encoding: gzip, chunked\r\n\r\n1\r\nx\r\n0\r\n\r\n",
-	  false, EXPECT_DONE, 200, true, 1, 0 },
+	  false, EXPECT_DONE, 200, true, 1, 0, false },
 	{ "interim 100 then the response",
 	  "HTTP/1.1 100 Continue\r\n\r\n" H200 "Content-Length: 1\r\n\r\nx",
-	  false, EXPECT_DONE, 200, true, 1, 0 },
+	  false, EXPECT_DONE, 200, true, 1, 0, false },
 	{ "no length: ends at close",
 	  H200 "\r\nsome body",
-	  false, EXPECT_DONE_AT_EOF, 200, false, 9, 0 },
+	  false, EXPECT_DONE_AT_EOF, 200, false, 9, 0, false },
 	{ "non-chunked coding: ends at close",
 	  H200 "Transfer-Encoding: gzip\r\n\r\nzz",
-	  false, EXPECT_DONE_AT_EOF, 200, false, 2, 0 },
+	  false, EXPECT_DONE_AT_EOF, 200, false, 2, 0, false },
 
 	/* keep-alive */
 	{ "connection close",
 	  H200 "Connection: close\r\nContent-Length: 0\r\n\r\n",
-	  false, EXPECT_DONE, 200, false, 0, 0 },
+	  false, EXPECT_DONE, 200, false, 0, 0, false },
 	{ "close among tokens",
 	  H200 "Connection: foo, Close\r\nContent-Length: 0\r\n\r\n",
-	  false, EXPECT_DONE, 200, false, 0, 0 },
+	  false, EXPECT_DONE, 200, false, 0, 0, false },
 	{ "closed is not close",
 	  H200 "Connection: closed\r\nContent-Length: 0\r\n\r\n",
-	  false, EXPECT_DONE, 200, true, 0, 0 },
+	  false, EXPECT_DONE, 200, true, 0, 0, false },
 	{ "HTTP/1.0 closes by default",
 	  "HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n",
-	  false, EXPECT_DONE, 200, false, 0, 0 },
+	  false, EXPECT_DONE, 200, false, 0, 0, false },
 	{ "HTTP/1.0 keep-alive",
 	  "HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n",
-	  false, EXPECT_DONE, 200, true, 0, 0 },
+	  false, EXPECT_DONE, 200, true, 0, 0, false },
 
 	/* SSE: events are dispatched by a blank line after at least one data line */
 	{ "sse events",
 	  H200 SSE CHUNKED "\r\nF\r\ndata: {\"a\":1}\n\n\r\nE\r\n"
 	  "data: [DONE]\n\n\r\n0\r\n\r\n",
-	  false, EXPECT_DONE, 200, true, 29, 2 },
+	  false, EXPECT_DONE, 200, true, 29, 2, true },
 	{ "sse CRLF, comments, other fields",
 	  H200 SSE "Content-Length: 47\r\n\r\n: hi\r\n\r\nevent: x\r\n"
 	  "data: a\r\ndata: b\r\n\r\nid: 1\r\n\r\n",
-	  false, EXPECT_DONE, 200, true, 47, 1 },
+	  false, EXPECT_DONE, 200, true, 47, 1, false },
 	{ "sse empty data field, data2 is not data",
 	  H200 SSE "Content-Length: 21\r\n\r\ndata\n\ndata2: x\n\nretry",
-	  false, EXPECT_DONE, 200, true, 21, 1 },
+	  false, EXPECT_DONE, 200, true, 21, 1, false },
 	{ "sse CR-only lines",
 	  H200 SSE "Content-Length: 17\r\n\r\ndata: a\r\rdata:b\r\r",
-	  false, EXPECT_DONE, 200, true, 17, 2 },
+	  false, EXPECT_DONE, 200, true, 17, 2, false },
 	{ "sse unterminated event is not counted",
 	  H200 SSE "Content-Length: 7\r\n\r\ndata: a",
-	  false, EXPECT_DONE, 200, true, 7, 0 },
+	  false, EXPECT_DONE, 200, true, 7, 0, false },
 	{ "not an event stream: no counting",
 	  H200 "Content-Length: 9\r\n\r\ndata: a\n\n",
-	  false, EXPECT_DONE, 200, true, 9, 0 },
+	  false, EXPECT_DONE, 200, true, 9, 0, false },
+
+	/* the [DONE] sentinel: the data of the last event, exactly */
+	{ "sse [DONE] without the space, CRLF",
+	  H200 SSE "Content-Length: 26\r\n\r\ndata: a\r\n\r\ndata:[DONE]\r\n\r\n",
+	  false, EXPECT_DONE, 200, true, 26, 2, true },
+	{ "sse [DONE] after an event field",
+	  H200 SSE "Content-Length: 25\r\n\r\nevent: end\ndata: [DONE]\n\n",
+	  false, EXPECT_DONE, 200, true, 25, 1, true },
+	{ "sse an event after [DONE]",
+	  H200 SSE "Content-Length: 23\r\n\r\ndata: [DONE]\n\ndata: a\n\n",
+	  false, EXPECT_DONE, 200, true, 23, 2, false },
+	{ "sse [DONE] and a second data line",
+	  H200 SSE "Content-Length: 22\r\n\r\ndata: [DONE]\ndata: x\n\n",
+	  false, EXPECT_DONE, 200, true, 22, 1, false },
+	{ "sse a data line, then [DONE] in the same event",
+	  H200 SSE "Content-Length: 22\r\n\r\ndata: x\ndata: [DONE]\n\n",
+	  false, EXPECT_DONE, 200, true, 22, 1, false },
+	{ "sse [DONE] not alone on its line",
+	  H200 SSE "Content-Length: 15\r\n\r\ndata: [DONE]x\n\n",
+	  false, EXPECT_DONE, 200, true, 15, 1, false },
+	{ "sse [DONE] cut short",
+	  H200 SSE "Content-Length: 13\r\n\r\ndata: [DONE\n\n",
+	  false, EXPECT_DONE, 200, true, 13, 1, false },
+	{ "sse only one space is dropped",
+	  H200 SSE "Content-Length: 15\r\n\r\ndata:  [DONE]\n\n",
+	  false, EXPECT_DONE, 200, true, 15, 1, false },
+	{ "sse [DONE] in another field",
+	  H200 SSE "Content-Length: 24\r\n\r\nid: [DONE]\ndata: [DON]\n\n",
+	  false, EXPECT_DONE, 200, true, 24, 1, false },
+	{ "sse [DONE] never dispatched",
+	  H200 SSE "Content-Length: 22\r\n\r\ndata: a\n\ndata: [DONE]\n",
+	  false, EXPECT_DONE, 200, true, 22, 1, false },
+	{ "sse [DONE] with chunk framing across it",
+	  H200 SSE CHUNKED "\r\n8\r\ndata: [D\r\n6\r\nONE]\n\n\r\n0\r\n\r\n",
+	  false, EXPECT_DONE, 200, true, 14, 1, true },
 
 	/* errors */
 	{ "HTTP/2 status line",
 	  "HTTP/2 200 OK\r\nContent-Length: 0\r\n\r\n",
-	  false, EXPECT_ERROR, 0, false, 0, 0 },
+	  false, EXPECT_ERROR, 0, false, 0, 0, false },
 	{ "two-digit status",
 	  "HTTP/1.1 20 OK\r\nContent-Length: 0\r\n\r\n",
-	  false, EXPECT_ERROR, 0, false, 0, 0 },
+	  false, EXPECT_ERROR, 0, false, 0, 0, false },
 	{ "status glued to reason",
 	  "HTTP/1.1 200OK\r\nContent-Length: 0\r\n\r\n",
-	  false, EXPECT_ERROR, 0, false, 0, 0 },
+	  false, EXPECT_ERROR, 0, false, 0, 0, false },
 	{ "conflicting lengths",
 	  H200 "Content-Length: 1\r\nContent-Length: 2\r\n\r\nab",
-	  false, EXPECT_ERROR, 0, false, 0, 0 },
+	  false, EXPECT_ERROR, 0, false, 0, 0, false },
 	{ "length not a number",
 	  H200 "Content-Length: 1x\r\n\r\nab",
-	  false, EXPECT_ERROR, 0, false, 0, 0 },
+	  false, EXPECT_ERROR, 0, false, 0, 0, false },
 	{ "negative length",
 	  H200 "Content-Length: -1\r\n\r\n",
-	  false, EXPECT_ERROR, 0, false, 0, 0 },
+	  false, EXPECT_ERROR, 0, false, 0, 0, false },
 	{ "chunk size not hex",
 	  H200 CHUNKED "\r\nzz\r\n",
-	  false, EXPECT_ERROR, 0, false, 0, 0 },
+	  false, EXPECT_ERROR, 0, false, 0, 0, false },
 	{ "chunk data without CRLF",
 	  H200 CHUNKED "\r\n5\r\nhelloX0\r\n\r\n",
-	  false, EXPECT_ERROR, 0, false, 0, 0 },
+	  false, EXPECT_ERROR, 0, false, 0, 0, false },
 	{ "junk between chunk data and LF",
 	  H200 CHUNKED "\r\n5\r\nhelloX\n0\r\n\r\n",
-	  false, EXPECT_ERROR, 0, false, 0, 0 },
+	  false, EXPECT_ERROR, 0, false, 0, 0, false },
 	{ "chunk size over 60 bits",
 	  H200 CHUNKED "\r\n1000000000000000\r\n",
-	  false, EXPECT_ERROR, 0, false, 0, 0 },
+	  false, EXPECT_ERROR, 0, false, 0, 0, false },
 	{ "space in a header name",
 	  H200 "Content Length: 1\r\n\r\nx",
-	  false, EXPECT_ERROR, 0, false, 0, 0 },
+	  false, EXPECT_ERROR, 0, false, 0, 0, false },
 	{ "obsolete line folding",
 	  H200 "X-A: 1\r\n  folded\r\nContent-Length: 0\r\n\r\n",
-	  false, EXPECT_ERROR, 0, false, 0, 0 },
+	  false, EXPECT_ERROR, 0, false, 0, 0, false },
 	{ "header line without colon",
 	  H200 "Content-Length 1\r\n\r\nx",
-	  false, EXPECT_ERROR, 0, false, 0, 0 },
+	  false, EXPECT_ERROR, 0, false, 0, 0, false },
 	{ "switching protocols",
 	  "HTTP/1.1 101 Switching\r\n\r\n",
-	  false, EXPECT_ERROR, 0, false, 0, 0 },
+	  false, EXPECT_ERROR, 0, false, 0, 0, false },
 };
 
 /* Bytes after every response: must never be consumed (we do not pipeline). */
@@ -248,6 +286,9 @@ static void check_outcome(const struct parse_case *tc, const struct outcome *out
 		fail_msg("%s (%s): body %llu (want %llu) events %u (want %u)", tc->reason, how,
 			 (unsigned long long)p->rp_body_bytes, (unsigned long long)want_body,
 			 p->rp_sse_events, tc->events);
+	if (p->rp_sse_last_done != tc->last_done)
+		fail_msg("%s (%s): last event is [DONE]: %d", tc->reason, how,
+			 p->rp_sse_last_done);
 }
 
 /* The input as the wire carries it: the response, then bytes that are not ours. */
@@ -423,6 +464,128 @@ static void test_hist_tail_and_merge(void **state)
 	free(b);
 }
 
+static void test_hist_record_n(void **state)
+{
+	struct hdrhist *a = malloc(sizeof(*a)), *b = malloc(sizeof(*b));
+	assert_non_null(a);
+	assert_non_null(b);
+	hdrhist_init(a);
+	hdrhist_init(b);
+
+	/* n at once is n times one, to the bit */
+	hdrhist_record_n(a, 0, 0);
+	assert_int_equal(a->hh_count, 0);
+	assert_int_equal(a->hh_min, UINT64_MAX);
+	hdrhist_record_n(a, 5000, 3);
+	hdrhist_record_n(a, 0, 2);
+	for (int i = 0; i < 3; i++)
+		hdrhist_record(b, 5000);
+	hdrhist_record(b, 0);
+	hdrhist_record(b, 0);
+	assert_memory_equal(a, b, sizeof(*a));
+	assert_int_equal(hdrhist_percentile(a, 40), 0);
+	assert_near(hdrhist_percentile(a, 41), 5000, 0.005);
+	assert_int_equal((uint64_t)hdrhist_mean(a), 3000);
+	free(a);
+	free(b);
+}
+
+/* ---- SSE event timing ---- */
+
+#define MS UINT64_C(1000000)
+
+struct timing_fixture {
+	struct ssetiming t;
+	struct hdrhist gaps;
+};
+
+static struct timing_fixture *timing_new(void)
+{
+	struct timing_fixture *f = malloc(sizeof(*f));
+	assert_non_null(f);
+	ssetiming_reset(&f->t);
+	hdrhist_init(&f->gaps);
+	return f;
+}
+
+static void test_timing_one_event_per_receive(void **state)
+{
+	struct timing_fixture *f = timing_new();
+	const uint64_t stall = 10 * MS;
+
+	/* the first event has no gap; the others are timed from the one before */
+	assert_int_equal(ssetiming_note(&f->t, 1, 100 * MS, stall, &f->gaps), 0);
+	assert_int_equal(f->gaps.hh_count, 0);
+	assert_int_equal(ssetiming_note(&f->t, 2, 105 * MS, stall, &f->gaps), 0);
+	assert_int_equal(ssetiming_note(&f->t, 3, 115 * MS, stall, &f->gaps), 0); /* == not over */
+	assert_int_equal(ssetiming_note(&f->t, 4, 115 * MS + 1 + 10 * MS, stall, &f->gaps), 1);
+	assert_int_equal(f->gaps.hh_count, 3);
+	assert_int_equal(f->gaps.hh_min, 5 * MS);
+	assert_int_equal(f->gaps.hh_max, 10 * MS + 1);
+	assert_int_equal(f->t.sti_stalls, 1);
+	assert_int_equal(f->t.sti_events, 4);
+
+	/* no new event: nothing happens, whatever the time */
+	assert_int_equal(ssetiming_note(&f->t, 4, 900 * MS, stall, &f->gaps), 0);
+	assert_int_equal(f->gaps.hh_count, 3);
+	assert_int_equal(f->t.sti_last_ns, 125 * MS + 1);
+	free(f);
+}
+
+static void test_timing_batched_events(void **state)
+{
+	struct timing_fixture *f = timing_new();
+
+	/* three events in the first receive: two gaps of 0 between them */
+	assert_int_equal(ssetiming_note(&f->t, 3, 50 * MS, 0, &f->gaps), 0);
+	assert_int_equal(f->gaps.hh_count, 2);
+	assert_int_equal(f->gaps.hh_max, 0);
+	/* four more 30 ms later: one gap of 30 ms, three of 0; no threshold, no stall */
+	assert_int_equal(ssetiming_note(&f->t, 7, 80 * MS, 0, &f->gaps), 0);
+	assert_int_equal(f->gaps.hh_count, 6);
+	assert_int_equal(f->gaps.hh_max, 30 * MS);
+	assert_int_equal(hdrhist_percentile(&f->gaps, 80), 0);
+	assert_int_equal(hdrhist_percentile(&f->gaps, 100), 30 * MS);
+	/* a batch opened by a stall counts one stall, not one per event */
+	assert_int_equal(ssetiming_note(&f->t, 12, 200 * MS, 100 * MS, &f->gaps), 1);
+	assert_int_equal(f->gaps.hh_count, 11);
+	assert_int_equal(f->t.sti_stalls, 1);
+	free(f);
+}
+
+static void test_timing_outside_the_window(void **state)
+{
+	struct timing_fixture *f = timing_new();
+
+	/* no histogram (warm-up): the clock still advances, stalls are still seen */
+	assert_int_equal(ssetiming_note(&f->t, 1, 0, MS, NULL), 0);
+	assert_int_equal(ssetiming_note(&f->t, 2, 5 * MS, MS, NULL), 1);
+	assert_int_equal(ssetiming_note(&f->t, 3, 5 * MS + 10, MS, &f->gaps), 0);
+	assert_int_equal(f->gaps.hh_count, 1);
+	assert_int_equal(f->gaps.hh_max, 10);
+
+	/* a new response starts from nothing */
+	ssetiming_reset(&f->t);
+	assert_int_equal(f->t.sti_stalls, 0);
+	assert_int_equal(ssetiming_note(&f->t, 1, 90 * MS, MS, &f->gaps), 0);
+	assert_int_equal(f->gaps.hh_count, 1);
+	free(f);
+}
+
+static void test_timing_open_stall(void **state)
+{
+	struct ssetiming t;
+
+	/* no event yet: waiting for the first one is not a gap */
+	ssetiming_reset(&t);
+	assert_int_equal(ssetiming_open_stall(&t, 500 * MS, MS), 0);
+	ssetiming_note(&t, 2, 10 * MS, MS, NULL);
+	assert_int_equal(ssetiming_open_stall(&t, 11 * MS, MS), 0);	/* not over */
+	assert_int_equal(ssetiming_open_stall(&t, 11 * MS, 0), 0);	/* no threshold */
+	assert_int_equal(ssetiming_open_stall(&t, 11 * MS + 1, MS), 1);
+	assert_int_equal(t.sti_stalls, 1);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -433,6 +596,11 @@ int main(void)
 		cmocka_unit_test(test_hist_bucket_precision),
 		cmocka_unit_test(test_hist_percentiles),
 		cmocka_unit_test(test_hist_tail_and_merge),
+		cmocka_unit_test(test_hist_record_n),
+		cmocka_unit_test(test_timing_one_event_per_receive),
+		cmocka_unit_test(test_timing_batched_events),
+		cmocka_unit_test(test_timing_outside_the_window),
+		cmocka_unit_test(test_timing_open_stall),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
