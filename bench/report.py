@@ -822,7 +822,7 @@ class Report:
         names = order_targets(list(targets))
         idle, active = fmt_value(m.get("idle_connections")), fmt_value(m.get("active_connections"))
         self.add("## Memory", "",
-                 f"RSS of the target's processes, MiB: after start; idle after the earlier "
+                 f"RSS of the target's processes, MiB: after start; after a warm-up "
                  f"runs; with {idle} idle keep-alive connections; steady under load on "
                  f"{active} connections (median of the second half of a "
                  f"{fmt_value(m.get('load_duration_s'))} s run); after the load stops. "
@@ -831,15 +831,15 @@ class Report:
         rows = []
         for t in names:
             v = targets[t]
-            rows.append([t, fmt_mib(v.get("rss_start_kib")), fmt_mib(v.get("rss_idle_kib")),
+            rows.append([t, fmt_mib(v.get("rss_start_kib")), fmt_mib(v.get("rss_warm_kib")),
                          fmt_mib(v.get("rss_idle_connections_kib")),
                          fmt_bytes(v.get("bytes_per_idle_connection")),
-                         fmt_mib(v.get("rss_before_load_kib")), fmt_mib(v.get("rss_steady_kib")),
+                         fmt_mib(v.get("rss_low_load_kib")), fmt_mib(v.get("rss_steady_kib")),
                          fmt_bytes(v.get("bytes_per_active_connection")),
                          fmt_value(v.get("growth_mib_per_min")), fmt_mib(v.get("rss_after_kib")),
                          fmt_count(v.get("throughput_rps"))])
-        self.add(*table(["target", "start", "idle", f"+{idle} idle conns", "per idle conn",
-                         "before load", "steady", "per active conn", "growth MiB/min", "after",
+        self.add(*table(["target", "start", "warm", f"+{idle} idle conns", "per idle conn",
+                         "low load", "steady", "per active conn", "growth MiB/min", "after",
                          "req/s under load"], rows), "")
         lines = []
         for t in names:
