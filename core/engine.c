@@ -607,6 +607,16 @@ static void conn_try_request(struct conn *c)
 	return;
 
 need_body:
+	if (req->body == HTTP1_BODY_LENGTH) {
+		/* Size the gathered input once, not by doubling through a large body; only up
+		 * to 1 MiB ahead of the bytes, so a claimed length costs nothing unsent. */
+		size_t whole = head + req->content_length;
+		if (whole > c->in.len + (1u << 20))
+			whole = c->in.len + (1u << 20);
+		if (whole > c->in.cap)
+			buf_reserve(&c->in, whole - c->in.len,
+				    opt->limits.max_header_bytes + opt->limits.max_body_bytes + 8192);
+	}
 	if (req->expect_continue && !c->continue_sent && req->minor_version == 1) {
 		static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
 		c->continue_sent = true;
