@@ -886,22 +886,31 @@ static int check_unique(struct loader *ld, const struct list_spec *ls, yaml_node
 	return 0;
 }
 
+/* A list value: a sequence of min_items to CONFIG_LIST_MAX items; *n is its length. */
+static int want_sequence(struct loader *ld, const struct field *f, yaml_node_t *v,
+			 size_t min_items, size_t *n)
+{
+	if (v->type != YAML_SEQUENCE_NODE)
+		return fail_at(ld, v->start_mark, "'%s' must be %s, got %s", f->key,
+			       f->type->expects, kind_of(v));
+	*n = seq_len(v);
+	if (*n < min_items)
+		return fail_at(ld, v->start_mark, "'%s' needs at least %zu item%s", f->key,
+			       min_items, min_items == 1 ? "" : "s");
+	if (*n > CONFIG_LIST_MAX)
+		return fail_at(ld, v->start_mark, "'%s' has more than %d items", f->key,
+			       CONFIG_LIST_MAX);
+	return 0;
+}
+
 static int parse_list(struct loader *ld, const struct field *f, yaml_node_t *v, char *base)
 {
 	const struct list_spec *ls = f->spec;
 	size_t n;
 	char *items;
 
-	if (v->type != YAML_SEQUENCE_NODE)
-		return fail_at(ld, v->start_mark, "'%s' must be %s, got %s", f->key,
-			       f->type->expects, kind_of(v));
-	n = seq_len(v);
-	if (n < ls->min_items)
-		return fail_at(ld, v->start_mark, "'%s' needs at least %zu item%s", f->key,
-			       ls->min_items, ls->min_items == 1 ? "" : "s");
-	if (n > CONFIG_LIST_MAX)
-		return fail_at(ld, v->start_mark, "'%s' has more than %d items", f->key,
-			       CONFIG_LIST_MAX);
+	if (want_sequence(ld, f, v, ls->min_items, &n))
+		return -1;
 	if (n == 0)
 		return 0;
 	assert(get_array(f, base) == NULL);
@@ -953,13 +962,8 @@ static int parse_names(struct loader *ld, const struct field *f, yaml_node_t *v,
 	char **names;
 	size_t n;
 
-	if (v->type != YAML_SEQUENCE_NODE)
-		return fail_at(ld, v->start_mark, "'%s' must be %s, got %s", f->key,
-			       f->type->expects, kind_of(v));
-	n = seq_len(v);
-	if (n > CONFIG_LIST_MAX)
-		return fail_at(ld, v->start_mark, "'%s' has more than %d items", f->key,
-			       CONFIG_LIST_MAX);
+	if (want_sequence(ld, f, v, 0, &n))
+		return -1;
 	if (n == 0)
 		return 0;
 	assert(get_array(f, base) == NULL);
