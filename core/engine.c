@@ -23,6 +23,7 @@
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/random.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -1332,8 +1333,20 @@ static int listener_open(const char *host, uint16_t port, uint16_t *bound)
 	return fd;
 }
 
+/* Each client connection may hold an upstream one too: take all the descriptors the
+ * hard limit allows (systemd's default hard limit is 512Ki). */
+static void raise_fd_limit(void)
+{
+	struct rlimit rl;
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+		rl.rlim_cur = rl.rlim_max;
+		setrlimit(RLIMIT_NOFILE, &rl);
+	}
+}
+
 struct engine *engine_start(const struct engine_options *opt)
 {
+	raise_fd_limit();
 	struct engine *e = calloc(1, sizeof(*e));
 	if (!e)
 		return NULL;

@@ -5,7 +5,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
 
 #include "core/config.h"
 #include "core/engine.h"
@@ -29,17 +28,6 @@ static const char demo_config[] =
 	"      targets: [ { provider: mock, model: gpt-4o } ] }\n"
 	"keys:\n"
 	"  - { name: demo, key_env: PENSTOCK_DEMO_KEY }\n";
-
-/* Each client connection may hold an upstream one too: take all the descriptors the
- * hard limit allows (systemd's default hard limit is 512Ki). */
-static void raise_fd_limit(void)
-{
-	struct rlimit rl;
-	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
-		rl.rlim_cur = rl.rlim_max;
-		setrlimit(RLIMIT_NOFILE, &rl);
-	}
-}
 
 static void usage(FILE *f)
 {
@@ -116,7 +104,6 @@ int main(int argc, char **argv)
 		log_min_level = (enum log_level)level;
 	log_info("penstock %s starting (config %s)", PENSTOCK_VERSION, demo ? "<demo>" : path);
 	http1_init();
-	raise_fd_limit();
 
 	/* Workers inherit this mask: signals are taken here, by sigwait, only. */
 	sigset_t set;

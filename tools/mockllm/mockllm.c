@@ -23,7 +23,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
 #include <time.h>
 
 #include "core/buf.h"
@@ -470,11 +469,6 @@ int main(int argc, char **argv)
 		}
 	}
 	log_set_prefix("mockllm");
-	struct rlimit rl;
-	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
-		rl.rlim_cur = rl.rlim_max;
-		setrlimit(RLIMIT_NOFILE, &rl);
-	}
 	http1_init();
 	sigset_t set;
 	sigemptyset(&set);
