@@ -748,6 +748,62 @@ static void release_base_url(const struct field *f, char *base)
 	p->base_url = p->host = p->path_prefix = NULL;
 }
 
+/* A proxy URL: http://host:port with no path; fills struct config_proxy. */
+static int parse_proxy(struct loader *ld, const struct field *f, yaml_node_t *v, char *base)
+{
+	struct config_proxy *px = member(base, f);
+	struct url_parts u = { 0 };
+	const char *why;
+
+	if (want_field_text(ld, f, v))
+		return -1;
+	why = strchr(text_of(v), '@') ? "must not contain credentials (proxy authentication is not supported)"
+				       : url_parse(text_of(v), &u);
+	if (!why && u.tls)
+		why = "must start with http:// (the proxy is reached in clear, then CONNECT)";
+	if (!why && u.path_len)
+		why = "must not have a path";
+	if (why)
+		return fail_at(ld, v->start_mark, "'%s' %s", f->key, why);
+	px->url = strdup(text_of(v));
+	px->host = strndup(u.host, u.host_len);
+	if (!px->url || !px->host) {
+		free(px->url);
+		free(px->host);
+		px->url = px->host = NULL;
+		return fail_oom(ld, v->start_mark);
+	}
+	px->port = u.port;
+	return 0;
+}
+
+static void release_proxy(const struct field *f, char *base)
+{
+	struct config_proxy *px = member(base, f);
+
+	free(px->url);
+	free(px->host);
+	px->url = px->host = NULL;
+}
+
+static int parse_bool(struct loader *ld, const struct field *f, yaml_node_t *v, char *base)
+{
+	static const char *const yes[] = { "true", "yes", "on", NULL };
+	static const char *const no[] = { "false", "no", "off", NULL };
+	static const char *const both[] = { "true", "false", NULL };
+	bool *dst = member(base, f);
+
+	if (want_field_text(ld, f, v))
+		return -1;
+	if (word_index(yes, text_of(v)) >= 0)
+		*dst = true;
+	else if (word_index(no, text_of(v)) >= 0)
+		*dst = false;
+	else
+		return fail_oneof(ld, f, v, both);
+	return 0;
+}
+
 /* ---- secrets: <name>_env, <name>_file or <name> (inline), at most one of them ---- */
 
 enum secret_part { SECRET_ENV, SECRET_FILE, SECRET_VALUE };
@@ -1010,6 +1066,8 @@ static const struct field_type type_decimal = { "a number", false, parse_decimal
 static const struct field_type type_addr = { "host:port", false, parse_addr, NULL };
 static const struct field_type type_base_url = { "a URL", false, parse_base_url,
 						  release_base_url };
+static const struct field_type type_proxy = { "a URL", false, parse_proxy, release_proxy };
+static const struct field_type type_bool = { "true or false", false, parse_bool, NULL };
 static const struct field_type type_secret = { "a string", false, parse_secret,
 					       release_secret };
 static const struct field_type type_map = { "a mapping", true, parse_map, release_map };
@@ -1123,7 +1181,9 @@ static const char *const provider_kinds[] = {
 };
 static_assert(sizeof(enum provider_kind) == sizeof(uint32_t), "enums are stored as uint32_t");
 
+static const char *const tokenizers[] = { "o200k_base", "cl100k_base", "estimate", NULL };
 static const struct str_spec log_level_spec = { .oneof = log_levels };
+static const struct str_spec tokenizer_spec = { .oneof = tokenizers };
 static const struct str_spec routing_spec = { .oneof = routings };
 static const struct str_spec durability_spec = { .oneof = durabilities };
 static const struct str_spec budget_period_spec = { .oneof = budget_periods };
@@ -1181,6 +1241,10 @@ static const struct field provider_fields[] = {
 	      .spec = &secret_file),
 	FIELD(struct config_provider, api_key, "api_key", .type = &type_secret,
 	      .spec = &secret_value),
+	FIELD(struct config_provider, tls_verify, "tls_verify", .type = &type_bool, .def = "true"),
+	FIELD(struct config_provider, ca_file, "ca_file", .type = &type_str),
+	FIELD(struct config_provider, proxy, "proxy", .type = &type_proxy),
+	FIELD(struct config_provider, api_version, "api_version", .type = &type_str),
 };
 static const struct schema provider_schema = SCHEMA("provider", provider_fields, NULL);
 
@@ -1189,6 +1253,8 @@ static const struct field price_fields[] = {
 	      .max = PRICE_MAX),
 	FIELD(struct config_model, output_per_mtok, "output_per_mtok", .type = &type_decimal,
 	      .max = PRICE_MAX),
+	FIELD(struct config_model, cached_input_per_mtok, "cached_input_per_mtok",
+	      .type = &type_decimal, .max = PRICE_MAX),
 };
 static const struct schema price_schema = SCHEMA("price", price_fields, NULL);
 
@@ -1225,6 +1291,8 @@ static const struct field model_fields[] = {
 	      .spec = &fallback_spec),
 	FIELD(struct config_model, context_window, "context_window", .type = &type_uint),
 	FIELD(struct config_model, max_tokens, "max_tokens", .type = &type_uint),
+	FIELD(struct config_model, tokenizer, "tokenizer", .type = &type_str,
+	      .spec = &tokenizer_spec),
 };
 static const struct schema model_schema = SCHEMA("model", model_fields, check_model);
 
@@ -1334,6 +1402,7 @@ static const struct field top_fields[] = {
 	{ .key = "audit", .type = &type_map, .spec = &audit_schema },
 	FIELD(struct config, forward_headers, "forward_headers", .type = &type_names,
 	      .spec = &forward_headers_spec),
+	FIELD(struct config, egress_proxy, "egress_proxy", .type = &type_proxy),
 };
 static const struct schema top_schema = SCHEMA("top level", top_fields, NULL);
 

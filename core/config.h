@@ -27,6 +27,13 @@ struct config_secret {
 
 enum provider_kind { PROVIDER_OPENAI, PROVIDER_ANTHROPIC, PROVIDER_OPENAI_COMPAT };
 
+/* An HTTP proxy reached with CONNECT for HTTPS egress: http://host:port, nothing else. */
+struct config_proxy {
+	char *url;  /* as written, NULL = none */
+	char *host;
+	uint16_t port;
+};
+
 struct config_provider {
 	char *name;
 	enum provider_kind kind;
@@ -36,6 +43,12 @@ struct config_provider {
 	uint16_t port;           /* parsed (default 80/443) */
 	char *path_prefix;       /* path part of base_url without trailing '/', "" if none */
 	struct config_secret api_key;
+	/* TLS (https base_url): the peer's certificate is checked against ca_file, or the
+	 * system bundle when NULL; tls_verify false turns that off (logged as a warning). */
+	bool tls_verify;         /* default true */
+	char *ca_file;
+	struct config_proxy proxy; /* CONNECT proxy; NULL url = the top-level egress_proxy */
+	char *api_version;       /* anthropic-version sent upstream (default 2023-06-01) */
 };
 
 struct config_target {
@@ -47,6 +60,8 @@ struct config_target {
 struct config_model {
 	char *name;
 	double input_per_mtok, output_per_mtok; /* USD per million tokens */
+	double cached_input_per_mtok;           /* prompt-cache reads; 0 = input price */
+	char *tokenizer; /* o200k_base | cl100k_base | estimate (default: by provider kind) */
 	char *routing; /* weighted | latency | cost | priority (default weighted) */
 	struct config_target *targets;
 	size_t ntargets;
@@ -113,6 +128,8 @@ struct config {
 	 * ("x-mock-*"). Credentials and hop-by-hop headers never are. Default: none. */
 	char **forward_headers;
 	size_t nforward_headers;
+	/* CONNECT proxy for HTTPS upstreams that name none themselves (HTTPS_PROXY-style). */
+	struct config_proxy egress_proxy;
 	/* durability batch | strict (default batch); retention_days default 90, 0 = forever */
 	struct { char *durability; uint32_t retention_days; } audit;
 };

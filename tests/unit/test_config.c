@@ -421,6 +421,35 @@ static void test_base_url_forms(void **state)
 }
 
 /* References resolve whatever the section order; keys may name teams only once there are. */
+static void test_egress_settings(void **state)
+{
+	struct config c;
+
+	(void)state;
+	load_ok("egress_proxy: http://10.1.2.3:3128\n"
+		"providers:\n"
+		"  - { name: a, kind: anthropic, base_url: https://api.anthropic.com }\n"
+		"  - { name: b, kind: openai, base_url: https://h, tls_verify: false, ca_file: /ca.pem,\n"
+		"      proxy: 'http://[::1]:8888', api_version: '2024-01-01' }\n"
+		"models: [ { name: m, tokenizer: cl100k_base, targets: [ { provider: a, model: x } ],\n"
+		"            price: { input_per_mtok: 3, output_per_mtok: 15, cached_input_per_mtok: 0.3 } } ]\n",
+		&c);
+	assert_string_equal(c.egress_proxy.host, "10.1.2.3");
+	assert_int_equal(c.egress_proxy.port, 3128);
+	assert_true(c.providers[0].tls_verify);
+	assert_null(c.providers[0].ca_file);
+	assert_null(c.providers[0].proxy.url);
+	assert_null(c.providers[0].api_version);
+	assert_false(c.providers[1].tls_verify);
+	assert_string_equal(c.providers[1].ca_file, "/ca.pem");
+	assert_string_equal(c.providers[1].proxy.host, "::1");
+	assert_int_equal(c.providers[1].proxy.port, 8888);
+	assert_string_equal(c.providers[1].api_version, "2024-01-01");
+	assert_string_equal(c.models[0].tokenizer, "cl100k_base");
+	assert_true(c.models[0].cached_input_per_mtok > 0.29 && c.models[0].cached_input_per_mtok < 0.31);
+	config_free(&c);
+}
+
 static void test_references(void **state)
 {
 	struct config c;
@@ -477,6 +506,17 @@ struct error_case {
 #define MODEL_M "models:\n  - name: m\n    targets: [ { provider: p, model: x } ]\n"
 
 static const struct error_case error_cases[] = {
+	/* egress settings */
+	{ "providers: [ { name: p, kind: openai, base_url: http://p, tls_verify: maybe } ]\n",
+	  "t.yaml:1:71: bad value 'maybe' for 'tls_verify' (expected one of: true, false)" },
+	{ "egress_proxy: https://proxy:3128\n",
+	  "t.yaml:1:15: 'egress_proxy' must start with http://" },
+	{ "egress_proxy: http://proxy:3128/path\n",
+	  "t.yaml:1:15: 'egress_proxy' must not have a path" },
+	{ "providers: [ { name: p, kind: openai, base_url: http://p, proxy: 'http://u:p@x' } ]\n",
+	  "t.yaml:1:66: 'proxy' must not contain credentials (proxy authentication" },
+	{ PROV "models: [ { name: m, tokenizer: gpt2, targets: [ { provider: p, model: x } ] } ]\n",
+	  "t.yaml:2:33: bad value 'gpt2' for 'tokenizer' (expected one of: o200k_base, cl100k_base, estimate)" },
 	/* YAML syntax, reported by libyaml with its position */
 	{ "listen: [a, b\n", "t.yaml:2:1: while parsing a flow sequence" },
 	{ "a: b\n  c: d\n", "t.yaml:2:4: mapping values are not allowed" },
@@ -492,7 +532,7 @@ static const struct error_case error_cases[] = {
 	/* unknown keys, at every level */
 	{ "lisen: 127.0.0.1:80\n",
 	  "t.yaml:1:1: unknown key 'lisen' in top level (expected one of: listen, admin, workers, "
-	  "busy_poll_us, data_dir, log_level, timeouts, limits, providers, models, teams, keys, audit, forward_headers)" },
+	  "busy_poll_us, data_dir, log_level, timeouts, limits, providers, models, teams, keys, audit, forward_headers, egress_proxy)" },
 	{ "workers: 2\n\n  # comment\nLogLevel: info\n",
 	  "t.yaml:4:1: unknown key 'LogLevel' in top level" },
 	{ "admin: { listen: 127.0.0.1:1, tokn: x }\n",
@@ -854,7 +894,7 @@ static void test_error_shows_values_safely(void **state)
 	assert_int_equal(load("\"a\\x1b[31mb\": 1\n", &c, err), -1);
 	assert_string_equal(err, "t.yaml:1:1: unknown key 'a?[31mb' in top level (expected one of: "
 				 "listen, admin, workers, busy_poll_us, data_dir, log_level, timeouts, limits, "
-				 "providers, models, teams, keys, audit, forward_headers)");
+				 "providers, models, teams, keys, audit, forward_headers, egress_proxy)");
 	snprintf(yaml, sizeof yaml, "%0200d: 1\n", 7);
 	assert_int_equal(load(yaml, &c, err), -1);
 	assert_non_null(strstr(err, "unknown key '0000"));
@@ -993,6 +1033,7 @@ int main(void)
 		cmocka_unit_test(test_durations_sizes_numbers),
 		cmocka_unit_test(test_listen_forms),
 		cmocka_unit_test(test_base_url_forms),
+		cmocka_unit_test(test_egress_settings),
 		cmocka_unit_test(test_references),
 		cmocka_unit_test(test_aliases),
 		cmocka_unit_test(test_errors_table),
