@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[2]
 CLIENT_KEY = "sk-client-test-0123456789"
 PROVIDER_KEY = "sk-provider-test-9876543210"
 UPSTREAM_MODEL = "mock-upstream-model"
+ANTHROPIC_UPSTREAM_MODEL = "mock-claude-upstream"
 
 SANITIZER_PATTERNS = (
     "ERROR: AddressSanitizer",
@@ -312,7 +313,8 @@ def gateway_config(port, providers, workdir, workers=2, timeouts=None, limits=No
                    forward_headers=("x-mock-*",), log_level="info", settings=None):
     """providers: {name: port}. Each gets a model "gpt-NAME" (the provider "mock" also
     "gpt-test") routed to the upstream name UPSTREAM_MODEL, so the body is spliced; the
-    model "same-name" keeps its name upstream (the body goes through untouched)."""
+    model "same-name" keeps its name upstream (the body goes through untouched), and
+    "claude-test" reaches the mock "mock" as an Anthropic provider."""
     cfg = {
         "listen": "127.0.0.1:%d" % port,
         "workers": workers,
@@ -334,6 +336,14 @@ def gateway_config(port, providers, workdir, workers=2, timeouts=None, limits=No
     if "mock" in providers:
         cfg["models"].append({"name": "same-name", "targets": [
             {"provider": "mock", "model": "same-name"}]})
+        # The same mockllm speaks the Anthropic dialect at /v1/messages: "claude-test"
+        # reaches it as an Anthropic provider (x-api-key, anthropic-version).
+        cfg["providers"].append({
+            "name": "mock-anthropic", "kind": "anthropic",
+            "base_url": "http://127.0.0.1:%d" % providers["mock"],
+            "api_key_env": "PENSTOCK_TEST_PROVIDER_KEY"})
+        cfg["models"].append({"name": "claude-test", "max_tokens": 1024, "targets": [
+            {"provider": "mock-anthropic", "model": ANTHROPIC_UPSTREAM_MODEL}]})
     if forward_headers:
         cfg["forward_headers"] = list(forward_headers)  # mockllm's fault-injection headers
     if timeouts:
