@@ -132,7 +132,8 @@ def test_413_chunked(stack):
 
 def padded_body(size):
     body = h.chat_body(max_tokens=1)
-    body = body[:-1] + b', "pad": "' + b"p" * (size - len(body) - 11) + b'"}'
+    # padded in "user", a field OpenAI documents (mockllm refuses unknown ones)
+    body = body[:-1] + b', "user": "' + b"p" * (size - len(body) - 12) + b'"}'
     assert len(body) == size, len(body)
     return body
 
