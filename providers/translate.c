@@ -1612,7 +1612,7 @@ static int oa_to_an_event(struct xlat_stream *s, struct cx *c, struct slice data
 
 static json_t *oa_chunk(struct xlat_stream *s, struct cx *c, json_t *delta, const char *finish)
 {
-	json_t *ch = json_object(), *j = json_object(), *choices = json_array();
+	json_t *j = json_object(), *choices = json_array();
 	put(c, j, "id", json_string(s->id));
 	put(c, j, "object", json_string("chat.completion.chunk"));
 	put(c, j, "created", json_integer(s->created));
@@ -1620,6 +1620,7 @@ static json_t *oa_chunk(struct xlat_stream *s, struct cx *c, json_t *delta, cons
 	put(c, j, "choices", choices);
 	if (!delta)
 		return j;
+	json_t *ch = json_object();
 	put(c, ch, "index", json_integer(0));
 	put(c, ch, "delta", delta);
 	put(c, ch, "logprobs", json_null());
