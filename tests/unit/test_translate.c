@@ -1,0 +1,1074 @@
+/* test_translate.c - OpenAI <-> Anthropic translation against golden JSON: requests,
+ * responses, streams, errors and refusals. Outputs and expectations are both parsed and
+ * compared with json_equal, so key order does not matter. In the JSON written here a
+ * single quote stands for a double quote (Q() swaps them), to keep the cases readable. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+#include <jansson.h>
+
+#include "providers/translate.h"
+
+#define OA DIALECT_OPENAI
+#define AN DIALECT_ANTHROPIC
+
+/* ---- helpers ---- */
+
+static char *owned[512];
+static size_t nowned;
+
+static char *keep(char *p)
+{
+	assert_true(nowned < sizeof(owned) / sizeof(owned[0]));
+	owned[nowned++] = p;
+	return p;
+}
+
+static int release(void **state)
+{
+	while (nowned)
+		free(owned[--nowned]);
+	return 0;
+}
+
+/* s with ' turned into " (freed after the test). */
+static const char *Q(const char *s)
+{
+	char *p = keep(strdup(s));
+	for (char *c = p; *c; c++)
+		if (*c == '\'')
+			*c = '"';
+	return p;
+}
+
+static json_t *parse(const char *text, size_t n)
+{
+	json_error_t e;
+	json_t *j = json_loadb(text, n, JSON_ALLOW_NUL, &e);
+	if (!j)
+		fail_msg("not JSON (%s): %.*s", e.text, (int)n, text);
+	return j;
+}
+
+/* Fields that depend on the clock are not part of a golden comparison. */
+static void drop_clock(json_t *j)
+{
+	json_object_del(j, "created");
+}
+
+static void expect_json(const char *got, size_t n, const char *want_q)
+{
+	json_t *g = parse(got, n), *w = parse(Q(want_q), strlen(want_q));
+	drop_clock(g);
+	drop_clock(w);
+	if (!json_equal(g, w)) {
+		char *gs = json_dumps(g, JSON_COMPACT | JSON_SORT_KEYS);
+		char *ws = json_dumps(w, JSON_COMPACT | JSON_SORT_KEYS);
+		print_error("got:  %s\nwant: %s\n", gs, ws);
+		free(gs);
+		free(ws);
+		json_decref(g);
+		json_decref(w);
+		fail();
+	}
+	json_decref(g);
+	json_decref(w);
+}
+
+static const struct xlat_request_opts opts = { "upstream-m", 1000, false };
+
+static void expect_request(enum dialect from, enum dialect to, const struct xlat_request_opts *o,
+			   const char *in_q, const char *want_q)
+{
+	struct buf out = { 0 };
+	char err[256] = "";
+	int rc = xlat_request(from, to, slice_cstr(Q(in_q)), o, &out, err, sizeof(err));
+	if (rc)
+		fail_msg("xlat_request failed: %s", err);
+	expect_json(out.p, out.len, want_q);
+	buf_free(&out);
+}
+
+/* The request is refused, with a message containing `about`. */
+static void expect_refused(enum dialect from, enum dialect to, const char *in_q, const char *about)
+{
+	struct buf out = { 0 };
+	char err[256] = "";
+	int rc = xlat_request(from, to, slice_cstr(Q(in_q)), &opts, &out, err, sizeof(err));
+	if (rc != -1 || !strstr(err, about))
+		fail_msg("expected a refusal about \"%s\", got rc %d \"%s\" for %s", about, rc, err,
+			 in_q);
+	assert_int_equal(out.len, 0);
+	buf_free(&out);
+}
+
+static void expect_response(enum dialect from, enum dialect to, const char *in_q, const char *want_q,
+			    struct usage *u)
+{
+	struct buf out = { 0 };
+	assert_int_equal(xlat_response(from, to, slice_cstr(Q(in_q)), "client-m", &out, u), 0);
+	expect_json(out.p, out.len, want_q);
+	buf_free(&out);
+}
+
+/* ---- requests: OpenAI -> Anthropic ---- */
+
+static void test_oa_request_basic(void **state)
+{
+	expect_request(OA, AN, &opts,
+		"{'model':'gpt-4o','messages':["
+		" {'role':'system','content':'Be brief.'},"
+		" {'role':'developer','content':[{'type':'text','text':'Cite sources.'}]},"
+		" {'role':'user','content':'Hi \\u00e9\\n\\u0001 \\ud83d\\ude00'}],"
+		" 'temperature':1.5,'top_p':0.5,'stop':'END','stream':true,'user':'u-42',"
+		" 'frequency_penalty':1,'presence_penalty':1,'seed':7,'logit_bias':{'1':2},"
+		" 'store':true,'service_tier':'auto','stream_options':{'include_usage':true},"
+		" 'metadata':{'a':'b'},'n':1,'logprobs':false,'prediction':{'type':'content'},"
+		" 'reasoning_effort':'low','response_format':{'type':'text'},'something_new':1}",
+		"{'model':'upstream-m','max_tokens':1000,'system':'Be brief.\\n\\nCite sources.',"
+		" 'messages':[{'role':'user','content':[{'type':'text',"
+		"   'text':'Hi \\u00e9\\n\\u0001 \\ud83d\\ude00'}]}],"
+		" 'temperature':1.0,'top_p':0.5,'stop_sequences':['END'],'stream':true,"
+		" 'metadata':{'user_id':'u-42'}}");
+}
+
+static void test_oa_request_max_tokens(void **state)
+{
+	const struct xlat_request_opts no_default = { "m", 0, false };
+	/* no max_tokens and no default: 4096 */
+	expect_request(OA, AN, &no_default, "{'messages':[{'role':'user','content':'x'}]}",
+		"{'model':'m','max_tokens':4096,"
+		" 'messages':[{'role':'user','content':[{'type':'text','text':'x'}]}]}");
+	/* max_completion_tokens wins over max_tokens; temperature below 0 clamps to 0 */
+	expect_request(OA, AN, &no_default,
+		"{'messages':[{'role':'user','content':'x'}],'max_tokens':5,"
+		" 'max_completion_tokens':9,'temperature':-1,'stop':['a','b']}",
+		"{'model':'m','max_tokens':9,'temperature':0.0,'stop_sequences':['a','b'],"
+		" 'messages':[{'role':'user','content':[{'type':'text','text':'x'}]}]}");
+	/* without upstream_model the body's model stays */
+	const struct xlat_request_opts keep_model = { NULL, 10, false };
+	expect_request(OA, AN, &keep_model,
+		"{'model':'gpt','messages':[{'role':'user','content':'x'}],'max_tokens':3}",
+		"{'model':'gpt','max_tokens':3,"
+		" 'messages':[{'role':'user','content':[{'type':'text','text':'x'}]}]}");
+}
+
+static void test_oa_request_parts(void **state)
+{
+	expect_request(OA, AN, &opts,
+		"{'messages':[{'role':'user','content':["
+		" {'type':'text','text':'look'},{'type':'text','text':''},"
+		" {'type':'image_url','image_url':{'url':'data:image/png;base64,iVBORw0K','detail':'low'}},"
+		" {'type':'image_url','image_url':{'url':'https://x.test/a.jpg'}}]}]}",
+		"{'model':'upstream-m','max_tokens':1000,'messages':[{'role':'user','content':["
+		" {'type':'text','text':'look'},"
+		" {'type':'image','source':{'type':'base64','media_type':'image/png','data':'iVBORw0K'}},"
+		" {'type':'image','source':{'type':'url','url':'https://x.test/a.jpg'}}]}]}");
+}
+
+static void test_oa_request_tools(void **state)
+{
+	static const char *const tools =
+		"'tools':[{'type':'function','function':{'name':'get_weather','description':'Weather',"
+		" 'parameters':{'type':'object','properties':{'city':{'type':'string'}}},'strict':true}},"
+		" {'type':'function','function':{'name':'now'}}]";
+	static const char *const tools_an =
+		"'tools':[{'name':'get_weather','description':'Weather',"
+		" 'input_schema':{'type':'object','properties':{'city':{'type':'string'}}}},"
+		" {'name':'now','input_schema':{'type':'object','properties':{}}}]";
+	static const struct {
+		const char *oa, *an;
+	} choices[] = {
+		{ "", "" },
+		{ ",'tool_choice':'auto'", ",'tool_choice':{'type':'auto'}" },
+		{ ",'tool_choice':'none'", ",'tool_choice':{'type':'none'}" },
+		{ ",'tool_choice':'required'", ",'tool_choice':{'type':'any'}" },
+		{ ",'tool_choice':{'type':'function','function':{'name':'now'}}",
+		  ",'tool_choice':{'type':'tool','name':'now'}" },
+		{ ",'parallel_tool_calls':false",
+		  ",'tool_choice':{'type':'auto','disable_parallel_tool_use':true}" },
+		{ ",'tool_choice':'required','parallel_tool_calls':false",
+		  ",'tool_choice':{'type':'any','disable_parallel_tool_use':true}" },
+		{ ",'parallel_tool_calls':true", "" },
+	};
+	for (size_t i = 0; i < sizeof(choices) / sizeof(choices[0]); i++) {
+		char in[2048], want[2048];
+		snprintf(in, sizeof(in), "{'messages':[{'role':'user','content':'x'}],%s%s}", tools,
+			 choices[i].oa);
+		snprintf(want, sizeof(want),
+			 "{'model':'upstream-m','max_tokens':1000,"
+			 " 'messages':[{'role':'user','content':[{'type':'text','text':'x'}]}],%s%s}",
+			 tools_an, choices[i].an);
+		expect_request(OA, AN, &opts, in, want);
+	}
+}
+
+/* A tool loop: assistant text + two calls, two results, then the user again; consecutive
+ * same-role messages merge and tool results lead their user message. */
+static void test_oa_request_tool_loop(void **state)
+{
+	expect_request(OA, AN, &opts,
+		"{'messages':[{'role':'user','content':'weather?'},{'role':'user','content':'now'},"
+		" {'role':'assistant','content':'Checking.','tool_calls':["
+		"  {'id':'call_1','type':'function','function':{'name':'get_weather','arguments':'{\\'city\\':\\'Oslo\\'}'}},"
+		"  {'id':'call_2','type':'function','function':{'name':'now','arguments':''}}]},"
+		" {'role':'tool','tool_call_id':'call_1','content':'rain'},"
+		" {'role':'tool','tool_call_id':'call_2','content':[{'type':'text','text':'12:00'}]},"
+		" {'role':'user','content':'thanks'},"
+		" {'role':'assistant','content':null,'tool_calls':["
+		"  {'id':'call_3','type':'function','function':{'name':'now','arguments':'{}'}}]},"
+		" {'role':'user','content':'more'},"
+		" {'role':'tool','tool_call_id':'call_3','content':''}]}",
+		"{'model':'upstream-m','max_tokens':1000,'messages':["
+		" {'role':'user','content':[{'type':'text','text':'weather?'},{'type':'text','text':'now'}]},"
+		" {'role':'assistant','content':[{'type':'text','text':'Checking.'},"
+		"  {'type':'tool_use','id':'call_1','name':'get_weather','input':{'city':'Oslo'}},"
+		"  {'type':'tool_use','id':'call_2','name':'now','input':{}}]},"
+		" {'role':'user','content':[{'type':'tool_result','tool_use_id':'call_1','content':'rain'},"
+		"  {'type':'tool_result','tool_use_id':'call_2','content':[{'type':'text','text':'12:00'}]},"
+		"  {'type':'text','text':'thanks'}]},"
+		" {'role':'assistant','content':[{'type':'tool_use','id':'call_3','name':'now','input':{}}]},"
+		" {'role':'user','content':[{'type':'tool_result','tool_use_id':'call_3'},"
+		"  {'type':'text','text':'more'}]}]}");
+}
+
+static void test_oa_request_refused(void **state)
+{
+	static const struct {
+		const char *body, *about;
+	} cases[] = {
+		{ "{'messages':[{'role':'user','content':'x'}],'n':2}", "n must be 1" },
+		{ "{'messages':[{'role':'user','content':'x'}],'logprobs':true}", "logprobs" },
+		{ "{'messages':[{'role':'user','content':'x'}],'audio':{'voice':'x'}}", "audio" },
+		{ "{'messages':[{'role':'user','content':'x'}],'modalities':['text','audio']}",
+		  "modalities" },
+		{ "{'messages':[{'role':'user','content':'x'}],'response_format':{'type':'json_object'}}",
+		  "response_format 'json_object'" },
+		{ "{'messages':[{'role':'user','content':'x'}],'functions':[]}", "use tools" },
+		{ "{'messages':[{'role':'user','content':[{'type':'input_audio','input_audio':{}}]}]}",
+		  "messages[0].content[0]: content parts of type 'input_audio'" },
+		{ "{'messages':[{'role':'user','content':[{'type':'file','file':{}}]}]}", "'file'" },
+		{ "{'messages':[{'role':'user','content':[{'type':'image_url','image_url':{'url':'ftp://a/b'}}]}]}",
+		  "data: or http(s)" },
+		{ "{'messages':[{'role':'user','content':[{'type':'image_url','image_url':{'url':'data:image/png,abc'}}]}]}",
+		  "must be base64" },
+		{ "{'messages':[{'role':'user','content':'x'},{'role':'assistant','tool_calls':"
+		  "[{'id':'c','type':'function','function':{'name':'f','arguments':'[1]'}}]}]}",
+		  "messages[1].tool_calls[0].function.arguments is not a JSON object" },
+		{ "{'messages':[{'role':'user','content':'x'},{'role':'assistant','tool_calls':"
+		  "[{'id':'c','type':'function','function':{'name':'f','arguments':'{bad'}}]}]}",
+		  "is not a JSON object" },
+		{ "{'messages':[{'role':'assistant','content':'hello'}]}", "first message" },
+		{ "{'messages':[{'role':'system','content':'only'}]}", "at least one user" },
+		{ "{'messages':[{'role':'wizard','content':'x'}]}", "'wizard' is not supported" },
+		{ "{'messages':[{'role':'tool','content':'x'}]}", "tool_call_id" },
+		{ "{'messages':[{'role':'user','content':'x'}],'tools':[{'type':'custom','custom':{}}]}",
+		  "only function tools" },
+		{ "{'messages':[{'role':'user','content':'x'}],'tools':[{'type':'function',"
+		  "'function':{'name':'f'}}],'tool_choice':'sometimes'}", "tool_choice" },
+		{ "{'messages':[{'role':'user','content':'x'}],'max_tokens':0}", "max_tokens" },
+		{ "{'messages':[{'role':'user','content':'x'}],'temperature':'hot'}", "temperature" },
+		{ "{'messages':[{'role':'user','content':'x'}],'stop':[1]}", "stop" },
+		{ "{'messages':'x'}", "messages must be an array" },
+		{ "[1,2]", "must be a JSON object" },
+		{ "{'messages':[", "not valid JSON" },
+		{ "", "not valid JSON" },
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
+		expect_refused(OA, AN, cases[i].body, Q(cases[i].about));
+}
+
+/* ---- requests: Anthropic -> OpenAI ---- */
+
+static void test_an_request_basic(void **state)
+{
+	const struct xlat_request_opts usage_opts = { "gpt-up", 0, true };
+	expect_request(AN, OA, &usage_opts,
+		"{'model':'claude','max_tokens':256,'system':'Be brief.',"
+		" 'messages':[{'role':'user','content':'Hi'}],'stop_sequences':['END'],"
+		" 'temperature':0.5,'top_p':0.9,'top_k':40,'metadata':{'user_id':'u-1'},'stream':true,"
+		" 'thinking':{'type':'enabled','budget_tokens':1024},'service_tier':'auto','new_field':1}",
+		"{'model':'gpt-up','messages':[{'role':'system','content':'Be brief.'},"
+		" {'role':'user','content':'Hi'}],'max_tokens':256,'stop':['END'],'temperature':0.5,"
+		" 'top_p':0.9,'user':'u-1','stream':true,'stream_options':{'include_usage':true}}");
+	/* stream_usage off: no stream_options; stream false stays absent */
+	expect_request(AN, OA, &opts,
+		"{'model':'c','max_tokens':1,'messages':[{'role':'user','content':'Hi'}],'stream':true}",
+		"{'model':'upstream-m','max_tokens':1,'messages':[{'role':'user','content':'Hi'}],"
+		" 'stream':true}");
+}
+
+static void test_an_request_blocks(void **state)
+{
+	expect_request(AN, OA, &opts,
+		"{'max_tokens':10,'system':[{'type':'text','text':'A','cache_control':{'type':'ephemeral'}},"
+		"  {'type':'text','text':'B'}],'messages':["
+		" {'role':'user','content':[{'type':'text','text':'one'},{'type':'text','text':'two'}]},"
+		" {'role':'assistant','content':[{'type':'thinking','thinking':'hmm','signature':'s'},"
+		"  {'type':'text','text':'Let me look.'},"
+		"  {'type':'tool_use','id':'toolu_1','name':'get_weather','input':{'city':'Oslo','n':[1,2]}},"
+		"  {'type':'tool_use','id':'toolu_2','name':'now','input':{}}]},"
+		" {'role':'user','content':[{'type':'tool_result','tool_use_id':'toolu_1','content':'rain'},"
+		"  {'type':'tool_result','tool_use_id':'toolu_2','is_error':true,"
+		"   'content':[{'type':'text','text':'clock'},{'type':'text','text':'broken'}]},"
+		"  {'type':'text','text':'and?'},"
+		"  {'type':'image','source':{'type':'base64','media_type':'image/png','data':'AAAA'}},"
+		"  {'type':'image','source':{'type':'url','url':'https://x.test/i.png'}}]},"
+		" {'role':'assistant','content':[{'type':'tool_use','id':'toolu_3','name':'now','input':{}}]},"
+		" {'role':'user','content':[{'type':'tool_result','tool_use_id':'toolu_3'}]},"
+		" {'role':'assistant','content':[{'type':'redacted_thinking','data':'x'}]}]}",
+		"{'model':'upstream-m','max_tokens':10,'messages':["
+		" {'role':'system','content':'A\\n\\nB'},"
+		" {'role':'user','content':'one\\n\\ntwo'},"
+		" {'role':'assistant','content':'Let me look.','tool_calls':["
+		"  {'id':'toolu_1','type':'function','function':{'name':'get_weather',"
+		"   'arguments':'{\\'city\\':\\'Oslo\\',\\'n\\':[1,2]}'}},"
+		"  {'id':'toolu_2','type':'function','function':{'name':'now','arguments':'{}'}}]},"
+		" {'role':'tool','tool_call_id':'toolu_1','content':'rain'},"
+		" {'role':'tool','tool_call_id':'toolu_2','content':'(tool error) clock\\n\\nbroken'},"
+		" {'role':'user','content':[{'type':'text','text':'and?'},"
+		"  {'type':'image_url','image_url':{'url':'data:image/png;base64,AAAA'}},"
+		"  {'type':'image_url','image_url':{'url':'https://x.test/i.png'}}]},"
+		" {'role':'assistant','content':null,'tool_calls':["
+		"  {'id':'toolu_3','type':'function','function':{'name':'now','arguments':'{}'}}]},"
+		" {'role':'tool','tool_call_id':'toolu_3','content':''}]}");
+}
+
+static void test_an_request_tools(void **state)
+{
+	static const struct {
+		const char *an, *oa;
+	} choices[] = {
+		{ "", "" },
+		{ ",'tool_choice':{'type':'auto'}", ",'tool_choice':'auto'" },
+		{ ",'tool_choice':{'type':'any'}", ",'tool_choice':'required'" },
+		{ ",'tool_choice':{'type':'none'}", ",'tool_choice':'none'" },
+		{ ",'tool_choice':{'type':'tool','name':'f'}",
+		  ",'tool_choice':{'type':'function','function':{'name':'f'}}" },
+		{ ",'tool_choice':{'type':'auto','disable_parallel_tool_use':true}",
+		  ",'tool_choice':'auto','parallel_tool_calls':false" },
+	};
+	for (size_t i = 0; i < sizeof(choices) / sizeof(choices[0]); i++) {
+		char in[1024], want[1024];
+		snprintf(in, sizeof(in),
+			 "{'max_tokens':5,'messages':[{'role':'user','content':'x'}],'tools':["
+			 "{'name':'f','description':'F','input_schema':{'type':'object'},"
+			 "'cache_control':{'type':'ephemeral'}},{'type':'custom','name':'g'}]%s}",
+			 choices[i].an);
+		snprintf(want, sizeof(want),
+			 "{'model':'upstream-m','max_tokens':5,'messages':[{'role':'user','content':'x'}],"
+			 "'tools':[{'type':'function','function':{'name':'f','description':'F',"
+			 "'parameters':{'type':'object'}}},{'type':'function','function':{'name':'g'}}]%s}",
+			 choices[i].oa);
+		expect_request(AN, OA, &opts, in, want);
+	}
+}
+
+static void test_an_request_refused(void **state)
+{
+	static const struct {
+		const char *body, *about;
+	} cases[] = {
+		{ "{'messages':[{'role':'user','content':[{'type':'document','source':{}}]}]}",
+		  "blocks of type 'document'" },
+		{ "{'messages':[{'role':'user','content':[{'type':'image','source':{'type':'file','file_id':'f'}}]}]}",
+		  "image sources of type 'file'" },
+		{ "{'messages':[{'role':'user','content':[{'type':'tool_result','tool_use_id':'t',"
+		  "'content':[{'type':'image','source':{}}]}]}]}", "only text blocks" },
+		{ "{'messages':[{'role':'user','content':'x'}],'tools':[{'type':'web_search_20250305','name':'web_search'}]}",
+		  "server tool 'web_search_20250305'" },
+		{ "{'messages':[{'role':'user','content':'x'}],'mcp_servers':[{}]}", "mcp_servers" },
+		{ "{'messages':[{'role':'system','content':'x'}]}", "must be 'user' or" },
+		{ "{'messages':[{'role':'user','content':'x'}],'system':[{'type':'image'}]}", "system" },
+		{ "{'messages':[{'role':'user','content':'x'}],'max_tokens':-1}", "max_tokens" },
+		{ "{'messages':[]}", "must not be empty" },
+		{ "{'messages':{}}", "messages must be an array" },
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
+		expect_refused(AN, OA, cases[i].body, Q(cases[i].about));
+}
+
+/* OpenAI -> Anthropic -> OpenAI keeps the meaning (not every spelling: one system message,
+ * tool_choice and the default max_tokens are explicit afterwards). */
+static void test_request_round_trip(void **state)
+{
+	const char *in = Q(
+		"{'model':'gpt','max_tokens':300,'temperature':0.25,'stop':['x','y'],'stream':true,"
+		" 'user':'u','messages':[{'role':'system','content':'S'},"
+		" {'role':'user','content':[{'type':'text','text':'hi'},"
+		"  {'type':'image_url','image_url':{'url':'data:image/jpeg;base64,/9j/'}}]},"
+		" {'role':'assistant','content':'ok','tool_calls':[{'id':'call_9','type':'function',"
+		"  'function':{'name':'f','arguments':'{\\'a\\':1}'}}]},"
+		" {'role':'tool','tool_call_id':'call_9','content':'done'},"
+		" {'role':'user','content':'next'}],"
+		" 'tools':[{'type':'function','function':{'name':'f','parameters':{'type':'object'}}}],"
+		" 'tool_choice':'required'}");
+	struct buf mid = { 0 }, back = { 0 };
+	char err[256] = "";
+	const struct xlat_request_opts to_an = { "claude", 0, false }, to_oa = { "gpt", 0, false };
+	assert_int_equal(xlat_request(OA, AN, slice_cstr(in), &to_an, &mid, err, sizeof(err)), 0);
+	assert_int_equal(xlat_request(AN, OA, slice_of(mid.p, mid.len), &to_oa, &back, err,
+				      sizeof(err)), 0);
+	expect_json(back.p, back.len,
+		"{'model':'gpt','max_tokens':300,'temperature':0.25,'stop':['x','y'],'stream':true,"
+		" 'user':'u','messages':[{'role':'system','content':'S'},"
+		" {'role':'user','content':[{'type':'text','text':'hi'},"
+		"  {'type':'image_url','image_url':{'url':'data:image/jpeg;base64,/9j/'}}]},"
+		" {'role':'assistant','content':'ok','tool_calls':[{'id':'call_9','type':'function',"
+		"  'function':{'name':'f','arguments':'{\\'a\\':1}'}}]},"
+		" {'role':'tool','tool_call_id':'call_9','content':'done'},"
+		" {'role':'user','content':'next'}],"
+		" 'tools':[{'type':'function','function':{'name':'f','parameters':{'type':'object'}}}],"
+		" 'tool_choice':'required'}");
+	buf_free(&mid);
+	buf_free(&back);
+}
+
+/* ---- responses ---- */
+
+static void test_oa_response(void **state)
+{
+	struct usage u;
+	expect_response(OA, AN,
+		"{'id':'chatcmpl-abc','object':'chat.completion','created':1,'model':'gpt-4o-2024',"
+		" 'choices':[{'index':0,'message':{'role':'assistant','content':'Sure.','refusal':null,"
+		"  'tool_calls':[{'id':'call_1','type':'function','function':{'name':'f','arguments':'{\\'a\\':[1]}'}}]},"
+		"  'finish_reason':'tool_calls','logprobs':null}],"
+		" 'usage':{'prompt_tokens':100,'completion_tokens':20,'total_tokens':120,"
+		"  'prompt_tokens_details':{'cached_tokens':60}},'system_fingerprint':'fp'}",
+		"{'id':'msg_abc','type':'message','role':'assistant','model':'client-m',"
+		" 'content':[{'type':'text','text':'Sure.'},"
+		"  {'type':'tool_use','id':'call_1','name':'f','input':{'a':[1]}}],"
+		" 'stop_reason':'tool_use','stop_sequence':null,"
+		" 'usage':{'input_tokens':40,'output_tokens':20,'cache_read_input_tokens':60,"
+		"  'cache_creation_input_tokens':0}}", &u);
+	assert_true(u.present);
+	assert_int_equal(u.prompt_tokens, 100);
+	assert_int_equal(u.completion_tokens, 20);
+	assert_int_equal(u.cached_tokens, 60);
+}
+
+static void test_an_response(void **state)
+{
+	struct usage u;
+	expect_response(AN, OA,
+		"{'id':'msg_01X','type':'message','role':'assistant','model':'claude-x',"
+		" 'content':[{'type':'thinking','thinking':'t','signature':'s'},"
+		"  {'type':'text','text':'Let me '},{'type':'text','text':'check.'},"
+		"  {'type':'tool_use','id':'toolu_1','name':'f','input':{'q':'\\u00fc\\n'}}],"
+		" 'stop_reason':'tool_use','stop_sequence':null,"
+		" 'usage':{'input_tokens':10,'output_tokens':5,'cache_read_input_tokens':30,"
+		"  'cache_creation_input_tokens':2}}",
+		"{'id':'chatcmpl-01X','object':'chat.completion','model':'client-m',"
+		" 'choices':[{'index':0,'message':{'role':'assistant','content':'Let me check.',"
+		"  'refusal':null,'tool_calls':[{'id':'toolu_1','type':'function',"
+		"  'function':{'name':'f','arguments':'{\\'q\\':\\'\\u00fc\\\\n\\'}'}}]},"
+		"  'logprobs':null,'finish_reason':'tool_calls'}],"
+		" 'usage':{'prompt_tokens':42,'completion_tokens':5,'total_tokens':47,"
+		"  'prompt_tokens_details':{'cached_tokens':30}}}", &u);
+	assert_int_equal(u.prompt_tokens, 42);
+	assert_int_equal(u.completion_tokens, 5);
+	assert_int_equal(u.cached_tokens, 30);
+	/* only tool calls: content null */
+	expect_response(AN, OA,
+		"{'id':'msg_2','content':[{'type':'tool_use','id':'t','name':'f','input':{}}],"
+		" 'stop_reason':'tool_use','usage':{'input_tokens':1,'output_tokens':1}}",
+		"{'id':'chatcmpl-2','object':'chat.completion','model':'client-m',"
+		" 'choices':[{'index':0,'message':{'role':'assistant','content':null,'refusal':null,"
+		"  'tool_calls':[{'id':'t','type':'function','function':{'name':'f','arguments':'{}'}}]},"
+		"  'logprobs':null,'finish_reason':'tool_calls'}],"
+		" 'usage':{'prompt_tokens':1,'completion_tokens':1,'total_tokens':2,"
+		"  'prompt_tokens_details':{'cached_tokens':0}}}", &u);
+}
+
+static void test_stop_reasons(void **state)
+{
+	static const struct {
+		const char *finish, *stop;
+	} oa_an[] = { { "stop", "end_turn" }, { "length", "max_tokens" },
+		      { "tool_calls", "tool_use" }, { "content_filter", "refusal" } },
+	  an_oa[] = { { "stop", "end_turn" }, { "stop", "stop_sequence" }, { "length", "max_tokens" },
+		      { "tool_calls", "tool_use" }, { "content_filter", "refusal" },
+		      { "stop", "pause_turn" } };
+	char in[512], want[512];
+	for (size_t i = 0; i < sizeof(oa_an) / sizeof(oa_an[0]); i++) {
+		snprintf(in, sizeof(in), "{'id':'chatcmpl-1','choices':[{'index':0,'message':"
+			 "{'role':'assistant','content':'a'},'finish_reason':'%s'}]}", oa_an[i].finish);
+		snprintf(want, sizeof(want), "{'id':'msg_1','type':'message','role':'assistant',"
+			 "'model':'client-m','content':[{'type':'text','text':'a'}],'stop_reason':'%s',"
+			 "'stop_sequence':null,'usage':{'input_tokens':0,'output_tokens':0,"
+			 "'cache_read_input_tokens':0,'cache_creation_input_tokens':0}}", oa_an[i].stop);
+		expect_response(OA, AN, in, want, NULL);
+	}
+	for (size_t i = 0; i < sizeof(an_oa) / sizeof(an_oa[0]); i++) {
+		snprintf(in, sizeof(in), "{'id':'msg_1','content':[{'type':'text','text':'a'}],"
+			 "'stop_reason':'%s'}", an_oa[i].stop);
+		snprintf(want, sizeof(want), "{'id':'chatcmpl-1','object':'chat.completion',"
+			 "'model':'client-m','choices':[{'index':0,'message':{'role':'assistant',"
+			 "'content':'a','refusal':null},'logprobs':null,'finish_reason':'%s'}],"
+			 "'usage':{'prompt_tokens':0,'completion_tokens':0,'total_tokens':0,"
+			 "'prompt_tokens_details':{'cached_tokens':0}}}", an_oa[i].finish);
+		expect_response(AN, OA, in, want, NULL);
+	}
+}
+
+static void test_bad_responses(void **state)
+{
+	static const char *const bodies[] = {
+		"", "not json", "[]", "{}", "{'choices':[]}", "{'choices':[{'message':'x'}]}",
+		"{'choices':[{'message':{'content':'a','tool_calls':[{'id':'c','function':"
+		"{'name':'f','arguments':'{oops'}}]}}]}",
+	};
+	struct buf out = { 0 };
+	struct usage u;
+	for (size_t i = 0; i < sizeof(bodies) / sizeof(bodies[0]); i++) {
+		assert_int_equal(xlat_response(OA, AN, slice_cstr(Q(bodies[i])), "m", &out, &u), -1);
+		assert_int_equal(out.len, 0);
+	}
+	assert_int_equal(xlat_response(AN, OA, slice_cstr(Q("{'content':'x'}")), "m", &out, &u), -1);
+	assert_int_equal(xlat_response(AN, OA, slice_cstr("{"), "m", &out, &u), -1);
+	assert_false(u.present);
+	buf_free(&out);
+}
+
+static void test_response_usage(void **state)
+{
+	struct usage u;
+	assert_true(xlat_response_usage(OA, slice_cstr(Q(
+		"{'choices':[{'message':{'content':'{\\'usage\\':1}'}}],'usage':{'prompt_tokens':9,"
+		"'completion_tokens':3,'total_tokens':12,'prompt_tokens_details':{'cached_tokens':4}}}")),
+		&u));
+	assert_int_equal(u.prompt_tokens, 9);
+	assert_int_equal(u.completion_tokens, 3);
+	assert_int_equal(u.cached_tokens, 4);
+	assert_true(xlat_response_usage(AN, slice_cstr(Q(
+		"{'usage':{'input_tokens':5,'output_tokens':7,'cache_read_input_tokens':2,"
+		"'cache_creation_input_tokens':1}}")), &u));
+	assert_int_equal(u.prompt_tokens, 8);
+	assert_int_equal(u.completion_tokens, 7);
+	assert_int_equal(u.cached_tokens, 2);
+	assert_false(xlat_response_usage(OA, slice_cstr(Q("{'usage':null}")), &u));
+	assert_false(xlat_response_usage(AN, slice_cstr("garbage"), &u));
+	assert_false(u.present);
+	assert_int_equal(u.prompt_tokens, 0);
+}
+
+/* ---- errors ---- */
+
+static void expect_error(enum dialect from, enum dialect to, int status, const char *body_q,
+			 int want_status, const char *want_q)
+{
+	struct buf out = { 0 };
+	assert_int_equal(xlat_error(from, to, status, slice_cstr(Q(body_q)), &out), want_status);
+	expect_json(out.p, out.len, want_q);
+	buf_free(&out);
+}
+
+static void test_errors(void **state)
+{
+	expect_error(AN, OA, 429,
+		"{'type':'error','error':{'type':'rate_limit_error','message':'slow down'}}", 429,
+		"{'error':{'message':'slow down','type':'rate_limit_error','param':null,"
+		"'code':'rate_limit_error'}}");
+	expect_error(AN, OA, 529,
+		"{'type':'error','error':{'type':'overloaded_error','message':'Overloaded'}}", 503,
+		"{'error':{'message':'Overloaded','type':'api_error','param':null,"
+		"'code':'overloaded_error'}}");
+	expect_error(AN, OA, 401, "{'type':'error','error':{'type':'authentication_error',"
+		"'message':'invalid x-api-key'}}", 401,
+		"{'error':{'message':'invalid x-api-key','type':'invalid_request_error','param':null,"
+		"'code':'authentication_error'}}");
+	static const struct {
+		int status;
+		const char *type;
+	} an_types[] = { { 400, "invalid_request_error" }, { 401, "authentication_error" },
+			 { 403, "permission_error" }, { 404, "not_found_error" },
+			 { 413, "request_too_large" }, { 429, "rate_limit_error" },
+			 { 500, "api_error" }, { 503, "overloaded_error" }, { 502, "api_error" },
+			 { 422, "invalid_request_error" } };
+	for (size_t i = 0; i < sizeof(an_types) / sizeof(an_types[0]); i++) {
+		char want[256];
+		snprintf(want, sizeof(want), "{'type':'error','error':{'type':'%s','message':'m'}}",
+			 an_types[i].type);
+		expect_error(OA, AN, an_types[i].status,
+			     "{'error':{'message':'m','type':'x','param':null,'code':null}}",
+			     an_types[i].status, want);
+	}
+	/* unreadable bodies and the variants of OpenAI-compatible servers */
+	expect_error(OA, AN, 500, "<html>oops</html>", 500,
+		"{'type':'error','error':{'type':'api_error','message':'the provider returned HTTP 500'}}");
+	expect_error(OA, AN, 400, "{'error':'bad model'}", 400,
+		"{'type':'error','error':{'type':'invalid_request_error','message':'bad model'}}");
+	expect_error(OA, OA, 200, "{'detail':'nope'}", 502,
+		"{'error':{'message':'nope','type':'api_error','param':null,'code':null}}");
+	/* the same dialect: a well-formed error is kept as it is */
+	expect_error(OA, OA, 400, "{'error':{'message':'m','type':'t','param':'p','code':'c'}}", 400,
+		"{'error':{'message':'m','type':'t','param':'p','code':'c'}}");
+	expect_error(AN, AN, 529, "{'type':'error','error':{'type':'overloaded_error','message':'o'}}",
+		529, "{'type':'error','error':{'type':'overloaded_error','message':'o'}}");
+}
+
+static void expect_gateway_error(enum dialect d, enum xlat_err_kind kind, int status,
+				 const char *code, const char *want_q)
+{
+	struct buf out = { 0 };
+	xlat_error_body(d, kind, status, code, "why \"quoted\"\n", &out);
+	expect_json(out.p, out.len, want_q);
+	buf_free(&out);
+}
+
+static void test_gateway_errors(void **state)
+{
+	expect_gateway_error(OA, XERR_BUDGET, 429, NULL,
+		"{'error':{'message':'why \\'quoted\\'\\n','type':'insufficient_quota','param':null,"
+		"'code':'budget_exceeded'}}");
+	expect_gateway_error(AN, XERR_BUDGET, 429, NULL,
+		"{'type':'error','error':{'type':'rate_limit_error','message':'why \\'quoted\\'\\n'}}");
+	expect_gateway_error(OA, XERR_AUTHENTICATION, 401, "invalid_api_key",
+		"{'error':{'message':'why \\'quoted\\'\\n','type':'invalid_request_error','param':null,"
+		"'code':'invalid_api_key'}}");
+	expect_gateway_error(AN, XERR_AUTHENTICATION, 401, "invalid_api_key",
+		"{'type':'error','error':{'type':'authentication_error','message':'why \\'quoted\\'\\n'}}");
+	expect_gateway_error(AN, XERR_PERMISSION, 403, NULL,
+		"{'type':'error','error':{'type':'permission_error','message':'why \\'quoted\\'\\n'}}");
+	expect_gateway_error(AN, XERR_INVALID_REQUEST, 404, NULL,
+		"{'type':'error','error':{'type':'not_found_error','message':'why \\'quoted\\'\\n'}}");
+	expect_gateway_error(AN, XERR_INVALID_REQUEST, 413, NULL,
+		"{'type':'error','error':{'type':'request_too_large','message':'why \\'quoted\\'\\n'}}");
+	expect_gateway_error(AN, XERR_RATE_LIMIT, 0, NULL,
+		"{'type':'error','error':{'type':'rate_limit_error','message':'why \\'quoted\\'\\n'}}");
+	expect_gateway_error(OA, XERR_RATE_LIMIT, 429, "rate_limit_exceeded",
+		"{'error':{'message':'why \\'quoted\\'\\n','type':'rate_limit_error','param':null,"
+		"'code':'rate_limit_exceeded'}}");
+	expect_gateway_error(AN, XERR_UPSTREAM, 503, NULL,
+		"{'type':'error','error':{'type':'overloaded_error','message':'why \\'quoted\\'\\n'}}");
+	expect_gateway_error(AN, XERR_UPSTREAM, 504, NULL,
+		"{'type':'error','error':{'type':'api_error','message':'why \\'quoted\\'\\n'}}");
+	expect_gateway_error(OA, XERR_INTERNAL, 500, NULL,
+		"{'error':{'message':'why \\'quoted\\'\\n','type':'api_error','param':null,"
+		"'code':null}}");
+}
+
+/* ---- streams ---- */
+
+struct step {
+	const char *event, *data; /* data in Q() spelling */
+};
+
+/* Feed steps to a stream, end it, and check the SSE text: every event has one data line
+ * that is valid JSON (or [DONE]), an Anthropic event's name is its data's type, and the
+ * events match want ("name|json" or "|json" for OpenAI, "|[DONE]"). */
+static void expect_stream(struct xlat_stream *s, const struct step *steps, size_t n,
+			  const char *const *want, size_t nwant)
+{
+	struct buf out = { 0 };
+	for (size_t i = 0; i < n; i++) {
+		const char *data = Q(steps[i].data);
+		int rc = xlat_stream_event(s, slice_cstr(steps[i].event), slice_cstr(data), &out);
+		if (rc)
+			fail_msg("event %zu (%s) refused", i, steps[i].data);
+	}
+	xlat_stream_end(s, &out);
+	size_t before = out.len;
+	xlat_stream_end(s, &out);
+	xlat_stream_error(s, XERR_UPSTREAM, "late", &out);
+	assert_int_equal(out.len, before); /* terminated once */
+	assert_true(buf_append(&out, "", 1, SIZE_MAX));
+
+	size_t k = 0;
+	char *p = out.p;
+	while (*p) {
+		char *end = strstr(p, "\n\n");
+		assert_non_null(end);
+		*end = 0;
+		char name[64] = "";
+		if (strncmp(p, "event: ", 7) == 0) {
+			char *nl = strchr(p, '\n');
+			assert_non_null(nl);
+			snprintf(name, sizeof(name), "%.*s", (int)(nl - p - 7), p + 7);
+			p = nl + 1;
+		}
+		assert_true(strncmp(p, "data: ", 6) == 0);
+		p += 6;
+		assert_null(strchr(p, '\n'));
+		if (k >= nwant)
+			fail_msg("more events than expected; event %zu: %s|%s", k, name, p);
+		const char *bar = strchr(want[k], '|');
+		if (strlen(name) != (size_t)(bar - want[k]) || strncmp(name, want[k], strlen(name)))
+			fail_msg("event %zu is \"%s\", want \"%.*s\"", k, name, (int)(bar - want[k]),
+				 want[k]);
+		if (strcmp(bar + 1, "[DONE]") == 0) {
+			assert_string_equal(p, "[DONE]");
+		} else {
+			if (name[0]) {
+				json_t *j = parse(p, strlen(p));
+				assert_string_equal(json_string_value(json_object_get(j, "type")), name);
+				json_decref(j);
+			}
+			expect_json(p, strlen(p), bar + 1);
+		}
+		k++;
+		p = end + 2;
+	}
+	assert_int_equal(k, nwant);
+	buf_free(&out);
+}
+
+#define N(a) (sizeof(a) / sizeof((a)[0]))
+
+#define OA_CHUNK(delta, finish) \
+	"{'id':'chatcmpl-s1','object':'chat.completion.chunk','created':5,'model':'gpt-x'," \
+	"'choices':[{'index':0,'delta':" delta ",'logprobs':null,'finish_reason':" finish "}]}"
+
+/* Text, then two parallel tool calls, then the usage chunk that include_usage brings
+ * after the finish_reason chunk. */
+static const struct step oa_stream[] = {
+	{ "", OA_CHUNK("{'role':'assistant','content':'','refusal':null}", "null") },
+	{ "", OA_CHUNK("{'content':'Hel'}", "null") },
+	{ "", OA_CHUNK("{'content':'lo \\u00e9\\n'}", "null") },
+	{ "", OA_CHUNK("{'tool_calls':[{'index':0,'id':'call_a','type':'function',"
+		       "'function':{'name':'get_weather','arguments':''}}]}", "null") },
+	{ "", OA_CHUNK("{'tool_calls':[{'index':0,'function':{'arguments':'{\\'city\\''}}]}", "null") },
+	{ "", OA_CHUNK("{'tool_calls':[{'index':0,'function':{'arguments':':\\'Oslo\\'}'}}]}", "null") },
+	{ "", OA_CHUNK("{'tool_calls':[{'index':1,'id':'call_b','type':'function',"
+		       "'function':{'name':'now','arguments':'{}'}}]}", "null") },
+	{ "", OA_CHUNK("{}", "'tool_calls'") },
+	{ "", "{'id':'chatcmpl-s1','object':'chat.completion.chunk','created':5,'model':'gpt-x',"
+	      "'choices':[],'usage':{'prompt_tokens':50,'completion_tokens':17,'total_tokens':67,"
+	      "'prompt_tokens_details':{'cached_tokens':10}}}" },
+	{ "", "[DONE]" },
+};
+
+static void test_stream_oa_to_an(void **state)
+{
+	static const char *const want[] = {
+		"message_start|{'type':'message_start','message':{'id':'msg_s1','type':'message',"
+		"'role':'assistant','model':'client-m','content':[],'stop_reason':null,"
+		"'stop_sequence':null,'usage':{'input_tokens':0,'output_tokens':0,"
+		"'cache_read_input_tokens':0,'cache_creation_input_tokens':0}}}",
+		"content_block_start|{'type':'content_block_start','index':0,"
+		"'content_block':{'type':'text','text':''}}",
+		"content_block_delta|{'type':'content_block_delta','index':0,"
+		"'delta':{'type':'text_delta','text':'Hel'}}",
+		"content_block_delta|{'type':'content_block_delta','index':0,"
+		"'delta':{'type':'text_delta','text':'lo \\u00e9\\n'}}",
+		"content_block_stop|{'type':'content_block_stop','index':0}",
+		"content_block_start|{'type':'content_block_start','index':1,"
+		"'content_block':{'type':'tool_use','id':'call_a','name':'get_weather','input':{}}}",
+		"content_block_delta|{'type':'content_block_delta','index':1,"
+		"'delta':{'type':'input_json_delta','partial_json':'{\\'city\\''}}",
+		"content_block_delta|{'type':'content_block_delta','index':1,"
+		"'delta':{'type':'input_json_delta','partial_json':':\\'Oslo\\'}'}}",
+		"content_block_stop|{'type':'content_block_stop','index':1}",
+		"content_block_start|{'type':'content_block_start','index':2,"
+		"'content_block':{'type':'tool_use','id':'call_b','name':'now','input':{}}}",
+		"content_block_delta|{'type':'content_block_delta','index':2,"
+		"'delta':{'type':'input_json_delta','partial_json':'{}'}}",
+		"content_block_stop|{'type':'content_block_stop','index':2}",
+		"message_delta|{'type':'message_delta','delta':{'stop_reason':'tool_use',"
+		"'stop_sequence':null},'usage':{'input_tokens':40,'output_tokens':17,"
+		"'cache_read_input_tokens':10,'cache_creation_input_tokens':0}}",
+		"message_stop|{'type':'message_stop'}",
+	};
+	struct xlat_stream *s = xlat_stream_new(OA, AN, "client-m", false);
+	expect_stream(s, oa_stream, N(oa_stream), want, N(want));
+	const struct usage *u = xlat_stream_usage(s);
+	assert_true(u->present);
+	assert_int_equal(u->prompt_tokens, 50);
+	assert_int_equal(u->completion_tokens, 17);
+	assert_int_equal(u->cached_tokens, 10);
+	xlat_stream_free(s);
+}
+
+/* An OpenAI upstream that stops without [DONE]: end closes the message anyway. */
+static void test_stream_oa_to_an_truncated(void **state)
+{
+	static const struct step steps[] = {
+		{ "", OA_CHUNK("{'content':'a'}", "null") },
+	};
+	static const char *const want[] = {
+		"message_start|{'type':'message_start','message':{'id':'msg_s1','type':'message',"
+		"'role':'assistant','model':'m','content':[],'stop_reason':null,"
+		"'stop_sequence':null,'usage':{'input_tokens':0,'output_tokens':0,"
+		"'cache_read_input_tokens':0,'cache_creation_input_tokens':0}}}",
+		"content_block_start|{'type':'content_block_start','index':0,"
+		"'content_block':{'type':'text','text':''}}",
+		"content_block_delta|{'type':'content_block_delta','index':0,"
+		"'delta':{'type':'text_delta','text':'a'}}",
+		"content_block_stop|{'type':'content_block_stop','index':0}",
+		"message_delta|{'type':'message_delta','delta':{'stop_reason':'end_turn',"
+		"'stop_sequence':null},'usage':{'input_tokens':0,'output_tokens':0,"
+		"'cache_read_input_tokens':0,'cache_creation_input_tokens':0}}",
+		"message_stop|{'type':'message_stop'}",
+	};
+	struct xlat_stream *s = xlat_stream_new(OA, AN, "m", false);
+	expect_stream(s, steps, N(steps), want, N(want));
+	assert_false(xlat_stream_usage(s)->present);
+	xlat_stream_free(s);
+}
+
+static const struct step an_stream[] = {
+	{ "message_start", "{'type':'message_start','message':{'id':'msg_01Q','type':'message',"
+			   "'role':'assistant','model':'claude-x','content':[],'stop_reason':null,"
+			   "'stop_sequence':null,'usage':{'input_tokens':25,'output_tokens':1,"
+			   "'cache_read_input_tokens':100,'cache_creation_input_tokens':0}}}" },
+	{ "ping", "{'type':'ping'}" },
+	{ "content_block_start", "{'type':'content_block_start','index':0,"
+				 "'content_block':{'type':'thinking','thinking':''}}" },
+	{ "content_block_delta", "{'type':'content_block_delta','index':0,"
+				 "'delta':{'type':'thinking_delta','thinking':'hmm'}}" },
+	{ "content_block_stop", "{'type':'content_block_stop','index':0}" },
+	{ "content_block_start", "{'type':'content_block_start','index':1,"
+				 "'content_block':{'type':'text','text':''}}" },
+	{ "content_block_delta", "{'type':'content_block_delta','index':1,"
+				 "'delta':{'type':'text_delta','text':'Checking'}}" },
+	{ "content_block_stop", "{'type':'content_block_stop','index':1}" },
+	{ "content_block_start", "{'type':'content_block_start','index':2,'content_block':"
+				 "{'type':'tool_use','id':'toolu_9','name':'get_weather','input':{}}}" },
+	{ "content_block_delta", "{'type':'content_block_delta','index':2,"
+				 "'delta':{'type':'input_json_delta','partial_json':''}}" },
+	{ "content_block_delta", "{'type':'content_block_delta','index':2,"
+				 "'delta':{'type':'input_json_delta','partial_json':'{\\'city\\':'}}" },
+	{ "content_block_delta", "{'type':'content_block_delta','index':2,"
+				 "'delta':{'type':'input_json_delta','partial_json':'\\'Oslo\\'}'}}" },
+	{ "content_block_stop", "{'type':'content_block_stop','index':2}" },
+	{ "content_block_start", "{'type':'content_block_start','index':3,'content_block':"
+				 "{'type':'tool_use','id':'toolu_10','name':'now','input':{}}}" },
+	{ "content_block_stop", "{'type':'content_block_stop','index':3}" },
+	{ "message_delta", "{'type':'message_delta','delta':{'stop_reason':'tool_use',"
+			   "'stop_sequence':null},'usage':{'output_tokens':31}}" },
+	{ "message_stop", "{'type':'message_stop'}" },
+};
+
+#define OA_OUT(delta, finish) \
+	"|{'id':'chatcmpl-01Q','object':'chat.completion.chunk','model':'client-m'," \
+	"'choices':[{'index':0,'delta':" delta ",'logprobs':null,'finish_reason':" finish "}]}"
+
+static const char *const an_stream_want[] = {
+	OA_OUT("{'role':'assistant','content':''}", "null"),
+	OA_OUT("{'content':'Checking'}", "null"),
+	OA_OUT("{'tool_calls':[{'index':0,'id':'toolu_9','type':'function',"
+	       "'function':{'name':'get_weather','arguments':''}}]}", "null"),
+	OA_OUT("{'tool_calls':[{'index':0,'function':{'arguments':'{\\'city\\':'}}]}", "null"),
+	OA_OUT("{'tool_calls':[{'index':0,'function':{'arguments':'\\'Oslo\\'}'}}]}", "null"),
+	OA_OUT("{'tool_calls':[{'index':1,'id':'toolu_10','type':'function',"
+	       "'function':{'name':'now','arguments':''}}]}", "null"),
+	OA_OUT("{}", "'tool_calls'"),
+	"|{'id':'chatcmpl-01Q','object':'chat.completion.chunk','model':'client-m','choices':[],"
+	"'usage':{'prompt_tokens':125,'completion_tokens':31,'total_tokens':156,"
+	"'prompt_tokens_details':{'cached_tokens':100}}}",
+	"|[DONE]",
+};
+
+static void test_stream_an_to_oa(void **state)
+{
+	struct xlat_stream *s = xlat_stream_new(AN, OA, "client-m", true);
+	expect_stream(s, an_stream, N(an_stream), an_stream_want, N(an_stream_want));
+	const struct usage *u = xlat_stream_usage(s);
+	assert_int_equal(u->prompt_tokens, 125);
+	assert_int_equal(u->completion_tokens, 31);
+	assert_int_equal(u->cached_tokens, 100);
+	xlat_stream_free(s);
+
+	/* a client that did not ask for usage gets no usage chunk */
+	static const char *const *w = an_stream_want;
+	const char *no_usage[] = { w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[8] };
+	s = xlat_stream_new(AN, OA, "client-m", false);
+	expect_stream(s, an_stream, N(an_stream), no_usage, N(no_usage));
+	assert_int_equal(xlat_stream_usage(s)->completion_tokens, 31);
+	xlat_stream_free(s);
+}
+
+static void test_stream_errors(void **state)
+{
+	/* an Anthropic error event mid-stream */
+	static const struct step an_err[] = {
+		{ "message_start", "{'type':'message_start','message':{'id':'msg_e','usage':{}}}" },
+		{ "error", "{'type':'error','error':{'type':'overloaded_error','message':'Overloaded'}}" },
+		{ "message_stop", "{'type':'message_stop'}" },
+	};
+	static const char *const an_err_want[] = {
+		"|{'id':'chatcmpl-e','object':'chat.completion.chunk','model':'m','choices':[{'index':0,"
+		"'delta':{'role':'assistant','content':''},'logprobs':null,'finish_reason':null}]}",
+		"|{'error':{'message':'Overloaded','type':'api_error','param':null,"
+		"'code':'overloaded_error'}}",
+		"|[DONE]",
+	};
+	struct xlat_stream *s = xlat_stream_new(AN, OA, "m", true);
+	expect_stream(s, an_err, N(an_err), an_err_want, N(an_err_want));
+	xlat_stream_free(s);
+
+	/* the gateway ends streams early in either dialect */
+	struct buf out = { 0 };
+	s = xlat_stream_new(AN, OA, "m", false);
+	xlat_stream_error(s, XERR_BUDGET, "budget reached", &out);
+	xlat_stream_error(s, XERR_BUDGET, "again", &out);
+	xlat_stream_end(s, &out);
+	assert_true(buf_append(&out, "", 1, SIZE_MAX));
+	assert_string_equal(out.p, "data: {\"error\":{\"message\":\"budget reached\",\"type\":"
+			    "\"insufficient_quota\",\"param\":null,\"code\":\"budget_exceeded\"}}\n\n"
+			    "data: [DONE]\n\n");
+	xlat_stream_free(s);
+	out.len = 0;
+	s = xlat_stream_new(OA, AN, "m", false);
+	assert_int_equal(xlat_stream_event(s, SLICE_LIT(""), slice_cstr(Q(OA_CHUNK("{'content':'a'}",
+		"null"))), &out), 0);
+	out.len = 0;
+	xlat_stream_error(s, XERR_UPSTREAM, "upstream died", &out);
+	assert_int_equal(xlat_stream_event(s, SLICE_LIT(""), slice_cstr("[DONE]"), &out), 0);
+	xlat_stream_end(s, &out);
+	assert_true(buf_append(&out, "", 1, SIZE_MAX));
+	assert_string_equal(out.p, "event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":"
+			    "\"api_error\",\"message\":\"upstream died\"}}\n\n");
+	xlat_stream_free(s);
+	buf_free(&out);
+}
+
+/* Events that cannot be understood are refused and leave out untouched. */
+static void test_stream_refused_events(void **state)
+{
+	struct buf out = { 0 };
+	struct xlat_stream *s = xlat_stream_new(OA, AN, "m", false);
+	assert_int_equal(xlat_stream_event(s, SLICE_LIT(""), SLICE_LIT("{not json"), &out), -1);
+	assert_int_equal(xlat_stream_event(s, SLICE_LIT(""), SLICE_LIT("[1]"), &out), -1);
+	assert_int_equal(out.len, 0);
+	/* a tool call index going back cannot be expressed as Anthropic blocks */
+	assert_int_equal(xlat_stream_event(s, SLICE_LIT(""), slice_cstr(Q(OA_CHUNK(
+		"{'tool_calls':[{'index':1,'id':'b','function':{'name':'g'}}]}", "null"))), &out), 0);
+	size_t len = out.len;
+	assert_int_equal(xlat_stream_event(s, SLICE_LIT(""), slice_cstr(Q(OA_CHUNK(
+		"{'tool_calls':[{'index':0,'id':'a','function':{'name':'f'}}]}", "null"))), &out), -1);
+	assert_int_equal(out.len, len);
+	xlat_stream_free(s);
+
+	s = xlat_stream_new(AN, OA, "m", false);
+	assert_int_equal(xlat_stream_event(s, SLICE_LIT("x"), SLICE_LIT(""), &out), -1);
+	assert_int_equal(xlat_stream_event(s, SLICE_LIT("content_block_delta"), slice_cstr(Q(
+		"{'type':'content_block_delta','index':4,'delta':{'type':'text_delta','text':'x'}}")),
+		&out), -1);
+	/* unknown event types are dropped, not refused */
+	len = out.len;
+	assert_int_equal(xlat_stream_event(s, SLICE_LIT("new_thing"), slice_cstr(Q(
+		"{'type':'new_thing'}")), &out), 0);
+	assert_int_equal(out.len, len);
+	xlat_stream_free(s);
+	buf_free(&out);
+}
+
+static void test_stream_same_dialect(void **state)
+{
+	/* OpenAI: copied through; the usage-only chunk only for clients that asked */
+	static const struct step oa[] = {
+		{ "", OA_CHUNK("{'content':'a'}", "null") },
+		{ "", OA_CHUNK("{}", "'stop'") },
+		{ "", "{'id':'c','choices':[],'usage':{'prompt_tokens':3,'completion_tokens':2}}" },
+		{ "", "[DONE]" },
+	};
+	static const char *const want_usage[] = {
+		"|" OA_CHUNK("{'content':'a'}", "null"),
+		"|" OA_CHUNK("{}", "'stop'"),
+		"|{'id':'c','choices':[],'usage':{'prompt_tokens':3,'completion_tokens':2}}",
+		"|[DONE]",
+	};
+	static const char *const want_plain[] = { want_usage[0], want_usage[1], want_usage[3] };
+	struct xlat_stream *s = xlat_stream_new(OA, OA, "m", true);
+	expect_stream(s, oa, N(oa), want_usage, N(want_usage));
+	assert_int_equal(xlat_stream_usage(s)->prompt_tokens, 3);
+	xlat_stream_free(s);
+	s = xlat_stream_new(OA, OA, "m", false);
+	expect_stream(s, oa, N(oa), want_plain, N(want_plain));
+	assert_int_equal(xlat_stream_usage(s)->completion_tokens, 2);
+	xlat_stream_free(s);
+
+	/* Anthropic: copied through with usage read; a stream cut short is closed */
+	static const struct step an[] = {
+		{ "message_start", "{'type':'message_start','message':{'id':'msg_1','usage':"
+				   "{'input_tokens':4,'output_tokens':1}}}" },
+		{ "content_block_start", "{'type':'content_block_start','index':0,"
+					 "'content_block':{'type':'text','text':''}}" },
+		{ "", "{'type':'content_block_delta','index':0,'delta':{'type':'text_delta','text':'x'}}" },
+	};
+	static const char *const an_want[] = {
+		"message_start|{'type':'message_start','message':{'id':'msg_1','usage':"
+		"{'input_tokens':4,'output_tokens':1}}}",
+		"content_block_start|{'type':'content_block_start','index':0,"
+		"'content_block':{'type':'text','text':''}}",
+		"content_block_delta|{'type':'content_block_delta','index':0,"
+		"'delta':{'type':'text_delta','text':'x'}}",
+		"content_block_stop|{'type':'content_block_stop','index':0}",
+		"message_delta|{'type':'message_delta','delta':{'stop_reason':'end_turn',"
+		"'stop_sequence':null},'usage':{'input_tokens':4,'output_tokens':1,"
+		"'cache_read_input_tokens':0,'cache_creation_input_tokens':0}}",
+		"message_stop|{'type':'message_stop'}",
+	};
+	s = xlat_stream_new(AN, AN, "m", false);
+	expect_stream(s, an, N(an), an_want, N(an_want));
+	assert_int_equal(xlat_stream_usage(s)->prompt_tokens, 4);
+	xlat_stream_free(s);
+
+	/* multi-line data keeps its lines */
+	struct buf out = { 0 };
+	s = xlat_stream_new(OA, OA, "m", false);
+	assert_int_equal(xlat_stream_event(s, SLICE_LIT(""), SLICE_LIT("{\"choices\":\n[]}"), &out), 0);
+	assert_true(buf_append(&out, "", 1, SIZE_MAX));
+	assert_string_equal(out.p, "data: {\"choices\":\ndata: []}\n\n");
+	xlat_stream_free(s);
+	buf_free(&out);
+}
+
+static size_t count(const char *hay, const char *needle)
+{
+	size_t n = 0;
+	for (const char *p = strstr(hay, needle); p; p = strstr(p + 1, needle))
+		n++;
+	return n;
+}
+
+/* An empty upstream stream still gives the client a complete, empty answer. */
+static void test_stream_empty(void **state)
+{
+	struct buf out = { 0 };
+	struct xlat_stream *s = xlat_stream_new(AN, OA, "m", false);
+	xlat_stream_end(s, &out);
+	assert_true(buf_append(&out, "", 1, SIZE_MAX));
+	assert_int_equal(count(out.p, "data: "), 3);
+	assert_non_null(strstr(out.p, "\"id\":\"chatcmpl-penstock"));
+	assert_non_null(strstr(out.p, "\"role\":\"assistant\""));
+	assert_non_null(strstr(out.p, "\"finish_reason\":\"stop\""));
+	assert_non_null(strstr(out.p, "data: [DONE]\n\n"));
+	xlat_stream_free(s);
+	out.len = 0;
+	s = xlat_stream_new(OA, AN, "m", false);
+	xlat_stream_end(s, &out);
+	assert_true(buf_append(&out, "", 1, SIZE_MAX));
+	assert_int_equal(count(out.p, "event: "), 3);
+	assert_non_null(strstr(out.p, "event: message_start\ndata: {\"type\":\"message_start\","
+				      "\"message\":{\"id\":\"msg_penstock"));
+	assert_non_null(strstr(out.p, "\"stop_reason\":\"end_turn\""));
+	assert_non_null(strstr(out.p, "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n"));
+	xlat_stream_free(s);
+	buf_free(&out);
+}
+
+int main(void)
+{
+#define T(f) cmocka_unit_test_teardown(f, release)
+	const struct CMUnitTest tests[] = {
+		T(test_oa_request_basic),     T(test_oa_request_max_tokens), T(test_oa_request_parts),
+		T(test_oa_request_tools),     T(test_oa_request_tool_loop),  T(test_oa_request_refused),
+		T(test_an_request_basic),     T(test_an_request_blocks),     T(test_an_request_tools),
+		T(test_an_request_refused),   T(test_request_round_trip),    T(test_oa_response),
+		T(test_an_response),          T(test_stop_reasons),          T(test_bad_responses),
+		T(test_response_usage),       T(test_errors),                T(test_gateway_errors),
+		T(test_stream_oa_to_an),      T(test_stream_oa_to_an_truncated),
+		T(test_stream_an_to_oa),      T(test_stream_errors),         T(test_stream_refused_events),
+		T(test_stream_same_dialect),  T(test_stream_empty),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
