@@ -13,19 +13,23 @@
 
 #define DEFAULT_CONFIG "/etc/penstock/penstock.yaml"
 
-/* The demo: the bundled mock provider on 127.0.0.1:9090 (tools/run starts it) and a
- * client key from PENSTOCK_DEMO_KEY. */
+/* The demo: the bundled mock provider on 127.0.0.1:9090 (tools/run starts it), reached
+ * both as an OpenAI-compatible and as an Anthropic provider, and a client key from
+ * PENSTOCK_DEMO_KEY. */
 static const char demo_config[] =
 	"listen: 127.0.0.1:8080\n"
 	"workers: auto\n"
 	"data_dir: /tmp/penstock-demo\n"
 	"providers:\n"
 	"  - { name: mock, kind: openai-compatible, base_url: http://127.0.0.1:9090 }\n"
+	"  - { name: mock-anthropic, kind: anthropic, base_url: http://127.0.0.1:9090 }\n"
 	"models:\n"
 	"  - { name: gpt-4o-mini, price: { input_per_mtok: 0.15, output_per_mtok: 0.60 },\n"
 	"      targets: [ { provider: mock, model: gpt-4o-mini } ] }\n"
 	"  - { name: gpt-4o, price: { input_per_mtok: 2.50, output_per_mtok: 10.00 },\n"
 	"      targets: [ { provider: mock, model: gpt-4o } ] }\n"
+	"  - { name: claude-haiku, price: { input_per_mtok: 0.80, output_per_mtok: 4.00 },\n"
+	"      max_tokens: 1024, targets: [ { provider: mock-anthropic, model: claude-3-5-haiku } ] }\n"
 	"keys:\n"
 	"  - { name: demo, key_env: PENSTOCK_DEMO_KEY }\n";
 

@@ -1,9 +1,13 @@
-/* pipeline.c - route, authenticate, forward, relay.
+/* pipeline.c - route, authenticate, forward, relay; translate where dialects differ.
  *
- * The request body goes upstream as the client sent it (an iovec of its slices), with
- * only the model name spliced when the catalog maps it to another upstream name. The
- * response is relayed as it arrives: no buffering of SSE; reading from the upstream
- * pauses while the client is slow to take what was already sent.
+ * Two dialects come in: OpenAI (/v1/chat/completions, /v1/embeddings, /v1/models) and
+ * Anthropic (/v1/messages). When the caller's dialect is the provider's, the request body
+ * goes upstream as the client sent it (an iovec of its slices, with only the model name
+ * spliced) and the response is relayed as it arrives: no buffering of SSE; reading from
+ * the upstream pauses while the client is slow to take what was already sent. When the
+ * dialects differ, the body is translated (providers/translate) and so is the answer: a
+ * stream event by event, a whole body once it has arrived, an error into the caller's
+ * error shape.
  */
 #include "pipeline.h"
 
@@ -14,19 +18,26 @@
 
 #include "core/json.h"
 #include "core/log.h"
+#include "core/sse.h"
 #include "core/upstream.h"
+#include "providers/provider.h"
+#include "providers/translate.h"
 
 #define OUT_HIGH_WATER (256 * 1024)
+#define MAX_SSE_EVENT (1024 * 1024)     /* one provider event, when translating */
+#define MAX_ERROR_BODY (64 * 1024)      /* a provider's error body we translate */
 
 struct route {
 	const char *name;        /* client-facing model name */
 	unsigned provider;       /* index into pipeline.providers */
 	const char *upstream_model;
+	uint32_t max_tokens;     /* the catalog's default, for dialects that require one */
 };
 
 struct provider {
 	const struct config_provider *cfg;
-	char *auth_header; /* "Authorization: Bearer ...\r\n" or "" */
+	const struct provider_api *api;
+	char *auth_header; /* "Authorization: Bearer ...\r\n", "x-api-key: ...\r\n..." or "" */
 	char *host_header; /* "Host: host[:port]\r\n" */
 };
 
@@ -45,13 +56,21 @@ struct pipeline {
 	size_t nroutes;
 	struct client_key *keys;
 	size_t nkeys;
-	char *models_json; /* GET /v1/models body */
-	size_t models_json_len;
+	struct buf models_openai;    /* GET /v1/models bodies, one per dialect */
+	struct buf models_anthropic;
 };
 
 struct pl_worker {
 	struct pipeline *pl;
 	struct upstream_pool **pools; /* one per provider */
+};
+
+/* How the answer reaches the client. */
+enum relay {
+	RELAY_RAW,    /* same dialect: the bytes as they come */
+	RELAY_STREAM, /* translated SSE, event by event */
+	RELAY_BODY,   /* translated success body, gathered whole first */
+	RELAY_ERROR,  /* the provider's error body, gathered, translated */
 };
 
 /* Per request that goes upstream. */
@@ -60,29 +79,61 @@ struct px {
 	struct pl_worker *pw;
 	const struct route *route;
 	struct upstream_call call;
+	enum dialect in, up;     /* the caller's dialect, the provider's */
+	enum relay relay;
+	bool client_usage;       /* an OpenAI caller asked for stream_options.include_usage */
+	bool too_large;          /* a gathered body passed its bound */
+	int status;              /* the provider's */
+	char retry_after[64];    /* the provider's retry-after, kept for translated errors */
+	struct buf req;          /* translated request body (until the response head) */
+	struct buf res;          /* gathered response body (RELAY_BODY, RELAY_ERROR) */
+	struct buf out;          /* translated events not yet handed to the exchange */
+	struct xlat_stream *xs;
+	struct sse_parser sse;
+	bool xlat_failed;        /* an event could not be translated */
 	struct iovec iov[4];
 	size_t head_len;
-	char head[]; /* upstream request head */
+	char head[];             /* upstream request head */
 };
 
 /* ---------------------------------------------------------------- errors */
 
-/* OpenAI's error shape. message must not contain secrets. */
-static void respond_error(struct exchange *ex, int status, const char *type, const char *code,
+static enum xlat_err_kind kind_for_status(int status)
+{
+	switch (status) {
+	case 401: return XERR_AUTHENTICATION;
+	case 403: return XERR_PERMISSION;
+	case 429: return XERR_RATE_LIMIT;
+	case 500: return XERR_INTERNAL;
+	default: return status >= 500 ? XERR_UPSTREAM : XERR_INVALID_REQUEST;
+	}
+}
+
+/* An error the gateway makes, in the caller's dialect. message must not contain secrets. */
+static void respond_error(struct exchange *ex, enum dialect d, int status, const char *code,
 			  const char *message, const char *extra_headers)
 {
-	char msg[768];
-	size_t mn = json_escape(msg, sizeof(msg), slice_cstr(message));
-	char body[1024];
-	int n = snprintf(body, sizeof(body),
-			 "{\"error\":{\"message\":\"%.*s\",\"type\":\"%s\",\"param\":null,\"code\":%s%s%s}}\n",
-			 (int)mn, msg, type, code ? "\"" : "", code ? code : "null", code ? "\"" : "");
-	ex_respond(ex, status, "application/json", extra_headers, slice_of(body, (size_t)n));
+	struct buf b = { 0 };
+	xlat_error_body(d, kind_for_status(status), status, code, message, &b);
+	ex_respond(ex, status, "application/json", extra_headers,
+		   b.p ? slice_of(b.p, b.len) : SLICE_LIT("{}\n"));
+	buf_free(&b);
+}
+
+/* The dialect a request speaks, by its path: Anthropic's is /v1/messages. */
+static enum dialect dialect_of(const struct exchange *ex)
+{
+	struct slice t = ex->req.target;
+	static const char m[] = "/v1/messages";
+	if (t.p && t.n >= sizeof(m) - 1 && memcmp(t.p, m, sizeof(m) - 1) == 0 &&
+	    (t.n == sizeof(m) - 1 || t.p[sizeof(m) - 1] == '?' || t.p[sizeof(m) - 1] == '/'))
+		return DIALECT_ANTHROPIC;
+	return DIALECT_OPENAI;
 }
 
 static void pl_on_reject(struct exchange *ex, int status, const char *why)
 {
-	respond_error(ex, status, "invalid_request_error", NULL, why, NULL);
+	respond_error(ex, dialect_of(ex), status, NULL, why, NULL);
 }
 
 /* ---------------------------------------------------------------- upstream relay */
@@ -90,6 +141,13 @@ static void pl_on_reject(struct exchange *ex, int status, const char *why)
 static void px_free(struct px *px)
 {
 	px->ex->user = NULL;
+	buf_free(&px->req);
+	buf_free(&px->res);
+	buf_free(&px->out);
+	if (px->xs) {
+		xlat_stream_free(px->xs);
+		sse_free(&px->sse);
+	}
 	free(px);
 }
 
@@ -98,21 +156,97 @@ static void release_buffer(void *arg, uint64_t bid)
 	worker_buffer_unref(arg, (uint16_t)bid);
 }
 
+static void release_malloc(void *arg, uint64_t unused) { free(arg); }
+
+/* The response headers the gateway adds: who served, and the provider's retry-after. */
+static void px_extra_headers(const struct px *px, char *out, size_t cap)
+{
+	const struct provider *prov = &px->pw->pl->providers[px->route->provider];
+	int n = snprintf(out, cap, "x-penstock-provider: %s\r\nx-penstock-model: %s\r\n",
+			 prov->cfg->name, px->route->upstream_model);
+	if (px->retry_after[0] && n > 0 && (size_t)n < cap)
+		snprintf(out + n, cap - (size_t)n, "retry-after: %s\r\n", px->retry_after);
+}
+
+static bool px_on_event(void *arg, const struct sse_event *ev)
+{
+	struct px *px = arg;
+	if (xlat_stream_event(px->xs, ev->type, ev->data, &px->out) < 0) {
+		px->xlat_failed = true;
+		return false;
+	}
+	return true;
+}
+
+/* Hand a buffer to the exchange as it is (no copy); b is left empty. False if the
+ * exchange went away (its on_abort has run). */
+static bool write_buf(struct exchange *ex, struct buf *b)
+{
+	char *p = b->p;
+	size_t n = b->len;
+	*b = (struct buf){ 0 };
+	if (!n) {
+		free(p);
+		return true;
+	}
+	return ex_write(ex, slice_of(p, n), release_malloc, p, 0);
+}
+
+/* The translated events so far, to the client. False if the exchange went away: px is
+ * gone then (on_abort freed it). */
+static bool px_flush(struct px *px) { return write_buf(px->ex, &px->out); }
+
+/* The last events of a translated stream: px is freed first, then the stream ends. */
+static void px_stream_close(struct px *px)
+{
+	struct exchange *ex = px->ex;
+	struct buf out = px->out;
+	px->out = (struct buf){ 0 };
+	px_free(px);
+	if (write_buf(ex, &out))
+		ex_finish(ex);
+}
+
 static void px_on_head(void *arg, const struct http1_response *res)
 {
 	struct px *px = arg;
-	const struct provider *prov = &px->pw->pl->providers[px->route->provider];
 	const struct http1_header *ct = http1_find_header(res->headers, res->nheaders, "content-type");
 	const struct http1_header *ra = http1_find_header(res->headers, res->nheaders, "retry-after");
+	px->status = res->status;
+	if (ra && ra->value.n < sizeof(px->retry_after))
+		snprintf(px->retry_after, sizeof(px->retry_after), SLICE_FMT, SLICE_ARG(ra->value));
+	buf_free(&px->req); /* sent: the upstream call no longer needs it */
+	char extra[512];
+	px_extra_headers(px, extra, sizeof(extra));
+
+	bool ok = res->status >= 200 && res->status < 300;
+	if (px->in != px->up) {
+		bool sse = ct && ct->value.n >= 17 && memmem(ct->value.p, ct->value.n,
+							       "text/event-stream", 17);
+		if (!ok) {
+			px->relay = RELAY_ERROR;
+		} else if (sse) {
+			px->relay = RELAY_STREAM;
+			px->xs = xlat_stream_new(px->up, px->in, px->route->name, px->client_usage);
+			if (!px->xs) {
+				upstream_cancel(&px->call);
+				struct exchange *ex = px->ex;
+				px_free(px);
+				respond_error(ex, dialect_of(ex), 503, NULL, "gateway out of memory", NULL);
+				return;
+			}
+			sse_init(&px->sse, MAX_SSE_EVENT);
+			size_t n = strlen(extra);
+			snprintf(extra + n, sizeof(extra) - n, "cache-control: no-cache\r\n");
+			ex_begin(px->ex, 200, "text/event-stream", extra, -1);
+		} else {
+			px->relay = RELAY_BODY;
+		}
+		return;
+	}
 	char ctype[128] = "application/json";
 	if (ct)
 		snprintf(ctype, sizeof(ctype), SLICE_FMT, SLICE_ARG(ct->value));
-	char extra[512];
-	int n = snprintf(extra, sizeof(extra), "x-penstock-provider: %s\r\nx-penstock-model: %s\r\n",
-			 prov->cfg->name, px->route->upstream_model);
-	if (ra && ra->value.n < 64)
-		snprintf(extra + n, sizeof(extra) - (size_t)n, "retry-after: " SLICE_FMT "\r\n",
-			 SLICE_ARG(ra->value));
 	int64_t length = -1;
 	if (res->body == HTTP1_BODY_LENGTH)
 		length = (int64_t)res->content_length;
@@ -128,12 +262,49 @@ static void px_resume(struct exchange *ex)
 		upstream_resume(&px->call);
 }
 
+/* The upstream's stream could not be read or translated: end the client's stream with
+ * an error event in its dialect, and drop the upstream. */
+static void px_stream_abort(struct px *px, const char *why)
+{
+	struct exchange *ex = px->ex;
+	log_warn("request %s: provider %s: %s", ex->id,
+		 px->pw->pl->providers[px->route->provider].cfg->name, why);
+	upstream_cancel(&px->call);
+	xlat_stream_error(px->xs, XERR_UPSTREAM, why, &px->out);
+	px_stream_close(px);
+}
+
 static bool px_on_data(void *arg, struct slice data, uint16_t bid)
 {
 	struct px *px = arg;
 	struct worker *w = ex_worker(px->ex);
-	if (!ex_write(px->ex, data, release_buffer, w, bid))
-		return false; /* the exchange was aborted: px is gone, the call cancelled */
+	size_t bound;
+
+	switch (px->relay) {
+	case RELAY_RAW:
+		if (!ex_write(px->ex, data, release_buffer, w, bid))
+			return false; /* the exchange was aborted: px is gone, the call cancelled */
+		break;
+	case RELAY_STREAM: {
+		int r = sse_feed(&px->sse, data.p, data.n, px_on_event, px);
+		worker_buffer_unref(w, bid);
+		if (r < 0 || px->xlat_failed) {
+			px_stream_abort(px, r < 0 ? "the provider's stream is malformed (event too long)"
+						  : "the provider sent an event that cannot be translated");
+			return false;
+		}
+		if (!px_flush(px))
+			return false;
+		break;
+	}
+	case RELAY_BODY:
+	case RELAY_ERROR:
+		bound = px->relay == RELAY_BODY ? XLAT_MAX_OUT : MAX_ERROR_BODY;
+		if (!px->too_large && !buf_append(&px->res, data.p, data.n, bound))
+			px->too_large = true;
+		worker_buffer_unref(w, bid);
+		return true;
+	}
 	if (ex_pending(px->ex) > OUT_HIGH_WATER) {
 		ex_on_drain(px->ex, px_resume);
 		return false;
@@ -141,10 +312,56 @@ static bool px_on_data(void *arg, struct slice data, uint16_t bid)
 	return true;
 }
 
+/* A translated whole response: px is freed first, then the body buffer goes to the
+ * exchange as it is. */
+static void px_respond_body(struct px *px, int status, struct buf *body)
+{
+	char extra[512];
+	px_extra_headers(px, extra, sizeof(extra));
+	struct exchange *ex = px->ex;
+	px_free(px);
+	ex_begin(ex, status, "application/json", extra, (int64_t)body->len);
+	if (write_buf(ex, body))
+		ex_finish(ex);
+}
+
 static void px_on_end(void *arg)
 {
 	struct px *px = arg;
 	struct exchange *ex = px->ex;
+	struct buf body = { 0 };
+	struct usage usage;
+
+	switch (px->relay) {
+	case RELAY_RAW:
+		break;
+	case RELAY_STREAM:
+		xlat_stream_end(px->xs, &px->out);
+		px_stream_close(px);
+		return;
+	case RELAY_BODY:
+		if (px->too_large || xlat_response(px->up, px->in, slice_of(px->res.p, px->res.len),
+						   px->route->name, &body, &usage) < 0) {
+			log_warn("request %s: provider %s: %s", ex->id,
+				 px->pw->pl->providers[px->route->provider].cfg->name,
+				 px->too_large ? "response too large to translate"
+					       : "response could not be translated");
+			buf_free(&body);
+			enum dialect d = px->in;
+			px_free(px);
+			respond_error(ex, d, 502, "upstream_bad_response",
+				      "the provider's response could not be read", NULL);
+			return;
+		}
+		px_respond_body(px, px->status, &body);
+		return;
+	case RELAY_ERROR: {
+		int status = xlat_error(px->up, px->in, px->status,
+					slice_of(px->res.p, px->too_large ? 0 : px->res.len), &body);
+		px_respond_body(px, status, &body);
+		return;
+	}
+	}
 	px_free(px);
 	ex_finish(ex);
 }
@@ -156,18 +373,25 @@ static void px_on_error(void *arg, enum upstream_error err, bool head_seen)
 	const struct provider *prov = &px->pw->pl->providers[px->route->provider];
 	log_warn("request %s: provider %s: %s%s", ex->id, prov->cfg->name, upstream_error_text(err),
 		 head_seen ? " (after the response began)" : "");
-	px_free(px);
-	if (head_seen) {
+	if (head_seen && px->relay == RELAY_RAW) {
 		/* The status line is out: relay what came, then cut the connection so the
 		 * client cannot mistake the response for complete. */
+		px_free(px);
 		ex_truncate(ex);
+		return;
+	}
+	if (head_seen && px->relay == RELAY_STREAM) {
+		/* A translated stream can end honestly: an error event, then its terminator. */
+		xlat_stream_error(px->xs, XERR_UPSTREAM, upstream_error_text(err), &px->out);
+		px_stream_close(px);
 		return;
 	}
 	bool timeout = err == UP_E_CONNECT_TIMEOUT || err == UP_E_FIRST_BYTE_TIMEOUT ||
 		       err == UP_E_IDLE_TIMEOUT;
-	respond_error(ex, timeout ? 504 : 502, "api_error",
-		      timeout ? "upstream_timeout" : "upstream_unavailable", upstream_error_text(err),
-		      NULL);
+	enum dialect d = px->in;
+	px_free(px);
+	respond_error(ex, d, timeout ? 504 : 502, timeout ? "upstream_timeout" : "upstream_unavailable",
+		      upstream_error_text(err), NULL);
 }
 
 static const struct upstream_callbacks px_callbacks = {
@@ -176,35 +400,59 @@ static const struct upstream_callbacks px_callbacks = {
 
 /* ---------------------------------------------------------------- endpoints */
 
-static const struct client_key *authenticate(const struct pipeline *pl, const struct exchange *ex)
+/* Constant time in the secret, whatever the candidate. */
+static bool key_matches(const struct client_key *k, struct slice key)
+{
+	unsigned char diff = k->len != key.n;
+	for (size_t j = 0; j < k->len; j++)
+		diff |= (unsigned char)(k->secret[j] ^ (j < key.n ? key.p[j] : 0));
+	return !diff;
+}
+
+/* The caller's key: Authorization: Bearer, or (Anthropic dialect) x-api-key. */
+static bool client_key_of(const struct exchange *ex, enum dialect d, struct slice *key)
 {
 	const struct http1_header *h = ex_header(ex, "authorization");
-	if (!h || h->value.n < 8 || strncasecmp(h->value.p, "Bearer ", 7) != 0)
-		return NULL;
-	struct slice key = { h->value.p + 7, h->value.n - 7 };
-	const struct client_key *found = NULL;
-	/* Compare against every key in constant time per key so timing says nothing. */
-	for (size_t i = 0; i < pl->nkeys; i++) {
-		const struct client_key *k = &pl->keys[i];
-		unsigned char diff = k->len != key.n;
-		for (size_t j = 0; j < k->len; j++)
-			diff |= (unsigned char)(k->secret[j] ^ (j < key.n ? key.p[j] : 0));
-		if (!diff)
-			found = k;
+	if (h && h->value.n >= 8 && strncasecmp(h->value.p, "Bearer ", 7) == 0) {
+		*key = (struct slice){ h->value.p + 7, h->value.n - 7 };
+		return true;
 	}
+	h = d == DIALECT_ANTHROPIC ? ex_header(ex, "x-api-key") : NULL;
+	if (h && h->value.n) {
+		*key = h->value;
+		return true;
+	}
+	return false;
+}
+
+static const struct client_key *authenticate(const struct pipeline *pl, const struct exchange *ex,
+					     enum dialect d, bool *missing)
+{
+	struct slice key;
+	*missing = !client_key_of(ex, d, &key);
+	if (*missing)
+		return NULL;
+	const struct client_key *found = NULL;
+	/* Compare against every key so timing says nothing about which one matched. */
+	for (size_t i = 0; i < pl->nkeys; i++)
+		if (key_matches(&pl->keys[i], key))
+			found = &pl->keys[i];
 	return found;
 }
 
 /* Client headers that go upstream: only those the operator named (forward_headers:
- * exact names or prefixes ending in '*'), and never credentials or framing. */
-static bool forwardable(const struct config *cfg, struct slice name)
+ * exact names or prefixes ending in '*'), and never credentials or framing. Anthropic's
+ * feature flags (anthropic-beta) follow a request that stays in its dialect. */
+static bool forwardable(const struct config *cfg, struct slice name, bool anthropic_beta)
 {
 	static const char *const never[] = { "authorization", "x-api-key", "host", "content-length",
 		"transfer-encoding", "connection", "keep-alive", "expect", "te", "upgrade",
-		"proxy-authorization", "cookie" };
+		"proxy-authorization", "cookie", "anthropic-version" };
 	for (size_t i = 0; i < sizeof(never) / sizeof(never[0]); i++)
 		if (slice_ieq_cstr(name, never[i]))
 			return false;
+	if (anthropic_beta && slice_ieq_cstr(name, "anthropic-beta"))
+		return true;
 	for (size_t i = 0; i < cfg->nforward_headers; i++) {
 		const char *f = cfg->forward_headers[i];
 		size_t n = strlen(f);
@@ -218,30 +466,22 @@ static bool forwardable(const struct config *cfg, struct slice name)
 	return false;
 }
 
-static size_t forwarded_len(const struct config *cfg, const struct exchange *ex)
-{
-	size_t n = 0;
-	for (unsigned i = 0; i < ex->req.nheaders; i++)
-		if (forwardable(cfg, ex->req.headers[i].name))
-			n += ex->req.headers[i].name.n + ex->req.headers[i].value.n + 4;
-	return n;
-}
-
-static size_t forwarded_write(const struct config *cfg, const struct exchange *ex, char *out)
+/* Bytes the forwarded headers take, or (out != NULL) write them. */
+static size_t forward_headers(const struct config *cfg, const struct exchange *ex,
+			      bool anthropic_beta, char *out)
 {
 	size_t n = 0;
 	for (unsigned i = 0; i < ex->req.nheaders; i++) {
 		const struct http1_header *h = &ex->req.headers[i];
-		if (!forwardable(cfg, h->name))
+		if (!forwardable(cfg, h->name, anthropic_beta))
 			continue;
-		memcpy(out + n, h->name.p, h->name.n);
-		n += h->name.n;
-		out[n++] = ':';
-		out[n++] = ' ';
-		memcpy(out + n, h->value.p, h->value.n);
-		n += h->value.n;
-		out[n++] = '\r';
-		out[n++] = '\n';
+		if (out) {
+			memcpy(out + n, h->name.p, h->name.n);
+			memcpy(out + n + h->name.n, ": ", 2);
+			memcpy(out + n + h->name.n + 2, h->value.p, h->value.n);
+			memcpy(out + n + h->name.n + 2 + h->value.n, "\r\n", 2);
+		}
+		n += h->name.n + h->value.n + 4;
 	}
 	return n;
 }
@@ -254,65 +494,63 @@ static const struct route *find_route(const struct pipeline *pl, struct slice mo
 	return NULL;
 }
 
-static void chat_completions(struct pl_worker *pw, struct exchange *ex)
+/* A call for route, its head written for path and a body of body_len bytes; room is
+ * left after the head for `spare` bytes. NULL (answered 503) if out of memory. */
+static struct px *px_new(struct pl_worker *pw, struct exchange *ex, const struct route *route,
+			 enum dialect in, const char *path, size_t body_len, size_t spare)
 {
 	struct pipeline *pl = pw->pl;
-	static const char *const keys[] = { "model" };
-	struct slice vals[1];
-	if (json_scan_object(ex->body, keys, vals, 1) < 0) {
-		respond_error(ex, 400, "invalid_request_error", NULL,
-			      "We could not parse the JSON body of your request: expected a JSON object.",
-			      NULL);
-		return;
-	}
-	struct slice model;
-	if (!vals[0].p || !json_plain_string(vals[0], &model) || model.n == 0) {
-		respond_error(ex, 400, "invalid_request_error", NULL,
-			      "you must provide a model parameter", NULL);
-		return;
-	}
-	const struct route *route = find_route(pl, model);
-	if (!route) {
-		char msg[256];
-		snprintf(msg, sizeof(msg),
-			 "The model `%.*s` does not exist or you do not have access to it.",
-			 (int)(model.n > 100 ? 100 : model.n), model.p);
-		respond_error(ex, 404, "invalid_request_error", "model_not_found", msg, NULL);
-		return;
-	}
 	const struct provider *prov = &pl->providers[route->provider];
-
-	/* Splice the upstream model name into the body when it differs. */
-	struct slice before = { ex->body.p, (size_t)(vals[0].p - ex->body.p) };
-	struct slice after = { vals[0].p + vals[0].n, ex->body.n - before.n - vals[0].n };
-	bool splice = !slice_eq_cstr(model, route->upstream_model);
-	size_t body_len = ex->body.n;
-	size_t quoted_len = strlen(route->upstream_model) + 2;
-	if (splice)
-		body_len = before.n + quoted_len + after.n;
-
-	/* The head's fixed text and numbers take < 200 bytes; the spliced model follows it. */
-	size_t fwd_len = pl->cfg->nforward_headers ? forwarded_len(pl->cfg, ex) : 0;
-	size_t cap = 256 + strlen(prov->cfg->path_prefix) + strlen(prov->auth_header) +
-		     strlen(prov->host_header) + fwd_len + quoted_len + 1;
-	struct px *px = malloc(sizeof(*px) + cap);
+	bool beta = in == prov->api->dialect && in == DIALECT_ANTHROPIC;
+	size_t fwd_len = forward_headers(pl->cfg, ex, beta, NULL);
+	/* The head's fixed text and numbers take < 200 bytes. */
+	size_t cap = 256 + strlen(prov->cfg->path_prefix) + strlen(path) +
+		     strlen(prov->auth_header) + strlen(prov->host_header) + fwd_len + spare;
+	struct px *px = calloc(1, sizeof(*px) + cap);
 	if (!px) {
-		respond_error(ex, 503, "api_error", NULL, "gateway out of memory", NULL);
-		return;
+		respond_error(ex, in, 503, NULL, "gateway out of memory", NULL);
+		return NULL;
 	}
 	px->ex = ex;
 	px->pw = pw;
 	px->route = route;
+	px->in = in;
+	px->up = prov->api->dialect;
 	int n = snprintf(px->head, cap,
-			 "POST %s/v1/chat/completions HTTP/1.1\r\n%s%s"
+			 "POST %s%s HTTP/1.1\r\n%s%s"
 			 "Content-Type: application/json\r\nContent-Length: %zu\r\n"
 			 "x-request-id: %s\r\n",
-			 prov->cfg->path_prefix, prov->host_header, prov->auth_header, body_len, ex->id);
+			 prov->cfg->path_prefix, path, prov->host_header, prov->auth_header, body_len,
+			 ex->id);
 	px->head_len = (size_t)n;
-	if (fwd_len)
-		px->head_len += forwarded_write(pl->cfg, ex, px->head + px->head_len);
+	px->head_len += forward_headers(pl->cfg, ex, beta, px->head + px->head_len);
 	memcpy(px->head + px->head_len, "\r\n", 2);
 	px->head_len += 2;
+	return px;
+}
+
+static void px_start(struct px *px, unsigned niov)
+{
+	px->ex->user = px;
+	upstream_call_start(&px->call, px->pw->pools[px->route->provider], px->iov, niov,
+			    &px_callbacks, px);
+}
+
+/* Same dialect: the body as the client sent it, the model name spliced when the catalog
+ * maps it to another upstream name. model_val is the raw value slice of "model". */
+static void forward_same_dialect(struct pl_worker *pw, struct exchange *ex,
+				 const struct route *route, enum dialect d, const char *path,
+				 struct slice model_val, struct slice model)
+{
+	struct slice before = { ex->body.p, (size_t)(model_val.p - ex->body.p) };
+	struct slice after = { model_val.p + model_val.n, ex->body.n - before.n - model_val.n };
+	bool splice = !slice_eq_cstr(model, route->upstream_model);
+	size_t quoted_len = strlen(route->upstream_model) + 2;
+	size_t body_len = splice ? before.n + quoted_len + after.n : ex->body.n;
+
+	struct px *px = px_new(pw, ex, route, d, path, body_len, quoted_len + 1);
+	if (!px)
+		return;
 	unsigned niov = 0;
 	px->iov[niov++] = (struct iovec){ px->head, px->head_len };
 	if (splice) {
@@ -326,17 +564,124 @@ static void chat_completions(struct pl_worker *pw, struct exchange *ex)
 	} else {
 		px->iov[niov++] = (struct iovec){ (void *)ex->body.p, ex->body.n };
 	}
-	ex->user = px;
-	upstream_call_start(&px->call, pw->pools[route->provider], px->iov, niov, &px_callbacks, px);
+	px_start(px, niov);
 }
 
+/* The model a request names, checked; NULL (answered) if there is none or it is unknown. */
+static const struct route *request_route(struct pipeline *pl, struct exchange *ex, enum dialect d,
+					 struct slice model_val, struct slice *model)
+{
+	if (!model_val.p || !json_plain_string(model_val, model) || model->n == 0) {
+		respond_error(ex, d, 400, NULL,
+			      d == DIALECT_ANTHROPIC ? "model: Field required"
+						     : "you must provide a model parameter",
+			      NULL);
+		return NULL;
+	}
+	const struct route *route = find_route(pl, *model);
+	if (!route) {
+		char msg[256];
+		snprintf(msg, sizeof(msg),
+			 "The model `%.*s` does not exist or you do not have access to it.",
+			 (int)(model->n > 100 ? 100 : model->n), model->p);
+		respond_error(ex, d, 404, "model_not_found", msg, NULL);
+	}
+	return route;
+}
+
+static void bad_json(struct exchange *ex, enum dialect d)
+{
+	respond_error(ex, d, 400, NULL,
+		      "We could not parse the JSON body of your request: expected a JSON object.",
+		      NULL);
+}
+
+/* POST /v1/chat/completions (OpenAI) and /v1/messages (Anthropic). */
+static void handle_chat(struct pl_worker *pw, struct exchange *ex, enum dialect in)
+{
+	struct pipeline *pl = pw->pl;
+	static const char *const keys[] = { "model", "stream", "stream_options" };
+	struct slice vals[3], model;
+	if (json_scan_object(ex->body, keys, vals, 3) < 0) {
+		bad_json(ex, in);
+		return;
+	}
+	const struct route *route = request_route(pl, ex, in, vals[0], &model);
+	if (!route)
+		return;
+	const struct provider *prov = &pl->providers[route->provider];
+	if (in == prov->api->dialect) {
+		forward_same_dialect(pw, ex, route, in, prov->api->chat_path, vals[0], model);
+		return;
+	}
+
+	bool stream = vals[1].p && json_is_true(vals[1]);
+	bool client_usage = false;
+	if (in == DIALECT_OPENAI && vals[2].p) {
+		static const char *const so_keys[] = { "include_usage" };
+		struct slice iu;
+		client_usage = json_scan_object(vals[2], so_keys, &iu, 1) == 0 && iu.p &&
+			       json_is_true(iu);
+	}
+	struct xlat_request_opts o = {
+		.upstream_model = route->upstream_model,
+		.default_max_tokens = route->max_tokens,
+		.stream_usage = stream && prov->api->dialect == DIALECT_OPENAI,
+	};
+	struct buf body = { 0 };
+	char err[512];
+	if (xlat_request(in, prov->api->dialect, ex->body, &o, &body, err, sizeof(err)) < 0) {
+		buf_free(&body);
+		respond_error(ex, in, 400, NULL, err, NULL);
+		return;
+	}
+	struct px *px = px_new(pw, ex, route, in, prov->api->chat_path, body.len, 0);
+	if (!px) {
+		buf_free(&body);
+		return;
+	}
+	px->req = body;
+	px->client_usage = client_usage;
+	px->iov[0] = (struct iovec){ px->head, px->head_len };
+	px->iov[1] = (struct iovec){ px->req.p, px->req.len };
+	px_start(px, 2);
+}
+
+/* POST /v1/embeddings: OpenAI dialect, to providers that have the endpoint. */
+static void handle_embeddings(struct pl_worker *pw, struct exchange *ex)
+{
+	struct pipeline *pl = pw->pl;
+	static const char *const keys[] = { "model" };
+	struct slice val, model;
+	if (json_scan_object(ex->body, keys, &val, 1) < 0) {
+		bad_json(ex, DIALECT_OPENAI);
+		return;
+	}
+	const struct route *route = request_route(pl, ex, DIALECT_OPENAI, val, &model);
+	if (!route)
+		return;
+	const struct provider *prov = &pl->providers[route->provider];
+	if (!prov->api->embeddings_path) {
+		char msg[256];
+		snprintf(msg, sizeof(msg), "The model `%s` does not support embeddings.", route->name);
+		respond_error(ex, DIALECT_OPENAI, 400, "model_not_supported", msg, NULL);
+		return;
+	}
+	forward_same_dialect(pw, ex, route, DIALECT_OPENAI, prov->api->embeddings_path, val, model);
+}
+
+/* GET /v1/models: OpenAI's list, or Anthropic's when the caller sends anthropic-version
+ * (the Anthropic SDKs always do). */
 static void list_models(struct pl_worker *pw, struct exchange *ex)
 {
-	ex_respond(ex, 200, "application/json", NULL,
-		   slice_of(pw->pl->models_json, pw->pl->models_json_len));
+	const struct buf *b = ex_header(ex, "anthropic-version") ? &pw->pl->models_anthropic
+								 : &pw->pl->models_openai;
+	ex_respond(ex, 200, "application/json", NULL, slice_of(b->p, b->len));
 }
 
 static bool path_is(struct slice path, const char *p) { return slice_eq_cstr(path, p); }
+
+enum endpoint { EP_NONE, EP_CHAT, EP_MESSAGES, EP_EMBEDDINGS, EP_MODELS };
 
 static void pl_on_request(struct exchange *ex)
 {
@@ -348,11 +693,11 @@ static void pl_on_request(struct exchange *ex)
 		path.n = (size_t)(q - path.p);
 	bool get = slice_eq_cstr(ex->req.method, "GET") || slice_eq_cstr(ex->req.method, "HEAD");
 	bool post = slice_eq_cstr(ex->req.method, "POST");
+	enum dialect d = dialect_of(ex);
 
 	if (path_is(path, "/healthz") || path_is(path, "/readyz")) {
 		if (!get) {
-			respond_error(ex, 405, "invalid_request_error", NULL, "method not allowed",
-				      "Allow: GET\r\n");
+			respond_error(ex, d, 405, NULL, "method not allowed", "Allow: GET\r\n");
 			return;
 		}
 		bool ready = !worker_stopping(ex_worker(ex)) || path_is(path, "/healthz");
@@ -360,32 +705,51 @@ static void pl_on_request(struct exchange *ex)
 		ex_respond(ex, ready ? 200 : 503, "application/json", NULL, slice_cstr(body));
 		return;
 	}
-	bool chat = path_is(path, "/v1/chat/completions");
-	bool models = path_is(path, "/v1/models");
-	if (!chat && !models) {
+	enum endpoint ep = path_is(path, "/v1/chat/completions") ? EP_CHAT
+			   : path_is(path, "/v1/messages")       ? EP_MESSAGES
+			   : path_is(path, "/v1/embeddings")     ? EP_EMBEDDINGS
+			   : path_is(path, "/v1/models")         ? EP_MODELS
+								 : EP_NONE;
+	if (ep == EP_NONE) {
 		char msg[256];
-		snprintf(msg, sizeof(msg), "Unknown request URL: %.*s %.*s", (int)(ex->req.method.n > 16 ? 16 : ex->req.method.n),
-			 ex->req.method.p, (int)(path.n > 128 ? 128 : path.n), path.p);
-		respond_error(ex, 404, "invalid_request_error", "unknown_url", msg, NULL);
+		snprintf(msg, sizeof(msg), "Unknown request URL: %.*s %.*s",
+			 (int)(ex->req.method.n > 16 ? 16 : ex->req.method.n), ex->req.method.p,
+			 (int)(path.n > 128 ? 128 : path.n), path.p);
+		respond_error(ex, d, 404, "unknown_url", msg, NULL);
 		return;
 	}
-	if ((chat && !post) || (models && !get)) {
-		respond_error(ex, 405, "invalid_request_error", NULL, "method not allowed",
-			      chat ? "Allow: POST\r\n" : "Allow: GET\r\n");
+	if (ep == EP_MODELS ? !get : !post) {
+		respond_error(ex, d, 405, NULL, "method not allowed",
+			      ep == EP_MODELS ? "Allow: GET\r\n" : "Allow: POST\r\n");
 		return;
 	}
-	if (!authenticate(pl, ex)) {
-		bool missing = !ex_header(ex, "authorization");
-		respond_error(ex, 401, "invalid_request_error", "invalid_api_key",
-			      missing ? "You didn't provide an API key. Send it as 'Authorization: Bearer KEY'."
-				      : "Incorrect API key provided.",
-			      NULL);
+	bool missing;
+	if (!authenticate(pl, ex, d, &missing)) {
+		const char *msg = !missing ? (d == DIALECT_ANTHROPIC ? "invalid x-api-key"
+								     : "Incorrect API key provided.")
+			: d == DIALECT_ANTHROPIC
+				? "You didn't provide an API key. Send it as 'x-api-key: KEY' or "
+				  "'Authorization: Bearer KEY'."
+				: "You didn't provide an API key. Send it as 'Authorization: Bearer KEY'.";
+		respond_error(ex, d, 401, "invalid_api_key", msg, NULL);
 		return;
 	}
-	if (chat)
-		chat_completions(pw, ex);
-	else
+	switch (ep) {
+	case EP_CHAT:
+		handle_chat(pw, ex, DIALECT_OPENAI);
+		break;
+	case EP_MESSAGES:
+		handle_chat(pw, ex, DIALECT_ANTHROPIC);
+		break;
+	case EP_EMBEDDINGS:
+		handle_embeddings(pw, ex);
+		break;
+	case EP_MODELS:
 		list_models(pw, ex);
+		break;
+	case EP_NONE:
+		break;
+	}
 }
 
 static void pl_on_abort(struct exchange *ex)
@@ -447,24 +811,37 @@ static char *str_printf(const char *fmt, const char *a, const char *b)
 	return s;
 }
 
-static char *models_body(const struct config *cfg, size_t *len)
+/* The two GET /v1/models bodies: OpenAI's list and Anthropic's. */
+static bool models_bodies(const struct config *cfg, struct buf *oa, struct buf *an)
 {
-	size_t cap = 64;
-	for (size_t i = 0; i < cfg->nmodels; i++)
-		cap += strlen(cfg->models[i].name) * 2 + 96;
-	char *s = malloc(cap);
-	if (!s)
-		return NULL;
-	size_t n = (size_t)snprintf(s, cap, "{\"object\":\"list\",\"data\":[");
+	char name[512], line[1400];
+	bool ok = true;
+	ok &= buf_append(oa, "{\"object\":\"list\",\"data\":[", 25, SIZE_MAX);
+	ok &= buf_append(an, "{\"data\":[", 9, SIZE_MAX);
 	for (size_t i = 0; i < cfg->nmodels; i++) {
-		n += (size_t)snprintf(s + n, cap - n, "%s{\"id\":\"", i ? "," : "");
-		n += json_escape(s + n, cap - n, slice_cstr(cfg->models[i].name));
-		n += (size_t)snprintf(s + n, cap - n,
-				      "\",\"object\":\"model\",\"created\":0,\"owned_by\":\"penstock\"}");
+		size_t n = json_escape(name, sizeof(name), slice_cstr(cfg->models[i].name));
+		int k = snprintf(line, sizeof(line),
+				 "%s{\"id\":\"%.*s\",\"object\":\"model\",\"created\":0,"
+				 "\"owned_by\":\"penstock\"}",
+				 i ? "," : "", (int)n, name);
+		ok &= buf_append(oa, line, (size_t)k, SIZE_MAX);
+		k = snprintf(line, sizeof(line),
+			     "%s{\"type\":\"model\",\"id\":\"%.*s\",\"display_name\":\"%.*s\","
+			     "\"created_at\":\"1970-01-01T00:00:00Z\"}",
+			     i ? "," : "", (int)n, name, (int)n, name);
+		ok &= buf_append(an, line, (size_t)k, SIZE_MAX);
 	}
-	n += (size_t)snprintf(s + n, cap - n, "]}\n");
-	*len = n;
-	return s;
+	ok &= buf_append(oa, "]}\n", 3, SIZE_MAX);
+	const char *first = cfg->nmodels ? cfg->models[0].name : NULL;
+	const char *last = cfg->nmodels ? cfg->models[cfg->nmodels - 1].name : NULL;
+	char a[512] = "null", b[512] = "null";
+	if (first) {
+		snprintf(a, sizeof(a), "\"%.*s\"", (int)json_escape(name, sizeof(name), slice_cstr(first)), name);
+		snprintf(b, sizeof(b), "\"%.*s\"", (int)json_escape(name, sizeof(name), slice_cstr(last)), name);
+	}
+	int k = snprintf(line, sizeof(line), "],\"has_more\":false,\"first_id\":%s,\"last_id\":%s}\n", a, b);
+	ok &= buf_append(an, line, (size_t)k, SIZE_MAX);
+	return ok;
 }
 
 struct pipeline *pipeline_new(const struct config *cfg, char *err, size_t errlen)
@@ -490,10 +867,15 @@ struct pipeline *pipeline_new(const struct config *cfg, char *err, size_t errlen
 			snprintf(err, errlen, "provider %s: %s", cp->name, serr);
 			goto fail;
 		}
-		p->auth_header = key ? str_printf("Authorization: Bearer %s\r\n", key, NULL) : strdup("");
+		p->api = provider_api(cp->kind);
+		p->auth_header = provider_auth_headers(cp->kind, key, cp->api_version);
 		if (key) {
 			explicit_bzero(key, strlen(key));
 			free(key);
+		}
+		if (!p->auth_header) {
+			snprintf(err, errlen, "out of memory");
+			goto fail;
 		}
 		char hostport[300];
 		bool default_port = cp->port == (cp->tls ? 443 : 80);
@@ -511,6 +893,7 @@ struct pipeline *pipeline_new(const struct config *cfg, char *err, size_t errlen
 		struct route *r = &pl->routes[pl->nroutes++];
 		r->name = m->name;
 		r->upstream_model = t->model ? t->model : m->name;
+		r->max_tokens = m->max_tokens;
 		for (size_t k = 0; k < cfg->nproviders; k++)
 			if (strcmp(cfg->providers[k].name, t->provider) == 0)
 				r->provider = (unsigned)k;
@@ -527,7 +910,10 @@ struct pipeline *pipeline_new(const struct config *cfg, char *err, size_t errlen
 		pl->keys[pl->nkeys++] = (struct client_key){ strdup(cfg->keys[i].name), secret,
 							     strlen(secret) };
 	}
-	pl->models_json = models_body(cfg, &pl->models_json_len);
+	if (!models_bodies(cfg, &pl->models_openai, &pl->models_anthropic)) {
+		snprintf(err, errlen, "out of memory");
+		goto fail;
+	}
 	pl->handler = (struct engine_handler){
 		.worker_init = pl_worker_init,
 		.worker_fini = pl_worker_fini,
@@ -563,6 +949,7 @@ void pipeline_free(struct pipeline *pl)
 	free(pl->providers);
 	free(pl->routes);
 	free(pl->keys);
-	free(pl->models_json);
+	buf_free(&pl->models_openai);
+	buf_free(&pl->models_anthropic);
 	free(pl);
 }
