@@ -5,7 +5,10 @@ resumes sessions (nginx logs $connection and $ssl_session_reused), and reaches t
 upstream through a CONNECT proxy (a small threaded one here that counts its tunnels)."""
 import os
 import re
+import json
 import shutil
+import socket
+import ssl
 import subprocess
 import tempfile
 import time
@@ -13,7 +16,7 @@ from pathlib import Path
 
 import harness as h
 from connect_proxy import ConnectProxy
-from harness import UPSTREAM_MODEL
+from harness import PROVIDER_KEY, UPSTREAM_MODEL
 
 NGINX_CONF = """
 {user}
@@ -116,13 +119,73 @@ class Nginx:
         self.proc.stop(10)
 
 
+class RecordsUpstream:
+    """An HTTPS upstream (Python's ssl) that answers every request on one connection with
+    the response split into TLS records of chosen sizes, written while the socket is
+    corked so they arrive together: a full 16 KiB record, then many small ones."""
+
+    def __init__(self, home):
+        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.ctx.load_cert_chain(home / "good.pem", home / "good.key")
+        self.lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.lsock.bind(("127.0.0.1", 0))
+        self.lsock.listen(4)
+        self.lsock.settimeout(10)
+        self.port = self.lsock.getsockname()[1]
+        self.error = None
+        self.thread = h.threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    @staticmethod
+    def response():
+        doc = {"id": "chatcmpl-records", "object": "chat.completion", "model": UPSTREAM_MODEL,
+               "choices": [{"index": 0, "message": {"role": "assistant", "content": ""},
+                            "finish_reason": "stop"}],
+               "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}}
+        doc["choices"][0]["message"]["content"] = "x" * 26000
+        body = json.dumps(doc).encode()
+        head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+        return head % len(body) + body
+
+    def _serve(self):
+        try:
+            raw, _ = self.lsock.accept()
+            raw.settimeout(10)
+            with self.ctx.wrap_socket(raw, server_side=True) as conn:
+                buf = b""
+                while True:
+                    while b"\r\n\r\n" not in buf:
+                        data = conn.recv(65536)
+                        if not data:
+                            return
+                        buf += data
+                    head, _, buf = buf.partition(b"\r\n\r\n")
+                    length = int(re.search(rb"(?im)^content-length:\s*(\d+)", head).group(1))
+                    assert ("authorization: bearer " + PROVIDER_KEY).encode() in head.lower()
+                    while len(buf) < length:
+                        buf += conn.recv(65536)
+                    buf = buf[length:]
+                    out = self.response()
+                    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
+                    conn.sendall(out[:16384])
+                    for i in range(16384, len(out), 100):
+                        conn.sendall(out[i:i + 100])
+                    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 0)
+        except (OSError, AssertionError, AttributeError) as e:
+            self.error = e
+
+    def close(self):
+        self.lsock.close()
+        self.thread.join(5)
+
+
 class TlsStack:
     """mockllm, nginx in front of it with the test PKI, CONNECT proxies, and penstock with
     one provider per case. Models: gpt-https (verified, by name), gpt-https-ip (verified,
     IP literal: no SNI), gpt-wronghost, gpt-untrusted, gpt-noverify, gpt-proxied,
     gpt-denied (a proxy answering 403)."""
 
-    def __init__(self, env, workers=1, nginx_keepalive="60s"):
+    def __init__(self, env, workers=1, nginx_keepalive="60s", records=False):
         self.dir = Path(tempfile.mkdtemp(prefix="penstock-tls-"))
         env.defer(lambda: shutil.rmtree(self.dir, ignore_errors=True))
         make_ca(self.dir, "ca")
@@ -138,6 +201,9 @@ class TlsStack:
         self.denying = ConnectProxy(deny=403)
         env.defer(self.denying.close)
         ca = str(self.dir / "ca.pem")
+        if records:
+            self.records = RecordsUpstream(self.dir)
+            env.defer(self.records.close)
         good, wrong = self.nginx.ports["good"], self.nginx.ports["wrong"]
         providers = {
             "https": {"base_url": "https://localhost:%d" % good, "ca_file": ca},
@@ -151,6 +217,9 @@ class TlsStack:
             "denied": {"base_url": "https://localhost:%d" % good, "ca_file": ca,
                        "proxy": "http://127.0.0.1:%d" % self.denying.port},
         }
+        if records:
+            providers["records"] = {"base_url": "https://localhost:%d" % self.records.port,
+                                    "ca_file": ca}
 
         def config_fn(port):
             cfg = h.gateway_config(port, {"mock": self.mock.port}, self.dir, workers=workers)
@@ -203,6 +272,17 @@ def test_tls_large_bodies(env):
                      headers={"x-mock-tokens": "20000"}, timeout=30)
     assert r.status == 200 and r.sse_events()[-1] == "[DONE]", r
     assert len(r.sse_events()) > 1000
+
+
+def test_tls_record_sizes(env):
+    # The tail of a full 16 KiB record arrives with many small records behind it: the
+    # receive is bounded so that their plaintext still fits the receive buffers.
+    s = TlsStack(env, records=True)
+    for _ in range(3):
+        r = s.gw.chat("gpt-records", timeout=5)
+        assert r.status == 200, r
+        assert r.body == RecordsUpstream.response().partition(b"\r\n\r\n")[2]
+    assert s.records.error is None, s.records.error
 
 
 def test_tls_wrong_hostname_is_502(env):
