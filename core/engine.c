@@ -167,6 +167,7 @@ uint64_t worker_now_ms(const struct worker *w) { return w->now_ms; }
 bool worker_stopping(const struct worker *w) { return w->stopping; }
 int worker_buffer_group(const struct worker *w) { return 0; }
 char *worker_buffer(struct worker *w, uint16_t bid) { return w->bufs + (size_t)bid * w->buf_size; }
+size_t worker_buffer_size(const struct worker *w) { return w->buf_size; }
 
 struct io_uring_sqe *worker_sqe(struct worker *w)
 {

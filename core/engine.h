@@ -122,6 +122,7 @@ int worker_buffer_group(const struct worker *w);
 /* Provided buffers: a CQE's buffer id is held until released. References let one
  * receive buffer back several outgoing slices. */
 char *worker_buffer(struct worker *w, uint16_t bid);
+size_t worker_buffer_size(const struct worker *w);
 /* The buffer a completion carries (IORING_CQE_F_BUFFER): the caller owns it with one
  * reference. */
 uint16_t worker_buffer_take(struct worker *w, const struct io_uring_cqe *cqe);

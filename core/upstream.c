@@ -1,4 +1,12 @@
-/* upstream.c - per-worker keep-alive connection pools and the HTTP/1.1 client call. */
+/* upstream.c - per-worker keep-alive connection pools and the HTTP/1.1 client call.
+ *
+ * A plain connection sends the caller's iovec and parses what it receives in place. A TLS
+ * connection runs through phases first (CONNECT tunnel, handshake) with receive and send
+ * handlers of its own; once ready it encrypts the request from the iovec in bounded
+ * batches and decrypts each receive buffer in place, then parses it exactly as a plain
+ * connection does. Which handlers a connection uses is fixed when it opens, so plain
+ * connections never test for TLS on their receive and send paths.
+ */
 #include "upstream.h"
 
 #include <errno.h>
@@ -12,10 +20,15 @@
 #include <unistd.h>
 
 #include "buf.h"
+#include "config.h"
 #include "log.h"
+#include "tls.h"
 
 #define UP_MAX_HEAD 65536
 #define UP_MAX_HEADERS 100
+#define UP_MAX_PROXY_HEAD 8192
+#define UP_TLS_BATCH 65536     /* request plaintext encrypted per send */
+#define UP_MAX_OUT (256 * 1024) /* ciphertext waiting to be sent */
 
 struct upstream_pool {
 	struct worker *w;
@@ -27,7 +40,17 @@ struct upstream_pool {
 	unsigned nidle, nconns;
 	uint64_t opened;
 	bool freeing;
+	/* https */
+	struct tls_client *tls;
+	struct tls_session_slot session;
+	/* CONNECT proxy (addr is the proxy's then) */
+	char *proxy_host;
+	uint16_t proxy_port;
+	char *connect_req;
+	size_t connect_len;
 };
+
+enum up_phase { PH_TUNNEL, PH_HANDSHAKE, PH_READY };
 
 struct upconn {
 	struct ev ev_connect, ev_send, ev_recv;
@@ -40,7 +63,15 @@ struct upconn {
 	bool closing, recv_armed, in_pool, reused, any_byte, head_done, body_done;
 	bool paused;
 
-	/* send progress */
+	/* TLS (NULL: plain). Ciphertext to send is moved from the SSL to out and sent from
+	 * there; one send at a time. */
+	struct tls_conn *tls;
+	uint8_t phase;
+	bool out_busy, req_pending;
+	struct buf out;
+	size_t out_off;
+
+	/* send progress (of the request's plaintext) */
 	struct iovec iov[8];
 	struct msghdr msg;
 	size_t send_off, send_total;
@@ -71,14 +102,92 @@ const char *upstream_error_text(enum upstream_error e)
 	case UP_E_RESET: return "upstream closed the connection";
 	case UP_E_PROTOCOL: return "upstream sent a malformed response";
 	case UP_E_RESOURCES: return "gateway out of resources";
+	case UP_E_TLS: return "upstream TLS failure";
+	case UP_E_PROXY: return "egress proxy refused the tunnel";
 	}
 	return "upstream error";
 }
 
 /* ---------------------------------------------------------------- pool */
 
-struct upstream_pool *upstream_pool_new(struct worker *w, const char *host, uint16_t port)
+bool upstream_endpoint_init(struct upstream_endpoint *ep, const struct config *cfg,
+			    const struct config_provider *cp, char *err, size_t errlen)
 {
+	*ep = (struct upstream_endpoint){ .host = strdup(cp->host), .port = cp->port };
+	if (!ep->host) {
+		snprintf(err, errlen, "provider %s: out of memory", cp->name);
+		return false;
+	}
+	if (!cp->tls)
+		return true;
+	char why[CONFIG_ERR_MAX];
+	ep->tls = tls_client_new(cp->host, cp->tls_verify, cp->ca_file, why, sizeof(why));
+	if (!ep->tls) {
+		snprintf(err, errlen, "provider %s: %s", cp->name, why);
+		upstream_endpoint_fini(ep);
+		return false;
+	}
+	if (!cp->tls_verify)
+		log_warn("provider %s: tls_verify is false: the certificate of %s is NOT checked",
+			 cp->name, cp->host);
+	const struct config_proxy *px = cp->proxy.url ? &cp->proxy : &cfg->egress_proxy;
+	if (px->url) {
+		ep->proxy_host = strdup(px->host);
+		ep->proxy_port = px->port;
+		if (!ep->proxy_host) {
+			snprintf(err, errlen, "provider %s: out of memory", cp->name);
+			upstream_endpoint_fini(ep);
+			return false;
+		}
+	}
+	return true;
+}
+
+void upstream_endpoint_fini(struct upstream_endpoint *ep)
+{
+	tls_client_free(ep->tls);
+	free(ep->host);
+	free(ep->proxy_host);
+	*ep = (struct upstream_endpoint){ 0 };
+}
+
+static void pool_destroy(struct upstream_pool *p)
+{
+	tls_session_slot_clear(&p->session);
+	free(p->host);
+	free(p->proxy_host);
+	free(p->connect_req);
+	free(p);
+}
+
+/* "CONNECT host:port HTTP/1.1" with its Host header, sent as is by every connection. */
+static bool pool_connect_request(struct upstream_pool *p)
+{
+	bool v6 = strchr(p->host, ':') != NULL;
+	char hp[300];
+	snprintf(hp, sizeof(hp), v6 ? "[%s]:%u" : "%s:%u", p->host, p->port);
+	size_t n = 2 * strlen(hp) + 40;
+	if (!(p->connect_req = malloc(n)))
+		return false;
+	p->connect_len = (size_t)snprintf(p->connect_req, n, "CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n",
+					  hp, hp);
+	return true;
+}
+
+struct upstream_pool *upstream_pool_new(struct worker *w, const struct upstream_endpoint *ep)
+{
+	if (ep->proxy_host && !ep->tls) {
+		log_error("upstream %s:%u: a CONNECT proxy is only used for https", ep->host, ep->port);
+		return NULL;
+	}
+	if (ep->tls && worker_buffer_size(w) < TLS_MAX_PLAINTEXT) {
+		log_error("upstream %s:%u: TLS needs receive buffers of at least %u bytes", ep->host,
+			  ep->port, TLS_MAX_PLAINTEXT);
+		return NULL;
+	}
+	/* Through a proxy only the proxy is resolved here: the proxy resolves the upstream. */
+	const char *host = ep->proxy_host ? ep->proxy_host : ep->host;
+	uint16_t port = ep->proxy_host ? ep->proxy_port : ep->port;
 	struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM };
 	struct addrinfo *ai;
 	char portstr[8];
@@ -95,11 +204,18 @@ struct upstream_pool *upstream_pool_new(struct worker *w, const char *host, uint
 		return NULL;
 	}
 	p->w = w;
-	p->host = strdup(host);
-	p->port = port;
+	p->port = ep->port;
+	p->tls = ep->tls;
+	p->proxy_port = ep->proxy_port;
 	memcpy(&p->addr, ai->ai_addr, ai->ai_addrlen);
 	p->addrlen = ai->ai_addrlen;
 	freeaddrinfo(ai);
+	if (!(p->host = strdup(ep->host)) ||
+	    (ep->proxy_host && (!(p->proxy_host = strdup(ep->proxy_host)) ||
+				!pool_connect_request(p)))) {
+		pool_destroy(p);
+		return NULL;
+	}
 	return p;
 }
 
@@ -108,10 +224,8 @@ uint64_t upstream_pool_opened(const struct upstream_pool *p) { return p->opened;
 
 static void pool_maybe_free(struct upstream_pool *p)
 {
-	if (p->freeing && p->nconns == 0) {
-		free(p->host);
-		free(p);
-	}
+	if (p->freeing && p->nconns == 0)
+		pool_destroy(p);
 }
 
 static void pool_unlink(struct upconn *u)
@@ -143,6 +257,8 @@ static void up_unref(struct upconn *u)
 	struct upstream_pool *p = u->pool;
 	close(u->fd);
 	buf_free(&u->head);
+	tls_conn_free(u->tls);
+	buf_free(&u->out);
 	worker_release(p->w);
 	p->nconns--;
 	free(u);
@@ -213,13 +329,17 @@ static void up_release_to_pool(struct upconn *u)
 {
 	struct upstream_pool *p = u->pool;
 	u->call = NULL;
-	if (p->freeing || !u->res.keep_alive || worker_stopping(p->w)) {
+	/* A TLS response that ended before its request was all sent (the upstream answered
+	 * early) leaves the rest unsent: the connection cannot carry another request. */
+	bool unsent = u->tls && u->send_off < u->send_total;
+	if (p->freeing || !u->res.keep_alive || worker_stopping(p->w) || unsent) {
 		up_close(u);
 		return;
 	}
 	u->any_byte = u->head_done = u->body_done = false;
 	u->head.len = 0;
 	u->send_total = u->send_off = 0;
+	u->req_pending = false;
 	memset(&u->chunked, 0, sizeof(u->chunked));
 	u->reused = true;
 	u->in_pool = true;
@@ -282,6 +402,8 @@ static void up_send_done(struct worker *w, struct ev *ev, struct io_uring_cqe *c
 		timer_arm(w, TQ_UP_FIRST_BYTE, &u->timer);
 }
 
+static bool tls_send_request(struct upconn *u);
+
 static void up_begin_request(struct upconn *u)
 {
 	struct upstream_call *call = u->call;
@@ -289,7 +411,13 @@ static void up_begin_request(struct upconn *u)
 	for (unsigned i = 0; i < call->niov; i++)
 		u->send_total += call->iov[i].iov_len;
 	u->send_off = 0;
-	up_send(u);
+	if (!u->tls) {
+		up_send(u);
+	} else {
+		u->req_pending = true;
+		if (!tls_send_request(u))
+			return;
+	}
 	if (!u->recv_armed)
 		up_recv_arm(u);
 }
@@ -302,6 +430,8 @@ static void up_op_unwanted(struct upconn *u)
 	up_unref(u);
 }
 
+static void tls_connected(struct upconn *u);
+
 static void up_connect_done(struct worker *w, struct ev *ev, struct io_uring_cqe *cqe)
 {
 	struct upconn *u = (struct upconn *)((char *)ev - offsetof(struct upconn, ev_connect));
@@ -310,14 +440,39 @@ static void up_connect_done(struct worker *w, struct ev *ev, struct io_uring_cqe
 		return;
 	}
 	u->refs--;
-	timer_disarm(&u->timer);
 	if (cqe->res < 0) {
-		log_debug("upstream %s:%u: connect: %s", u->pool->host, u->pool->port,
-			  strerror(-cqe->res));
+		if (u->pool->proxy_host)
+			log_debug("upstream %s:%u: connect to proxy %s:%u: %s", u->pool->host,
+				  u->pool->port, u->pool->proxy_host, u->pool->proxy_port,
+				  strerror(-cqe->res));
+		else
+			log_debug("upstream %s:%u: connect: %s", u->pool->host, u->pool->port,
+				  strerror(-cqe->res));
 		call_fail(u, UP_E_CONNECT);
 		return;
 	}
+	if (u->tls) { /* the connect timer keeps running through tunnel and handshake */
+		tls_connected(u);
+		return;
+	}
+	timer_disarm(&u->timer);
 	up_begin_request(u);
+}
+
+/* The upstream closed (res 0) or reset (res < 0) the connection under a call. */
+static void up_peer_closed(struct upconn *u, int res)
+{
+	if (res == 0 && u->head_done && u->res.body == HTTP1_BODY_CLOSE) {
+		struct upstream_call *call = u->call;
+		u->call = NULL;
+		up_close(u);
+		call->conn = NULL;
+		call->active = false;
+		call->cb->on_end(call->arg);
+		return;
+	}
+	if (!call_retry(u))
+		call_fail(u, UP_E_RESET);
 }
 
 static void up_recv_done(struct worker *w, struct ev *ev, struct io_uring_cqe *cqe)
@@ -342,17 +497,7 @@ static void up_recv_done(struct worker *w, struct ev *ev, struct io_uring_cqe *c
 	if (cqe->res <= 0) {
 		if (bid >= 0)
 			worker_buffer_unref(w, (uint16_t)bid);
-		if (cqe->res == 0 && u->head_done && u->res.body == HTTP1_BODY_CLOSE) {
-			struct upstream_call *call = u->call;
-			u->call = NULL;
-			up_close(u);
-			call->conn = NULL;
-			call->active = false;
-			call->cb->on_end(call->arg);
-			return;
-		}
-		if (!call_retry(u))
-			call_fail(u, UP_E_RESET);
+		up_peer_closed(u, cqe->res);
 		return;
 	}
 	u->any_byte = true;
@@ -365,8 +510,11 @@ static void up_recv_done(struct worker *w, struct ev *ev, struct io_uring_cqe *c
 
 static void up_recv_arm(struct upconn *u)
 {
-	struct io_uring_sqe *sqe = worker_sqe(u->pool->w);
-	io_uring_prep_recv(sqe, u->fd, NULL, 0, 0);
+	struct worker *w = u->pool->w;
+	/* 0: as much as a buffer holds. TLS: what keeps the plaintext within one buffer. */
+	size_t len = u->tls ? tls_recv_limit(u->tls, worker_buffer_size(w)) : 0;
+	struct io_uring_sqe *sqe = worker_sqe(w);
+	io_uring_prep_recv(sqe, u->fd, NULL, len, 0);
 	sqe->flags |= IOSQE_BUFFER_SELECT;
 	sqe->buf_group = (uint16_t)worker_buffer_group(u->pool->w);
 	io_uring_sqe_set_data(sqe, &u->ev_recv);
@@ -536,6 +684,274 @@ void upstream_resume(struct upstream_call *call)
 	up_unref(u);
 }
 
+/* ---------------------------------------------------------------- TLS and CONNECT tunnels */
+
+static void out_send(struct upconn *u)
+{
+	struct io_uring_sqe *sqe = worker_sqe(u->pool->w);
+	io_uring_prep_send(sqe, u->fd, u->out.p + u->out_off, u->out.len - u->out_off, MSG_NOSIGNAL);
+	io_uring_sqe_set_data(sqe, &u->ev_send);
+	u->out_busy = true;
+	u->refs++;
+}
+
+/* Send the ciphertext the SSL produced, unless a send is under way (its completion comes
+ * back here). False when out of memory. */
+static bool tls_flush(struct upconn *u)
+{
+	if (u->out_busy)
+		return true;
+	if (!tls_take_out(u->tls, &u->out, UP_MAX_OUT))
+		return false;
+	if (u->out.len)
+		out_send(u);
+	return true;
+}
+
+/* Encrypt the next batch of the request and send it; once all of it is out, the first
+ * byte of the answer is awaited. False when the call failed. */
+static bool tls_send_request(struct upconn *u)
+{
+	const struct upstream_call *call = u->call;
+	size_t budget = UP_TLS_BATCH;
+	/* Once the answer began, what is left of the request is not needed (nor valid). */
+	while (u->send_off < u->send_total && budget && !u->head_done) {
+		size_t skip = u->send_off;
+		unsigned i = 0;
+		while (call->iov[i].iov_len <= skip)
+			skip -= call->iov[i++].iov_len;
+		size_t n = call->iov[i].iov_len - skip;
+		n = n < budget ? n : budget;
+		if (!tls_write(u->tls, (const char *)call->iov[i].iov_base + skip, n)) {
+			log_warn("upstream %s:%u: TLS write failed", u->pool->host, u->pool->port);
+			call_fail(u, UP_E_TLS);
+			return false;
+		}
+		u->send_off += n;
+		budget -= n;
+	}
+	if (!tls_flush(u)) {
+		call_fail(u, UP_E_RESOURCES);
+		return false;
+	}
+	if (u->req_pending && u->send_off == u->send_total && !u->out_busy) {
+		u->req_pending = false;
+		if (!u->any_byte)
+			timer_arm(u->pool->w, TQ_UP_FIRST_BYTE, &u->timer);
+	}
+	return true;
+}
+
+static void tls_out_done(struct worker *w, struct ev *ev, struct io_uring_cqe *cqe)
+{
+	struct upconn *u = (struct upconn *)((char *)ev - offsetof(struct upconn, ev_send));
+	u->out_busy = false;
+	/* The operation's reference is held to the end: what runs here may close u. */
+	if (u->closing) {
+		up_unref(u);
+		return;
+	}
+	if (cqe->res < 0) {
+		if (!u->call)
+			up_close(u);
+		else if (!call_retry(u))
+			call_fail(u, UP_E_RESET);
+	} else if ((u->out_off += (size_t)cqe->res) < u->out.len) {
+		out_send(u);
+	} else {
+		u->out.len = u->out_off = 0;
+		if (u->call && u->phase == PH_READY)
+			tls_send_request(u);
+		else if (!tls_flush(u))
+			call_fail(u, UP_E_RESOURCES);
+	}
+	up_unref(u);
+}
+
+static void tls_handshake_step(struct upconn *u)
+{
+	struct upstream_pool *p = u->pool;
+	enum tls_status st = tls_handshake(u->tls);
+	if (st == TLS_FAILED || st == TLS_CLOSED) {
+		char why[256];
+		log_warn("upstream %s:%u: TLS handshake failed: %s", p->host, p->port,
+			 tls_describe(u->tls, why, sizeof(why)));
+		call_fail(u, UP_E_TLS);
+		return;
+	}
+	if (!tls_flush(u)) {
+		call_fail(u, UP_E_RESOURCES);
+		return;
+	}
+	if (st == TLS_WANT) {
+		up_recv_arm(u);
+		return;
+	}
+	u->phase = PH_READY;
+	timer_disarm(&u->timer);
+	log_debug("upstream %s:%u: TLS ready (%s)", p->host, p->port,
+		  tls_resumed(u->tls) ? "session resumed" : "full handshake");
+	up_begin_request(u);
+}
+
+/* TCP is up: open the tunnel first when there is a proxy, else start the handshake. */
+static void tls_connected(struct upconn *u)
+{
+	struct upstream_pool *p = u->pool;
+	if (u->phase == PH_HANDSHAKE) {
+		tls_handshake_step(u);
+		return;
+	}
+	if (!buf_append(&u->out, p->connect_req, p->connect_len, UP_MAX_OUT)) {
+		call_fail(u, UP_E_RESOURCES);
+		return;
+	}
+	out_send(u);
+	up_recv_arm(u);
+}
+
+static void proxy_fail(struct upconn *u, const char *why)
+{
+	struct upstream_pool *p = u->pool;
+	log_warn("upstream %s:%u: egress proxy %s:%u %s", p->host, p->port, p->proxy_host,
+		 p->proxy_port, why);
+	call_fail(u, UP_E_PROXY);
+}
+
+static void tls_recv_done(struct worker *w, struct ev *ev, struct io_uring_cqe *cqe);
+
+/* The proxy's answer to CONNECT: any 2xx opens the tunnel (RFC 9110 9.3.6). */
+static void proxy_recv_done(struct worker *w, struct ev *ev, struct io_uring_cqe *cqe)
+{
+	struct upconn *u = (struct upconn *)((char *)ev - offsetof(struct upconn, ev_recv));
+	u->recv_armed = false;
+	int bid = -1;
+	if (cqe->flags & IORING_CQE_F_BUFFER)
+		bid = worker_buffer_take(w, cqe);
+	if (u->closing || !u->call) {
+		if (bid >= 0)
+			worker_buffer_unref(w, (uint16_t)bid);
+		up_op_unwanted(u);
+		return;
+	}
+	/* The operation's reference is held to the end: what runs here may close u. */
+	if (cqe->res == -ENOBUFS) {
+		up_recv_arm(u);
+	} else if (cqe->res <= 0) {
+		if (bid >= 0)
+			worker_buffer_unref(w, (uint16_t)bid);
+		proxy_fail(u, "closed the connection instead of answering CONNECT");
+	} else {
+		bool ok = buf_append(&u->head, worker_buffer(w, (uint16_t)bid), (size_t)cqe->res,
+				     UP_MAX_PROXY_HEAD);
+		worker_buffer_unref(w, (uint16_t)bid);
+		int r = ok ? http1_parse_response(u->head.p, u->head.len, &up_limits, false, &u->res,
+						  u->hdrs, UP_MAX_HEADERS)
+			   : -1;
+		if (r == HTTP1_INCOMPLETE) {
+			up_recv_arm(u);
+		} else if (r < 0) {
+			proxy_fail(u, "sent a malformed answer to CONNECT");
+		} else if (u->res.status < 200 || u->res.status > 299) {
+			char why[48];
+			snprintf(why, sizeof(why), "refused CONNECT with status %d", u->res.status);
+			proxy_fail(u, why);
+		} else {
+			/* Bytes after the answer are the upstream's, from inside the tunnel. */
+			size_t tail = u->head.len - (size_t)r;
+			u->head.len = 0;
+			u->phase = PH_HANDSHAKE;
+			u->ev_recv.fn = tls_recv_done;
+			if (tail && !tls_feed(u->tls, u->head.p + r, tail))
+				call_fail(u, UP_E_RESOURCES);
+			else
+				tls_handshake_step(u);
+		}
+	}
+	up_unref(u);
+}
+
+/* Ciphertext arrived: feed it to the SSL, then decrypt into the same buffer (the SSL
+ * holds a copy) and carry on as a plain connection does with the plaintext. */
+static void tls_recv_done(struct worker *w, struct ev *ev, struct io_uring_cqe *cqe)
+{
+	struct upconn *u = (struct upconn *)((char *)ev - offsetof(struct upconn, ev_recv));
+	struct upstream_pool *p = u->pool;
+	u->recv_armed = false;
+	int bid = -1;
+	if (cqe->flags & IORING_CQE_F_BUFFER)
+		bid = worker_buffer_take(w, cqe);
+	if (u->closing || (!u->call && cqe->res <= 0 && cqe->res != -ENOBUFS)) {
+		if (bid >= 0)
+			worker_buffer_unref(w, (uint16_t)bid);
+		up_op_unwanted(u);
+		return;
+	}
+	/* The operation's reference is held to the end: what runs here may close u. */
+	if (cqe->res == -ENOBUFS) {
+		up_recv_arm(u);
+		up_unref(u);
+		return;
+	}
+	if (cqe->res <= 0) {
+		if (bid >= 0)
+			worker_buffer_unref(w, (uint16_t)bid);
+		if (u->phase == PH_HANDSHAKE) {
+			log_warn("upstream %s:%u: TLS handshake failed: %s", p->host, p->port,
+				 cqe->res ? strerror(-cqe->res) : "the connection closed");
+			call_fail(u, UP_E_TLS);
+		} else {
+			up_peer_closed(u, cqe->res);
+		}
+		up_unref(u);
+		return;
+	}
+	uint16_t b = (uint16_t)bid;
+	char *buf = worker_buffer(w, b);
+	size_t got = 0;
+	enum tls_status st = TLS_FAILED;
+	bool ok = tls_feed(u->tls, buf, (size_t)cqe->res);
+	if (ok && u->phase == PH_HANDSHAKE) {
+		worker_buffer_unref(w, b);
+		tls_handshake_step(u);
+		up_unref(u);
+		return;
+	}
+	if (ok) {
+		st = tls_read(u->tls, buf, worker_buffer_size(w), &got);
+		ok = tls_flush(u); /* reading may have produced something to send */
+	}
+	if (!u->call) {
+		/* Idle in the pool: a session ticket is fine, anything else ends it. */
+		worker_buffer_unref(w, b);
+		if (ok && !got && st == TLS_WANT)
+			up_recv_arm(u);
+		else
+			up_close(u);
+	} else if (!ok) {
+		worker_buffer_unref(w, b);
+		call_fail(u, UP_E_RESOURCES);
+	} else if (got) {
+		/* A close or failure after the data shows up on the next receive. */
+		u->any_byte = true;
+		timer_arm(w, TQ_UP_IDLE, &u->timer);
+		up_process(u, b, 0, got);
+	} else {
+		worker_buffer_unref(w, b);
+		if (st == TLS_WANT) {
+			up_recv_arm(u);
+		} else if (st == TLS_CLOSED) {
+			up_peer_closed(u, 0);
+		} else {
+			char why[256];
+			log_warn("upstream %s:%u: TLS failed: %s", p->host, p->port,
+				 tls_describe(u->tls, why, sizeof(why)));
+			call_fail(u, UP_E_TLS);
+		}
+	}
+	up_unref(u);
+}
+
 static void up_start(struct upstream_call *call, bool fresh)
 {
 	struct upstream_pool *p = call->pool;
@@ -550,8 +966,14 @@ static void up_start(struct upstream_call *call, bool fresh)
 		return;
 	}
 	u = calloc(1, sizeof(*u));
+	if (u && p->tls && !(u->tls = tls_conn_new(p->tls, &p->session))) {
+		free(u);
+		u = NULL;
+	}
 	int fd = u ? socket(p->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0) : -1;
 	if (fd < 0) {
+		if (u)
+			tls_conn_free(u->tls);
 		free(u);
 		call->active = false;
 		call->cb->on_error(call->arg, UP_E_RESOURCES, false);
@@ -564,6 +986,11 @@ static void up_start(struct upstream_call *call, bool fresh)
 	u->ev_connect.fn = up_connect_done;
 	u->ev_send.fn = up_send_done;
 	u->ev_recv.fn = up_recv_done;
+	if (u->tls) {
+		u->ev_send.fn = tls_out_done;
+		u->ev_recv.fn = p->proxy_host ? proxy_recv_done : tls_recv_done;
+		u->phase = p->proxy_host ? PH_TUNNEL : PH_HANDSHAKE;
+	}
 	u->timer.fn = up_timer_fired;
 	u->call = call;
 	call->conn = u;

@@ -8,6 +8,11 @@
  * A pooled connection that the upstream closed is detected by the receive kept armed
  * on it while idle; if a reused connection fails before any response byte arrives,
  * the request is sent once more on a fresh connection.
+ *
+ * An https endpoint speaks TLS (core/tls) over the same connections: the handshake runs
+ * when a connection opens, pooled connections stay encrypted, the body still arrives as
+ * slices of receive buffers (decrypted in place). An endpoint with a proxy opens each
+ * connection through an HTTP CONNECT tunnel. Plain http endpoints pay nothing for this.
  */
 #ifndef PENSTOCK_UPSTREAM_H
 #define PENSTOCK_UPSTREAM_H
@@ -19,6 +24,8 @@
 #include "engine.h"
 #include "http1.h"
 
+struct tls_client;
+
 enum upstream_error {
 	UP_E_CONNECT = 1,      /* refused, unreachable */
 	UP_E_CONNECT_TIMEOUT,
@@ -27,6 +34,8 @@ enum upstream_error {
 	UP_E_RESET,            /* closed or reset before the response ended */
 	UP_E_PROTOCOL,         /* malformed response */
 	UP_E_RESOURCES,        /* out of memory or descriptors */
+	UP_E_TLS,              /* handshake or record failure (logged with the reason) */
+	UP_E_PROXY,            /* the CONNECT proxy refused or garbled the tunnel (logged) */
 };
 
 const char *upstream_error_text(enum upstream_error e);
@@ -56,7 +65,28 @@ struct upstream_call {
 	bool retried, head_seen, active;
 };
 
-struct upstream_pool *upstream_pool_new(struct worker *w, const char *host, uint16_t port);
+/* Where a pool's connections go. Shared, read-only, by the pools of every worker; it
+ * must outlive them. */
+struct upstream_endpoint {
+	char *host;              /* the upstream: resolved here, or by the proxy */
+	uint16_t port;
+	struct tls_client *tls;  /* https: the shared client context; NULL: plain http */
+	char *proxy_host;        /* CONNECT proxy (https only), or NULL */
+	uint16_t proxy_port;
+};
+
+struct config;
+struct config_provider;
+/* The endpoint of a configured provider: TLS context for an https base_url (a warning
+ * is logged when its verification is off), the provider's proxy or else the top-level
+ * egress_proxy. Plain http providers are never proxied: they are expected on the
+ * local network. False with a reason in err. */
+bool upstream_endpoint_init(struct upstream_endpoint *ep, const struct config *cfg,
+			    const struct config_provider *cp, char *err, size_t errlen);
+void upstream_endpoint_fini(struct upstream_endpoint *ep);
+
+/* Resolves the host (or the proxy) now; NULL (logged) on failure. */
+struct upstream_pool *upstream_pool_new(struct worker *w, const struct upstream_endpoint *ep);
 /* Close idle connections (shutdown) and free the pool once its connections are gone. */
 void upstream_pool_free(struct upstream_pool *p);
 void upstream_pool_close_idle(struct upstream_pool *p);

@@ -39,6 +39,7 @@ struct provider {
 	const struct provider_api *api;
 	char *auth_header; /* "Authorization: Bearer ...\r\n", "x-api-key: ...\r\n..." or "" */
 	char *host_header; /* "Host: host[:port]\r\n" */
+	struct upstream_endpoint ep;
 };
 
 struct client_key {
@@ -773,7 +774,7 @@ static void *pl_worker_init(struct worker *w, void *ctx)
 	pw->pools = calloc(pl->nproviders ? pl->nproviders : 1, sizeof(*pw->pools));
 	for (size_t i = 0; i < pl->nproviders; i++) {
 		const struct config_provider *cp = pl->providers[i].cfg;
-		pw->pools[i] = upstream_pool_new(w, cp->host, cp->port);
+		pw->pools[i] = upstream_pool_new(w, &pl->providers[i].ep);
 		if (!pw->pools[i]) {
 			log_error("provider %s: cannot resolve %s", cp->name, cp->host);
 			exit(1);
@@ -856,11 +857,8 @@ struct pipeline *pipeline_new(const struct config *cfg, char *err, size_t errlen
 		const struct config_provider *cp = &cfg->providers[i];
 		struct provider *p = &pl->providers[i];
 		p->cfg = cp;
-		if (cp->tls) {
-			snprintf(err, errlen, "provider %s: https upstreams arrive with the providers "
-				 "work (TLS on BoringSSL); use an http:// base_url for now", cp->name);
+		if (!upstream_endpoint_init(&p->ep, cfg, cp, err, errlen))
 			goto fail;
-		}
 		char serr[256] = "";
 		char *key = config_resolve_secret(&cp->api_key, serr, sizeof(serr));
 		if (!key && serr[0]) {
@@ -940,6 +938,7 @@ void pipeline_free(struct pipeline *pl)
 			explicit_bzero(pl->providers[i].auth_header, strlen(pl->providers[i].auth_header));
 		free(pl->providers[i].auth_header);
 		free(pl->providers[i].host_header);
+		upstream_endpoint_fini(&pl->providers[i].ep);
 	}
 	for (size_t i = 0; i < pl->nkeys; i++) {
 		explicit_bzero(pl->keys[i].secret, pl->keys[i].len);
