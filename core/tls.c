@@ -81,7 +81,8 @@ struct tls_client *tls_client_new(const char *host, bool verify, const char *ca_
 		int ok = t->ip_literal ? X509_VERIFY_PARAM_set1_ip_asc(vp, host)
 				       : X509_VERIFY_PARAM_set1_host(vp, host, strlen(host));
 		if (ok != 1) {
-			snprintf(err, errlen, "cannot check certificates for %s: %s", host, err_text());
+			snprintf(err, errlen, "cannot check certificates for %s: %s", host,
+				 err_text());
 			goto fail;
 		}
 		SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);

@@ -169,20 +169,21 @@ static bool pool_connect_request(struct upstream_pool *p)
 	size_t n = 2 * strlen(hp) + 40;
 	if (!(p->connect_req = malloc(n)))
 		return false;
-	p->connect_len = (size_t)snprintf(p->connect_req, n, "CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n",
-					  hp, hp);
+	p->connect_len = (size_t)snprintf(p->connect_req, n,
+					  "CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n", hp, hp);
 	return true;
 }
 
 struct upstream_pool *upstream_pool_new(struct worker *w, const struct upstream_endpoint *ep)
 {
 	if (ep->proxy_host && !ep->tls) {
-		log_error("upstream %s:%u: a CONNECT proxy is only used for https", ep->host, ep->port);
+		log_error("upstream %s:%u: a CONNECT proxy is only used for https", ep->host,
+			  ep->port);
 		return NULL;
 	}
 	if (ep->tls && worker_buffer_size(w) < TLS_MAX_PLAINTEXT) {
-		log_error("upstream %s:%u: TLS needs receive buffers of at least %u bytes", ep->host,
-			  ep->port, TLS_MAX_PLAINTEXT);
+		log_error("upstream %s:%u: TLS needs receive buffers of at least %u bytes",
+			  ep->host, ep->port, TLS_MAX_PLAINTEXT);
 		return NULL;
 	}
 	/* Through a proxy only the proxy is resolved here: the proxy resolves the upstream. */
@@ -689,7 +690,8 @@ void upstream_resume(struct upstream_call *call)
 static void out_send(struct upconn *u)
 {
 	struct io_uring_sqe *sqe = worker_sqe(u->pool->w);
-	io_uring_prep_send(sqe, u->fd, u->out.p + u->out_off, u->out.len - u->out_off, MSG_NOSIGNAL);
+	io_uring_prep_send(sqe, u->fd, u->out.p + u->out_off, u->out.len - u->out_off,
+			   MSG_NOSIGNAL);
 	io_uring_sqe_set_data(sqe, &u->ev_send);
 	u->out_busy = true;
 	u->refs++;
@@ -845,9 +847,10 @@ static void proxy_recv_done(struct worker *w, struct ev *ev, struct io_uring_cqe
 		bool ok = buf_append(&u->head, worker_buffer(w, (uint16_t)bid), (size_t)cqe->res,
 				     UP_MAX_PROXY_HEAD);
 		worker_buffer_unref(w, (uint16_t)bid);
-		int r = ok ? http1_parse_response(u->head.p, u->head.len, &up_limits, false, &u->res,
-						  u->hdrs, UP_MAX_HEADERS)
-			   : -1;
+		int r = -1;
+		if (ok)
+			r = http1_parse_response(u->head.p, u->head.len, &up_limits, false, &u->res,
+						 u->hdrs, UP_MAX_HEADERS);
 		if (r == HTTP1_INCOMPLETE) {
 			up_recv_arm(u);
 		} else if (r < 0) {
