@@ -1773,7 +1773,8 @@ static int an_to_oa_event(struct xlat_stream *s, struct cx *c, struct slice name
 
 /* -- the same dialect on both sides: copied through -- */
 
-/* data as one or more "data:" lines (the SSE parser joined multi-line data with LF). */
+/* data as one or more "data:" lines (the SSE parser joined multi-line data with LF; JSON
+ * may hold CR or LF only as whitespace between tokens). */
 static bool copy_event(struct buf *out, struct slice name, struct slice data)
 {
 	size_t mark = out->len;
@@ -1783,7 +1784,11 @@ static bool copy_event(struct buf *out, struct slice name, struct slice data)
 		     emit_raw(out, "\n");
 	const char *p = data.p, *end = data.p + data.n;
 	while (ok) {
-		const char *nl = memchr(p, '\n', (size_t)(end - p));
+		const char *nl = p;
+		while (nl < end && *nl != '\n' && *nl != '\r') /* CR ends an SSE line too */
+			nl++;
+		if (nl == end)
+			nl = NULL;
 		const char *eol = nl ? nl : end;
 		ok = emit_raw(out, "data: ") && buf_append(out, p, (size_t)(eol - p), XLAT_MAX_OUT) &&
 		     emit_raw(out, "\n");
@@ -1838,6 +1843,8 @@ static int same_event(struct xlat_stream *s, struct slice name, struct slice dat
 		return -1;
 	if (!name.n && !json_plain_string(v[0], &name))
 		return -1;
+	if (memchr(name.p, '\n', name.n) || memchr(name.p, '\r', name.n))
+		return -1; /* would break the client's SSE framing */
 	type = name;
 	if (slice_eq_cstr(type, "message_start")) {
 		static const char *const mkeys[] = { "usage" };

@@ -2,8 +2,9 @@
  * request in both directions, a response and an error body in both directions, and, cut
  * at blank lines ("event: name" first line optional), as a stream of events through all
  * four dialect pairs. For any bytes: no crash or leak; a translated request or response is
- * one JSON object; a translated stream is well-formed SSE whose every data line is JSON or
- * [DONE], and its terminator (message_stop or error; [DONE]) is written exactly once. */
+ * one JSON object; every stream is well-formed SSE ending in its terminator (message_stop
+ * or error; [DONE]) written exactly once, and a translated one has one data line per event,
+ * JSON or [DONE]. */
 /* fuzz-sources: providers/translate.c core/json.c -ljansson */
 #include <stdint.h>
 #include <stdio.h>
@@ -24,46 +25,51 @@ static void check_object(const struct buf *b)
 	json_decref(j);
 }
 
-static size_t count(const char *hay, size_t n, const char *needle)
-{
-	size_t k = 0, m = strlen(needle);
-	for (const char *p = hay; p && p + m <= hay + n; p++) {
-		p = memmem(p, (size_t)(hay + n - p), needle, m);
-		if (!p)
-			break;
-		k++;
-	}
-	return k;
-}
-
-/* Every event of a stream we wrote: "event: x\n" (Anthropic only), one data line, blank. */
-static void check_stream(const struct buf *b, enum dialect to)
+/* Every event we wrote: "event: x" (Anthropic only), then data lines, then a blank line;
+ * translated streams have one data line, JSON or [DONE]. The terminator ([DONE];
+ * message_stop or error) comes once, last. */
+static void check_stream(const struct buf *b, enum dialect to, bool translated)
 {
 	const char *p = b->p, *end = b->p + b->len;
+	size_t terminators = 0;
 	while (p < end) {
 		const char *stop = memmem(p, (size_t)(end - p), "\n\n", 2);
-		if (!stop)
+		if (!stop || terminators)
 			abort();
 		if (to == DIALECT_ANTHROPIC) {
 			if (strncmp(p, "event: ", 7) != 0)
 				abort();
-			p = memchr(p, '\n', (size_t)(stop - p)) + 1;
+			const char *nl = memchr(p, '\n', (size_t)(stop + 1 - p));
+			size_t n = (size_t)(nl - p - 7);
+			if ((n == 12 && memcmp(p + 7, "message_stop", 12) == 0) ||
+			    (n == 5 && memcmp(p + 7, "error", 5) == 0))
+				terminators++;
+			p = nl + 1;
 		}
-		if (strncmp(p, "data: ", 6) != 0 || memchr(p, '\n', (size_t)(stop - p)))
+		const char *first = p;
+		size_t lines = 0;
+		while (p < stop + 1) {
+			const char *nl = memchr(p, '\n', (size_t)(stop + 1 - p));
+			if (strncmp(p, "data: ", 6) != 0)
+				abort();
+			lines++;
+			p = nl + 1;
+		}
+		const char *d = first + 6;
+		size_t n = (size_t)(stop - d);
+		bool done = n == 6 && memcmp(d, "[DONE]", 6) == 0;
+		if (done && to == DIALECT_OPENAI)
+			terminators++;
+		if (!lines || (translated && lines != 1))
 			abort();
-		p += 6;
-		if (!((size_t)(stop - p) == 6 && memcmp(p, "[DONE]", 6) == 0)) {
-			json_t *j = json_loadb(p, (size_t)(stop - p), JSON_ALLOW_NUL, NULL);
+		if (translated && !done) {
+			json_t *j = json_loadb(d, n, JSON_ALLOW_NUL, NULL);
 			if (!json_is_object(j))
 				abort();
 			json_decref(j);
 		}
 		p = stop + 2;
 	}
-	size_t terminators = to == DIALECT_OPENAI
-				     ? count(b->p, b->len, "data: [DONE]\n\n")
-				     : count(b->p, b->len, "event: message_stop\n") +
-					       count(b->p, b->len, "event: error\n");
 	if (terminators != 1)
 		abort();
 }
@@ -92,8 +98,7 @@ static void stream(enum dialect from, enum dialect to, const char *text, size_t 
 	if (cut_short)
 		xlat_stream_error(s, XERR_UPSTREAM, "upstream failed", &out);
 	xlat_stream_end(s, &out);
-	if (from != to)
-		check_stream(&out, to);
+	check_stream(&out, to, from != to);
 	const struct usage *u = xlat_stream_usage(s);
 	if (u->cached_tokens > u->prompt_tokens && from == DIALECT_OPENAI)
 		abort();

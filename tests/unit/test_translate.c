@@ -284,6 +284,30 @@ static void test_oa_request_refused(void **state)
 		expect_refused(OA, AN, cases[i].body, Q(cases[i].about));
 }
 
+/* NUL, quotes, backslashes and control characters survive as escapes. */
+static void test_escaping(void **state)
+{
+	const char *in = "{\"messages\":[{\"role\":\"user\",\"content\":\"a\\u0000b\\\"c\\\\d\\te\"}]}";
+	struct buf out = { 0 };
+	char err[128];
+	assert_int_equal(xlat_request(OA, AN, slice_cstr(in), &opts, &out, err, sizeof(err)), 0);
+	assert_true(buf_append(&out, "", 1, SIZE_MAX));
+	assert_non_null(strstr(out.p, "\"text\":\"a\\u0000b\\\"c\\\\d\\te\""));
+	buf_free(&out);
+}
+
+/* The same dialect on both sides (the pipeline's own paths do not need it, but it holds):
+ * the body is kept, with the model names swapped. */
+static void test_same_dialect_bodies(void **state)
+{
+	expect_request(AN, AN, &opts, "{'model':'c','max_tokens':1,'x':[1]}",
+		       "{'model':'upstream-m','max_tokens':1,'x':[1]}");
+	struct usage u;
+	expect_response(OA, OA, "{'id':'i','model':'gpt-up','usage':{'prompt_tokens':2}}",
+			"{'id':'i','model':'client-m','usage':{'prompt_tokens':2}}", &u);
+	assert_int_equal(u.prompt_tokens, 2);
+}
+
 /* ---- requests: Anthropic -> OpenAI ---- */
 
 static void test_an_request_basic(void **state)
@@ -1062,6 +1086,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		T(test_oa_request_basic),     T(test_oa_request_max_tokens), T(test_oa_request_parts),
 		T(test_oa_request_tools),     T(test_oa_request_tool_loop),  T(test_oa_request_refused),
+		T(test_escaping),             T(test_same_dialect_bodies),
 		T(test_an_request_basic),     T(test_an_request_blocks),     T(test_an_request_tools),
 		T(test_an_request_refused),   T(test_request_round_trip),    T(test_oa_response),
 		T(test_an_response),          T(test_stop_reasons),          T(test_bad_responses),
