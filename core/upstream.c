@@ -193,24 +193,28 @@ struct upstream_pool *upstream_pool_new(struct worker *w, const struct upstream_
 	struct addrinfo *ai;
 	char portstr[8];
 	snprintf(portstr, sizeof(portstr), "%u", port);
-	/* Resolved once when the worker starts; see docs for DNS changes. */
+	/* Resolved once when the worker starts; see docs for DNS changes. A name that does
+	 * not resolve leaves the pool without an address: its calls fail at once (502) and
+	 * the gateway keeps serving the other providers. */
 	int rc = getaddrinfo(host, portstr, &hints, &ai);
-	if (rc) {
-		log_error("upstream %s:%u: %s", host, port, gai_strerror(rc));
-		return NULL;
-	}
+	if (rc)
+		log_error("upstream %s:%u: %s: requests to it fail until penstock restarts", host,
+			  port, gai_strerror(rc));
 	struct upstream_pool *p = calloc(1, sizeof(*p));
 	if (!p) {
-		freeaddrinfo(ai);
+		if (!rc)
+			freeaddrinfo(ai);
 		return NULL;
 	}
 	p->w = w;
 	p->port = ep->port;
 	p->tls = ep->tls;
 	p->proxy_port = ep->proxy_port;
-	memcpy(&p->addr, ai->ai_addr, ai->ai_addrlen);
-	p->addrlen = ai->ai_addrlen;
-	freeaddrinfo(ai);
+	if (!rc) {
+		memcpy(&p->addr, ai->ai_addr, ai->ai_addrlen);
+		p->addrlen = ai->ai_addrlen;
+		freeaddrinfo(ai);
+	}
 	if (!(p->host = strdup(ep->host)) ||
 	    (ep->proxy_host && (!(p->proxy_host = strdup(ep->proxy_host)) ||
 				!pool_connect_request(p)))) {
@@ -966,6 +970,11 @@ static void up_start(struct upstream_call *call, bool fresh)
 		u->call = call;
 		call->conn = u;
 		up_begin_request(u);
+		return;
+	}
+	if (!p->addrlen) { /* the name did not resolve */
+		call->active = false;
+		call->cb->on_error(call->arg, UP_E_CONNECT, false);
 		return;
 	}
 	u = calloc(1, sizeof(*u));

@@ -776,7 +776,7 @@ static void *pl_worker_init(struct worker *w, void *ctx)
 		const struct config_provider *cp = pl->providers[i].cfg;
 		pw->pools[i] = upstream_pool_new(w, &pl->providers[i].ep);
 		if (!pw->pools[i]) {
-			log_error("provider %s: cannot resolve %s", cp->name, cp->host);
+			log_error("provider %s: its connection pool could not be set up", cp->name);
 			exit(1);
 		}
 	}

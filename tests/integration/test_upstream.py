@@ -178,3 +178,28 @@ def test_no_headers_forwarded_by_default(env):
     assert r.status == 200, r
     head = fake.requests[0][1]
     assert "x-mock" not in head.lower() and "x-trace-id" not in head.lower(), head
+
+
+def test_unresolvable_provider_fails_alone(env):
+    """A provider whose host name does not resolve (DNS down, a typo) does not stop the
+    gateway: its model answers 502 and the other models keep working."""
+    d = h.tempfile.mkdtemp(prefix="penstock-it-")
+    mock = h.Mock(d)
+    env.defer(mock.stop)
+
+    def config_fn(port):
+        cfg = h.gateway_config(port, {"mock": mock.port}, d, workers=1)
+        cfg["providers"].append({"name": "nowhere", "kind": "openai",
+                                 "base_url": "https://nowhere.invalid",
+                                 "api_key_env": "PENSTOCK_TEST_PROVIDER_KEY"})
+        cfg["models"].append({"name": "gpt-nowhere", "targets": [
+            {"provider": "nowhere", "model": "x"}]})
+        return cfg
+    gw = h.Gateway(d, config_fn)
+    env.defer(gw.stop)
+    gw.proc.wait_log(r"nowhere\.invalid:443: .*requests to it fail", timeout=5)
+    r = gw.chat("gpt-nowhere")
+    assert r.status == 502, r
+    assert r.json()["error"]["code"] == "upstream_unavailable", r.body
+    r = gw.chat("gpt-test")
+    assert r.status == 200, r
