@@ -87,7 +87,8 @@ static bool openai_family(const char *model, enum tokcount_method *m)
 					     "omni-moderation" };
 	static const char *const cl100k[] = { "gpt-4", "gpt-3.5-turbo", "gpt-3.5", "gpt-35-turbo",
 					      "text-embedding-ada-002", "text-embedding-3-small",
-					      "text-embedding-3-large" };
+					      "text-embedding-3-large", "davinci-002",
+					      "babbage-002" };
 	if (strncmp(model, "ft:", 3) == 0) /* fine-tuned: ft:BASE:org::id */
 		model += 3;
 	for (size_t i = 0; i < sizeof(o200k) / sizeof(o200k[0]); i++)
