@@ -593,6 +593,12 @@ static void acc_anthropic(struct prompt_acc *a, struct slice body, uint32_t *nms
 int tokcount_prompt(struct tokcount_ctx *c, struct tokcount_tokenizer t, enum dialect d,
 		    struct slice body, enum tokcount_prompt_mode mode, struct tokcount_prompt *out)
 {
+	if (mode == TOKCOUNT_PROMPT_AUTO) {
+		int rc = tokcount_prompt(c, t, d, body, TOKCOUNT_PROMPT_BOUND, out);
+		if (rc != 0 || out->text_bytes > TOKCOUNT_PROMPT_AUTO_MAX)
+			return rc;
+		mode = TOKCOUNT_PROMPT_COUNT;
+	}
 	struct prompt_acc a = {
 		.c = c,
 		.t = t,
@@ -616,8 +622,9 @@ int tokcount_prompt(struct tokcount_ctx *c, struct tokcount_tokenizer t, enum di
 		if (out->tokens > out->upper_bound) /* an estimate above what bytes allow */
 			out->tokens = out->upper_bound;
 	} else {
-		out->tokens = out->upper_bound;
+		out->tokens = (a.bytes + 3) / 4 + a.overhead;
 	}
+	out->counted = a.count;
 	out->exact = a.exact;
 	return 0;
 }

@@ -195,4 +195,4 @@ function checkCounters(a, name, enc, list, texts, result) {
   });
 }
 
-module.exports = { checkCounters };
+module.exports = { checkCounters, escapeBytes };

@@ -441,8 +441,13 @@ static void test_prompt_openai(void **state)
 		assert_int_equal(tokcount_prompt(ctx, t, DIALECT_OPENAI, slice_cstr(body),
 						 TOKCOUNT_PROMPT_BOUND, &b), 0);
 		assert_int_equal(b.upper_bound, p.upper_bound);
-		assert_int_equal(b.tokens, b.upper_bound);
-		assert_false(b.exact);
+		assert_int_equal(b.tokens, (b.text_bytes + 3) / 4 + 3 * 3 + 3 + 1);
+		assert_false(b.exact || b.counted);
+		struct tokcount_prompt au;
+		assert_int_equal(tokcount_prompt(ctx, t, DIALECT_OPENAI, slice_cstr(body),
+						 TOKCOUNT_PROMPT_AUTO, &au), 0);
+		assert_true(au.counted && au.exact);
+		assert_int_equal(au.tokens, p.tokens);
 		if (t.method == TOKCOUNT_CL100K)
 			break;
 	}
@@ -520,6 +525,11 @@ static void test_prompt_bench_bodies(void **state)
 		assert_true(p.exact == (i == 0)); /* chat-large.json has tools: estimated */
 		assert_true(p.tokens > 10 && p.tokens <= b.upper_bound);
 		assert_true(b.upper_bound <= (int64_t)n);
+		struct tokcount_prompt au;
+		assert_int_equal(tokcount_prompt(ctx, O200K, DIALECT_OPENAI, slice_of(body, n),
+						 TOKCOUNT_PROMPT_AUTO, &au), 0);
+		assert_true(au.counted == (i == 0)); /* chat-large.json: past the AUTO limit */
+		assert_int_equal(au.tokens, i == 0 ? p.tokens : b.tokens);
 	}
 }
 
