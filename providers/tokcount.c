@@ -51,7 +51,8 @@ struct tokcount_reg *tokcount_reg_open(const char *dir)
 		if (rc != 0) {
 			r->enc[i] = NULL;
 			log_warn("tokenizer %s unavailable (%s/%s.tok: %s): its models are counted "
-				 "by estimate", vocab_names[i], dir, vocab_names[i], tok_strerror(rc));
+				 "by estimate", vocab_names[i], dir, vocab_names[i],
+				 tok_strerror(rc));
 		}
 	}
 	return r;

@@ -134,7 +134,7 @@ struct tokcount_delta {
 struct tokcount_event {
 	struct tokcount_delta delta[TOKCOUNT_MAX_DELTAS];
 	unsigned ndelta;
-	uint64_t extra_bytes;   /* raw bytes of deltas past TOKCOUNT_MAX_DELTAS (counted as bytes) */
+	uint64_t extra_bytes;   /* raw bytes of deltas past TOKCOUNT_MAX_DELTAS (count: bytes) */
 	struct usage usage;     /* what this event says about usage (usage.present) */
 	bool has_prompt;        /* usage.prompt_tokens (and cached_tokens) were given */
 	bool has_completion;    /* usage.completion_tokens was given */

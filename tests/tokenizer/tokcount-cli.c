@@ -232,8 +232,8 @@ static int do_bench_prompt(struct tokcount_ctx *c, const struct opts *o, const c
 			double t0 = now_s();
 			for (int i = 0; i < reps; i++)
 				if (tokcount_prompt(c, o->t, o->dialect, slice_of(text, len),
-						    m ? TOKCOUNT_PROMPT_COUNT : TOKCOUNT_PROMPT_BOUND,
-						    &p[m]) != 0)
+						    m ? TOKCOUNT_PROMPT_COUNT
+						      : TOKCOUNT_PROMPT_BOUND, &p[m]) != 0)
 					return 1;
 			double dt = (now_s() - t0) / reps;
 			best[m] = dt < best[m] ? dt : best[m];
@@ -294,7 +294,8 @@ int main(int argc, char **argv)
 				 : strcmp(a, "--prompt") == 0	  ? M_PROMPT
 				 : strcmp(a, "--bench-events") == 0 ? M_BENCH_EVENTS
 								    : M_BENCH_PROMPT;
-			o.dialect = strcmp(v, "anthropic") == 0 ? DIALECT_ANTHROPIC : DIALECT_OPENAI;
+			o.dialect = strcmp(v, "anthropic") == 0 ? DIALECT_ANTHROPIC
+								 : DIALECT_OPENAI;
 		} else {
 			return usage();
 		}
