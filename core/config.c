@@ -1391,6 +1391,8 @@ static const struct field top_fields[] = {
 	FIELD(struct config, busy_poll_us, "busy_poll_us", .type = &type_uint, .def = "0",
 	      .max = 10000),
 	FIELD(struct config, data_dir, "data_dir", .type = &type_str, .def = "/var/lib/penstock"),
+	FIELD(struct config, tokenizer_dir, "tokenizer_dir", .type = &type_str,
+	      .def = "/usr/share/penstock/tokenizers"),
 	FIELD(struct config, log_level, "log_level", .type = &type_str, .spec = &log_level_spec,
 	      .def = "info"),
 	FIELD(struct config, timeouts, "timeouts", .type = &type_map, .spec = &timeouts_schema),

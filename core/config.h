@@ -113,6 +113,9 @@ struct config {
 	 * an idle CPU) for more CPU time. 0 (default) = never poll. */
 	uint32_t busy_poll_us;
 	char *data_dir;               /* default /var/lib/penstock */
+	/* Tokenizer vocabularies (o200k_base.tok, cl100k_base.tok, made by tools/tokconv);
+	 * default /usr/share/penstock/tokenizers, where the package puts them. */
+	char *tokenizer_dir;
 	char *log_level;              /* debug | info | warn | error (default info) */
 	struct config_timeouts timeouts;
 	struct config_limits limits;

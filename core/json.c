@@ -184,6 +184,41 @@ end:
 	return s.p == s.end ? 0 : -1;
 }
 
+bool json_array_begin(struct json_iter *it, struct slice array)
+{
+	struct scan s = { array.p, array.p + array.n };
+	skip_ws(&s);
+	if (s.p >= s.end || *s.p != '[')
+		return false;
+	*it = (struct json_iter){ s.p + 1, s.end, true };
+	return true;
+}
+
+int json_array_next(struct json_iter *it, struct slice *elem)
+{
+	struct scan s = { it->p, it->end };
+	skip_ws(&s);
+	if (s.p >= s.end)
+		return -1;
+	if (*s.p == ']') {
+		it->p = s.p; /* stays at the end */
+		return 0;
+	}
+	if (!it->first) {
+		if (*s.p != ',')
+			return -1;
+		s.p++;
+		skip_ws(&s);
+	}
+	const char *v = s.p;
+	if (!skip_value(&s))
+		return -1;
+	*elem = (struct slice){ v, (size_t)(s.p - v) };
+	it->p = s.p;
+	it->first = false;
+	return 1;
+}
+
 bool json_is_true(struct slice v) { return slice_eq_cstr(v, "true"); }
 bool json_is_null(struct slice v) { return slice_eq_cstr(v, "null"); }
 

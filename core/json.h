@@ -20,6 +20,17 @@
  * to 64 levels). Keys are compared on their raw bytes (an escaped key never matches). */
 int json_scan_object(struct slice text, const char *const *keys, struct slice *vals, unsigned nkeys);
 
+/* Walk the elements of a JSON array without a tree: json_array_begin takes the array's raw
+ * value (a slice from json_scan_object, brackets included; false if it is not an array),
+ * then each json_array_next stores the next element's raw value in *elem and returns 1,
+ * 0 after the last one, or -1 if the array is malformed (then stop). */
+struct json_iter {
+	const char *p, *end;
+	bool first;
+};
+bool json_array_begin(struct json_iter *it, struct slice array);
+int json_array_next(struct json_iter *it, struct slice *elem);
+
 /* Interpretations of a raw value slice. */
 bool json_is_true(struct slice v);
 bool json_is_null(struct slice v);

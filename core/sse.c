@@ -27,6 +27,7 @@ static void event_reset(struct sse_parser *p)
 	p->pend_type = (struct slice){ NULL, 0 };
 	p->retry = -1;
 	p->event_bytes = 0;
+	p->ev_in_frag = false;
 }
 
 static int fail(struct sse_parser *p, int err)
@@ -66,6 +67,9 @@ static int dispatch(struct sse_parser *p, sse_event_fn fn, void *arg)
 		.id = slice_of(p->id.p, p->id.len),
 		.retry = p->retry,
 		.has_id = p->has_id,
+		.raw_in_frag = p->ev_in_frag,
+		.raw_start = p->ev_in_frag ? p->ev_start : 0,
+		.raw_end = p->ev_in_frag ? p->line_end : 0,
 	};
 	if (!ev.type.p)
 		ev.type = (struct slice){ "", 0 };
@@ -106,6 +110,10 @@ static int process_line(struct sse_parser *p, struct slice line, bool in_frag, s
 		return dispatch(p, fn, arg);
 	if (line.p[0] == ':')
 		return SSE_OK; /* comment */
+	if (p->event_bytes == 0) { /* the event's first field line */
+		p->ev_in_frag = in_frag;
+		p->ev_start = in_frag ? (size_t)(line.p - p->frag) : 0;
+	}
 	p->event_bytes += line.n + 1;
 	if (p->event_bytes > p->max)
 		return fail(p, SSE_E_TOO_LONG);
@@ -171,6 +179,7 @@ int sse_feed(struct sse_parser *p, const char *frag, size_t len, sse_event_fn fn
 	if (p->failed)
 		return SSE_E_TOO_LONG;
 	size_t i = 0;
+	p->frag = frag;
 	if (p->after_cr && len && frag[0] == '\n')
 		i = 1; /* the LF of a CRLF split across fragments */
 	if (len)
@@ -191,6 +200,7 @@ int sse_feed(struct sse_parser *p, const char *frag, size_t len, sse_event_fn fn
 				return fail(p, SSE_E_TOO_LONG);
 			line = slice_of(p->line.p, p->line.len);
 		}
+		p->line_end = j + 1 + (frag[j] == '\r' && j + 1 < len && frag[j + 1] == '\n');
 		rc = process_line(p, line, in_frag, fn, arg);
 		p->line.len = 0;
 		if (rc != SSE_OK)
@@ -204,6 +214,8 @@ int sse_feed(struct sse_parser *p, const char *frag, size_t len, sse_event_fn fn
 		i = j + 1;
 	}
 	/* Slices into this fragment die with it: keep what the next event still needs. */
+	p->ev_in_frag = false;
+	p->frag = NULL;
 	if (p->ndata && !data_to_buffer(p))
 		return fail(p, SSE_E_NOMEM);
 	if (!type_to_buffer(p))

@@ -4,7 +4,9 @@
  * name, a UTF-8 sequence, or between the CR and LF of a line ending), it reports each
  * complete event once. Events that arrive whole inside one fragment with at most one
  * data line are reported as slices into that fragment (no copy); others are gathered
- * into the parser's own buffer, bounded by max_event_bytes.
+ * into the parser's own buffer, bounded by max_event_bytes. An event whose raw bytes all lie
+ * in the fragment also says where (raw_start, raw_end), so that a relay can pass the
+ * fragment on without one event (cut around it) and copy nothing.
  *
  * Parsing rules (https://html.spec.whatwg.org/multipage/server-sent-events.html):
  * lines end in CRLF, LF or CR; a leading BOM is dropped; lines starting with ':' are
@@ -30,6 +32,13 @@ struct sse_event {
 	struct slice id;    /* the last event id (persists across events) */
 	int64_t retry;      /* the "retry" field of this event, or -1 */
 	bool has_id;        /* id was set at some point in the stream */
+	/* raw_in_frag: the event's bytes lie in the fragment given to this sse_feed call, at
+	 * [raw_start, raw_end): from its first field line (comment lines before it are not
+	 * part of it) through the line ending of the empty line that dispatched it. A CR that
+	 * ends a fragment may have its LF at the start of the next one: that LF is not part
+	 * of it (passed on, it is an empty line that dispatches nothing). */
+	bool raw_in_frag;
+	size_t raw_start, raw_end;
 };
 
 /* Called once per event; the slices are valid only during the call. Return false to
@@ -57,6 +66,10 @@ struct sse_parser {
 	bool data_copied;    /* data is in .data, not pend_data */
 	bool type_copied;
 	bool has_id;
+	const char *frag;    /* the fragment being parsed */
+	size_t line_end;     /* offset in frag just past the current line's ending */
+	size_t ev_start;     /* offset in frag of the current event's first field line */
+	bool ev_in_frag;     /* that line lies wholly in frag */
 	bool after_cr;       /* the last fragment ended in CR: a leading LF is its pair */
 	bool started;        /* past the optional BOM */
 	bool failed;

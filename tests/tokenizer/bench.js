@@ -52,4 +52,38 @@ for (const name of ["o200k_base", "cl100k_base"]) {
   }
   enc.free();
 }
+
+// The stream counter (providers/tokcount, tokcount-cli next to tokenize-cli): the same texts
+// as a JSON string body, fed in deltas of 4 bytes (about a token, as providers stream) and
+// 64 bytes; its final count must equal tiktoken's.
+const { escapeBytes } = require("./counters");
+const tcli = path.join(path.dirname(a.cli), "tokcount-cli");
+console.log("\nstream counter (JSON string deltas)        |  tiktoken MB/s Mtok/s | " +
+  "delta 4 B MB/s Mtok/s | delta 64 B MB/s Mtok/s");
+for (const name of ["o200k_base", "cl100k_base"]) {
+  const enc = get_encoding(name);
+  for (const [label, text] of texts) {
+    const bytes = Buffer.byteLength(text);
+    let best = Infinity, n = 0;
+    for (let r = 0; r < a.reps; r++) {
+      const t0 = process.hrtime.bigint();
+      n = enc.encode_ordinary(text).length;
+      best = Math.min(best, Number(process.hrtime.bigint() - t0) / 1e9);
+    }
+    const f = path.join(dir, "text.raw");
+    fs.writeFileSync(f, escapeBytes(Buffer.from(text, "utf8")));
+    const run = (step) => {
+      const p = JSON.parse(execFileSync(tcli, ["--vocab-dir", a.vocabDir, "--tokenizer", name,
+        "--bench-stream", String(step), f]).toString());
+      if (p.tokens !== n) throw new Error(`${name} ${label}: stream ${p.tokens} tokens, tiktoken ${n}`);
+      return p;
+    };
+    const p4 = run(4), p64 = run(64);
+    console.log(`${name.padEnd(12)} ${label.padEnd(20)} ${String(n).padStart(10)} | ` +
+      `${fmt(bytes / best / 1e6, 2)} ${fmt(n / best / 1e6, 3)} | ` +
+      `${fmt(bytes / p4.s / 1e6, 2)} ${fmt(n / p4.s / 1e6, 3)} | ` +
+      `${fmt(bytes / p64.s / 1e6, 2)} ${fmt(n / p64.s / 1e6, 3)}`);
+  }
+  enc.free();
+}
 fs.rmSync(dir, { recursive: true, force: true });

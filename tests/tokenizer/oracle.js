@@ -15,6 +15,7 @@ const path = require("path");
 const { execFileSync } = require("child_process");
 const { get_encoding } = require("tiktoken");
 const { cases } = require("./corpus");
+const { checkCounters } = require("./counters");
 
 function args() {
   const a = { cli: null, vocabDir: null, work: null, only: null };
@@ -54,7 +55,9 @@ function cli(a, vocab, extra, files) {
 function runEncoding(a, name) {
   const vocab = path.join(a.vocabDir, name + ".tok");
   const enc = get_encoding(name);
-  const list = cases().filter((c) => !a.only || c.name.includes(a.only));
+  // --only NAME: the cases whose name has NAME; --only counters: just the counters, all cases.
+  const countersOnly = a.only === "counters";
+  const list = cases().filter((c) => !a.only || countersOnly || c.name.includes(a.only));
   const dir = path.join(a.work, name);
   fs.mkdirSync(dir, { recursive: true });
   const decoder = new TextDecoder("utf-8", { ignoreBOM: true });
@@ -64,6 +67,11 @@ function runEncoding(a, name) {
     return f;
   });
   const texts = list.map((c) => decoder.decode(c.bytes));
+  if (countersOnly) {
+    checkCounters(a, name, enc, list, texts, result);
+    enc.free();
+    return;
+  }
 
   for (const [mode, flags] of [["ordinary", []], ["special=all", ["--special", "all"]]]) {
     const got = cli(a, vocab, [...flags, "--encode"], files);
@@ -99,6 +107,7 @@ function runEncoding(a, name) {
         `${verify ? " (every step checked)" : ""} ${list[i].name}`, `got ${out[k]} want ${want}`);
     });
   }
+  checkCounters(a, name, enc, list, texts, result);
   enc.free();
 }
 

@@ -43,6 +43,7 @@ static void assert_defaults_except_path(const struct config *c)
 	assert_null(c->admin_token.value);
 	assert_int_equal(c->workers, 0);
 	assert_string_equal(c->data_dir, "/var/lib/penstock");
+	assert_string_equal(c->tokenizer_dir, "/usr/share/penstock/tokenizers");
 	assert_string_equal(c->log_level, "info");
 	assert_int_equal(c->timeouts.header_read, 10000);
 	assert_int_equal(c->timeouts.body_read, 30000);
@@ -272,6 +273,26 @@ static void test_defaults(void **state)
 	assert_int_equal(config_load_string("", 0, NULL, &c, err, sizeof err), 0);
 	assert_string_equal(c.path, "<embedded>");
 	config_free(&c);
+}
+
+/* tokenizer_dir: where the vocabularies are; the package's folder unless set. */
+static void test_tokenizer_dir(void **state)
+{
+	char err[CONFIG_ERR_MAX];
+	struct config c;
+
+	(void)state;
+	load_ok("tokenizer_dir: /opt/penstock/vocab\n", &c);
+	assert_string_equal(c.tokenizer_dir, "/opt/penstock/vocab");
+	assert_string_equal(c.data_dir, "/var/lib/penstock");
+	config_free(&c);
+	load_ok("data_dir: /srv/p\n", &c);
+	assert_string_equal(c.tokenizer_dir, "/usr/share/penstock/tokenizers");
+	config_free(&c);
+	assert_int_equal(load("tokenizer_dir: ''\n", &c, err), -1);
+	assert_string_equal(err, "t.yaml:1:16: 'tokenizer_dir' must not be empty");
+	assert_int_equal(load("tokenizer_dir: [a]\n", &c, err), -1);
+	assert_string_equal(err, "t.yaml:1:16: 'tokenizer_dir' must be a string, got a list");
 }
 
 /* Setting one timeout leaves its siblings at their defaults. */
@@ -532,7 +553,7 @@ static const struct error_case error_cases[] = {
 	/* unknown keys, at every level */
 	{ "lisen: 127.0.0.1:80\n",
 	  "t.yaml:1:1: unknown key 'lisen' in top level (expected one of: listen, admin, workers, "
-	  "busy_poll_us, data_dir, log_level, timeouts, limits, providers, models, teams, keys, audit, forward_headers, egress_proxy)" },
+	  "busy_poll_us, data_dir, tokenizer_dir, log_level, timeouts, limits, providers, models, teams, keys, audit, forward_headers, egress_proxy)" },
 	{ "workers: 2\n\n  # comment\nLogLevel: info\n",
 	  "t.yaml:4:1: unknown key 'LogLevel' in top level" },
 	{ "admin: { listen: 127.0.0.1:1, tokn: x }\n",
@@ -893,7 +914,7 @@ static void test_error_shows_values_safely(void **state)
 	(void)state;
 	assert_int_equal(load("\"a\\x1b[31mb\": 1\n", &c, err), -1);
 	assert_string_equal(err, "t.yaml:1:1: unknown key 'a?[31mb' in top level (expected one of: "
-				 "listen, admin, workers, busy_poll_us, data_dir, log_level, timeouts, limits, "
+				 "listen, admin, workers, busy_poll_us, data_dir, tokenizer_dir, log_level, timeouts, limits, "
 				 "providers, models, teams, keys, audit, forward_headers, egress_proxy)");
 	snprintf(yaml, sizeof yaml, "%0200d: 1\n", 7);
 	assert_int_equal(load(yaml, &c, err), -1);
@@ -1029,6 +1050,7 @@ int main(void)
 		cmocka_unit_test(test_design_sketch_loads),
 		cmocka_unit_test(test_every_key_block_style),
 		cmocka_unit_test(test_defaults),
+		cmocka_unit_test(test_tokenizer_dir),
 		cmocka_unit_test(test_partial_sections_keep_defaults),
 		cmocka_unit_test(test_durations_sizes_numbers),
 		cmocka_unit_test(test_listen_forms),

@@ -17,11 +17,19 @@ struct log {
 	size_t n;
 	unsigned events;
 	unsigned stop_after; /* 0: never stop */
+	size_t frag_at;      /* the stream offset of the fragment being fed */
+	struct { size_t start, end; bool in_frag; } span[32]; /* raw bytes, stream offsets */
 };
 
 static bool on_event(void *arg, const struct sse_event *ev)
 {
 	struct log *l = arg;
+	if (l->events < 32) {
+		l->span[l->events].in_frag = ev->raw_in_frag;
+		l->span[l->events].start = l->frag_at + ev->raw_start;
+		l->span[l->events].end = l->frag_at + ev->raw_end;
+		assert_true(!ev->raw_in_frag || ev->raw_start < ev->raw_end);
+	}
 	l->events++;
 	if (l->n + 512 > sizeof(l->text)) /* long runs only count */
 		return !(l->stop_after && l->events >= l->stop_after);
@@ -85,6 +93,7 @@ static void feed_split(const struct sse_case *c, const size_t *cuts, size_t ncut
 		size_t end = k < ncuts ? cuts[k] : len;
 		char *frag = malloc(end - at + 1);
 		memcpy(frag, c->stream + at, end - at);
+		l->frag_at = at;
 		int rc = sse_feed(&p, frag, end - at, on_event, l);
 		/* poison what the parser must not keep pointing at */
 		memset(frag, 'Z', end - at);
@@ -143,6 +152,112 @@ static void test_byte_by_byte(void **state)
 	}
 }
 
+/* Where each event's raw bytes lie: fed whole, every event says so, and its bytes run from
+ * its first field line to its empty line; fed in pieces, an event says so exactly when its
+ * bytes lie in one piece, at the same place (less the LF of a CRLF cut between its halves). */
+static void check_spans(const struct sse_case *c, const struct log *whole, const size_t *cuts,
+			size_t ncuts)
+{
+	struct log l = { 0 };
+	feed_split(c, cuts, ncuts, &l);
+	assert_int_equal(l.events, whole->events);
+	for (unsigned e = 0; e < l.events && e < 32; e++) {
+		size_t s = whole->span[e].start, t = whole->span[e].end;
+		bool crlf_cut = false, inside = true;
+		if (s == 3 && memcmp(c->stream, "\xEF\xBB\xBF", 3) == 0)
+			s = 0; /* the BOM is read with the first line, though not part of the event */
+		for (size_t k = 0; k < ncuts; k++) {
+			if (cuts[k] > s && cuts[k] < t)
+				inside = false;
+			if (cuts[k] == t - 1 && c->stream[t - 1] == '\n' && c->stream[t - 2] == '\r')
+				crlf_cut = true;
+		}
+		if (crlf_cut) { /* the event ends at the CR, the LF is in the next piece */
+			inside = true;
+			for (size_t k = 0; k < ncuts; k++)
+				if (cuts[k] > s && cuts[k] < t - 1)
+					inside = false;
+			t--;
+		}
+		if (l.span[e].in_frag != inside)
+			fail_msg("%s: event %u: in_frag %d, want %d (%zu cuts, first %zu)", c->name, e,
+				 l.span[e].in_frag, inside, ncuts, ncuts ? cuts[0] : 0);
+		if (inside && (l.span[e].start != whole->span[e].start || l.span[e].end != t))
+			fail_msg("%s: event %u at [%zu,%zu), want [%zu,%zu)", c->name, e,
+				 l.span[e].start, l.span[e].end, whole->span[e].start, t);
+	}
+}
+
+static void test_raw_spans(void **state)
+{
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		const struct sse_case *c = &cases[i];
+		struct log whole = { 0 };
+		size_t len = case_len(c);
+		feed_split(c, NULL, 0, &whole);
+		for (unsigned e = 0; e < whole.events; e++) {
+			size_t s = whole.span[e].start, t = whole.span[e].end;
+			assert_true(whole.span[e].in_frag);
+			assert_true(t <= len && s < t);
+			assert_true(c->stream[t - 1] == '\n' || c->stream[t - 1] == '\r');
+			assert_true(c->stream[s] != ':' && c->stream[s] != '\n');
+		}
+		for (size_t a = 1; a < len; a++)
+			check_spans(c, &whole, &a, 1);
+		size_t *cuts = malloc(len * sizeof(*cuts));
+		for (size_t k = 0; k + 1 < len; k++)
+			cuts[k] = k + 1;
+		check_spans(c, &whole, cuts, len ? len - 1 : 0);
+		free(cuts);
+	}
+}
+
+/* A relay that drops the usage chunk by cutting the fragment around it (and passes it on
+ * when it is not wholly in one fragment) gives the client every other event unchanged. */
+static void test_relay_drops_one_event(void **state)
+{
+	static const char stream[] = "data: {\"a\":1}\r\n\r\n: ping\n"
+				     "data: {\"choices\":[],\"usage\":{}}\r\n\r\n: after\n"
+				     "data: [DONE]\n\n";
+	size_t len = sizeof(stream) - 1;
+	for (size_t a = 0; a < len; a++) {
+		struct sse_parser p;
+		struct log l = { 0 };
+		char out[256];
+		size_t n = 0;
+		bool dropped = false;
+		sse_init(&p, 1024);
+		for (int k = 0; k < 2; k++) {
+			const char *frag = k ? stream + a : stream;
+			size_t flen = k ? len - a : a;
+			unsigned before = l.events;
+			l.frag_at = 0;
+			assert_int_equal(sse_feed(&p, frag, flen, on_event, &l), SSE_OK);
+			size_t from = 0;
+			if (before <= 1 && l.events > 1 && l.span[1].in_frag) { /* the usage event */
+				memcpy(out + n, frag, l.span[1].start);
+				n += l.span[1].start;
+				from = l.span[1].end;
+				dropped = true;
+			}
+			memcpy(out + n, frag + from, flen - from);
+			n += flen - from;
+		}
+		sse_free(&p);
+		struct log got = { 0 };
+		sse_init(&p, 1024);
+		assert_int_equal(sse_feed(&p, out, n, on_event, &got), SSE_OK);
+		sse_free(&p);
+		const char *want = dropped ? "|{\"a\":1}||-1;|[DONE]||-1;"
+					   : "|{\"a\":1}||-1;|{\"choices\":[],\"usage\":{}}||-1;|[DONE]||-1;";
+		if (strcmp(got.text, want) != 0)
+			fail_msg("cut at %zu: got '%s', want '%s'", a, got.text, want);
+		/* the usage event is at [24, 59); a cut at 58 splits its last CRLF */
+		bool whole_in_one = a <= 24 || a >= 58;
+		assert_true(dropped == whole_in_one);
+	}
+}
+
 /* An event over the bound is an error, every time after too; memory stays bounded. */
 static void test_too_long(void **state)
 {
@@ -191,6 +306,8 @@ int main(void)
 		cmocka_unit_test(test_every_split_point),
 		cmocka_unit_test(test_every_pair_of_split_points),
 		cmocka_unit_test(test_byte_by_byte),
+		cmocka_unit_test(test_raw_spans),
+		cmocka_unit_test(test_relay_drops_one_event),
 		cmocka_unit_test(test_too_long),
 		cmocka_unit_test(test_stop),
 	};

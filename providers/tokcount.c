@@ -1,0 +1,1001 @@
+/* tokcount.c - token accounting; the contract is in tokcount.h, the reasoning in
+ * docs/tokens.md. */
+#include "tokcount.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/buf.h"
+#include "core/json.h"
+#include "core/log.h"
+#include "providers/tokenize.h"
+
+#define NVOCAB 2 /* TOKCOUNT_O200K, TOKCOUNT_CL100K */
+
+static const char *const vocab_names[NVOCAB] = { "o200k_base", "cl100k_base" };
+
+struct tokcount_reg {
+	struct tok_enc *enc[NVOCAB]; /* NULL: unavailable */
+};
+
+struct tokcount_ctx {
+	const struct tokcount_reg *reg;
+	struct tok_ctx *tok[NVOCAB];
+	struct buf scratch; /* a decoded prompt string */
+};
+
+const char *tokcount_method_name(enum tokcount_method m)
+{
+	switch (m) {
+	case TOKCOUNT_O200K: return "o200k_base";
+	case TOKCOUNT_CL100K: return "cl100k_base";
+	case TOKCOUNT_ESTIMATE: return "estimate";
+	}
+	return "?";
+}
+
+struct tokcount_reg *tokcount_reg_open(const char *dir)
+{
+	struct tokcount_reg *r = calloc(1, sizeof(*r));
+	if (!r)
+		return NULL;
+	for (int i = 0; i < NVOCAB; i++) {
+		char path[4096];
+		int n = snprintf(path, sizeof(path), "%s/%s.tok", dir, vocab_names[i]);
+		int rc = n > 0 && (size_t)n < sizeof(path) ? tok_open(path, &r->enc[i]) : TOK_E_IO;
+		if (rc == TOK_E_NOMEM) {
+			tokcount_reg_close(r);
+			return NULL;
+		}
+		if (rc != 0) {
+			r->enc[i] = NULL;
+			log_warn("tokenizer %s unavailable (%s/%s.tok: %s): its models are counted "
+				 "by estimate", vocab_names[i], dir, vocab_names[i],
+				 tok_strerror(rc));
+		}
+	}
+	return r;
+}
+
+void tokcount_reg_close(struct tokcount_reg *r)
+{
+	if (!r)
+		return;
+	for (int i = 0; i < NVOCAB; i++)
+		tok_close(r->enc[i]);
+	free(r);
+}
+
+bool tokcount_reg_has(const struct tokcount_reg *r, enum tokcount_method m)
+{
+	return m == TOKCOUNT_ESTIMATE || (r && (int)m < NVOCAB && r->enc[m]);
+}
+
+/* name is prefix, or prefix followed by '-' or '.' (a dated or sized variant). */
+static bool family(const char *name, const char *prefix)
+{
+	size_t n = strlen(prefix);
+	return strncmp(name, prefix, n) == 0 &&
+	       (name[n] == '\0' || name[n] == '-' || name[n] == '.' || name[n] == ':');
+}
+
+/* tiktoken's model table (tiktoken/model.py), by family. */
+static bool openai_family(const char *model, enum tokcount_method *m)
+{
+	static const char *const o200k[] = { "gpt-4o", "chatgpt-4o", "gpt-4.1", "gpt-4.5", "gpt-5",
+					     "o1", "o3", "o4-mini", "o4", "gpt-oss",
+					     "omni-moderation" };
+	static const char *const cl100k[] = { "gpt-4", "gpt-3.5-turbo", "gpt-3.5", "gpt-35-turbo",
+					      "text-embedding-ada-002", "text-embedding-3-small",
+					      "text-embedding-3-large", "davinci-002",
+					      "babbage-002" };
+	if (strncmp(model, "ft:", 3) == 0) /* fine-tuned: ft:BASE:org::id */
+		model += 3;
+	for (size_t i = 0; i < sizeof(o200k) / sizeof(o200k[0]); i++)
+		if (family(model, o200k[i])) {
+			*m = TOKCOUNT_O200K;
+			return true;
+		}
+	for (size_t i = 0; i < sizeof(cl100k) / sizeof(cl100k[0]); i++)
+		if (family(model, cl100k[i])) {
+			*m = TOKCOUNT_CL100K;
+			return true;
+		}
+	return false;
+}
+
+struct tokcount_tokenizer tokcount_pick(const struct tokcount_reg *r, const char *configured,
+					enum provider_kind kind, const char *upstream_model)
+{
+	struct tokcount_tokenizer t = { TOKCOUNT_ESTIMATE, false };
+	if (configured) {
+		if (strcmp(configured, "o200k_base") == 0)
+			t = (struct tokcount_tokenizer){ TOKCOUNT_O200K, true };
+		else if (strcmp(configured, "cl100k_base") == 0)
+			t = (struct tokcount_tokenizer){ TOKCOUNT_CL100K, true };
+	} else if (kind == PROVIDER_OPENAI) {
+		enum tokcount_method m;
+		if (upstream_model && openai_family(upstream_model, &m))
+			t = (struct tokcount_tokenizer){ m, true };
+		else
+			t = (struct tokcount_tokenizer){ TOKCOUNT_O200K, false };
+	}
+	if (!tokcount_reg_has(r, t.method))
+		t = (struct tokcount_tokenizer){ TOKCOUNT_ESTIMATE, false };
+	return t;
+}
+
+struct tokcount_ctx *tokcount_ctx_new(const struct tokcount_reg *r)
+{
+	struct tokcount_ctx *c = calloc(1, sizeof(*c));
+	if (!c)
+		return NULL;
+	c->reg = r;
+	for (int i = 0; i < NVOCAB; i++) {
+		if (!r || !r->enc[i])
+			continue;
+		c->tok[i] = tok_ctx_new(r->enc[i]);
+		if (!c->tok[i]) {
+			tokcount_ctx_free(c);
+			return NULL;
+		}
+	}
+	return c;
+}
+
+void tokcount_ctx_free(struct tokcount_ctx *c)
+{
+	if (!c)
+		return;
+	for (int i = 0; i < NVOCAB; i++)
+		tok_ctx_free(c->tok[i]);
+	buf_free(&c->scratch);
+	free(c);
+}
+
+/* The BPE context that counts for t: its own vocabulary, o200k_base for the estimate, or
+ * NULL (bytes). */
+static struct tok_ctx *tok_for(struct tokcount_ctx *c, struct tokcount_tokenizer t)
+{
+	if (t.method == TOKCOUNT_ESTIMATE)
+		return c->tok[TOKCOUNT_O200K];
+	return c->tok[t.method];
+}
+
+static int64_t ceil_div(int64_t a, int64_t num, int64_t den) { return (a * num + den - 1) / den; }
+
+/* A BPE count (or a byte count, when tok is NULL) as the tokenizer t reports it. */
+static int64_t scale(struct tokcount_tokenizer t, bool by_bytes, int64_t n)
+{
+	if (t.method != TOKCOUNT_ESTIMATE)
+		return n;
+	if (by_bytes)
+		return ceil_div(n, TOKCOUNT_ESTIMATE_BYTES_NUM, TOKCOUNT_ESTIMATE_BYTES_DEN);
+	return ceil_div(n, TOKCOUNT_ESTIMATE_NUM, TOKCOUNT_ESTIMATE_DEN);
+}
+
+int64_t tokcount_text(struct tokcount_ctx *c, struct tokcount_tokenizer t, const char *text,
+		      size_t len)
+{
+	struct tok_ctx *tok = tok_for(c, t);
+	int64_t n = tok ? tok_count(tok, text, len, TOK_SPECIAL_NONE) : -1;
+	if (n < 0)
+		return scale(t, true, (int64_t)len);
+	return scale(t, false, n);
+}
+
+/* ---- a JSON string body, decoded incrementally ----
+ *
+ * The raw bytes of a JSON string (escapes as sent) arrive in slices split anywhere: inside
+ * an escape, a surrogate pair or a UTF-8 sequence. The decoder turns them into valid UTF-8
+ * the way tiktoken gets the text: invalid bytes as a WHATWG decoder does (each maximal
+ * invalid subpart -> U+FFFD), a lone surrogate escape -> U+FFFD (JavaScript's TextEncoder,
+ * Python's 'replace'), an invalid escape -> U+FFFD, then the byte after the backslash (or
+ * the bad hex digit) as text. */
+
+struct jdec {
+	uint32_t cp;       /* UTF-8: the code point so far */
+	uint8_t need, seen, lower, upper;
+	uint8_t esc;       /* 0; 1 after '\'; 2..5 reading \u hex digits */
+	uint16_t unit;     /* \u: the code unit so far */
+	uint16_t hi;       /* a high surrogate waiting for its low half, or 0 */
+};
+
+#define U_FFFD 0xFFFD
+
+static void jdec_init(struct jdec *d) { *d = (struct jdec){ .lower = 0x80, .upper = 0xBF }; }
+
+/* out must have room for 4 more bytes. */
+static void put_cp(char *out, size_t *n, uint32_t cp)
+{
+	unsigned char *o = (unsigned char *)out + *n;
+	if (cp < 0x80) {
+		o[0] = (unsigned char)cp;
+		*n += 1;
+	} else if (cp < 0x800) {
+		o[0] = (unsigned char)(0xC0 | cp >> 6);
+		o[1] = (unsigned char)(0x80 | (cp & 0x3F));
+		*n += 2;
+	} else if (cp < 0x10000) {
+		o[0] = (unsigned char)(0xE0 | cp >> 12);
+		o[1] = (unsigned char)(0x80 | (cp >> 6 & 0x3F));
+		o[2] = (unsigned char)(0x80 | (cp & 0x3F));
+		*n += 3;
+	} else {
+		o[0] = (unsigned char)(0xF0 | cp >> 18);
+		o[1] = (unsigned char)(0x80 | (cp >> 12 & 0x3F));
+		o[2] = (unsigned char)(0x80 | (cp >> 6 & 0x3F));
+		o[3] = (unsigned char)(0x80 | (cp & 0x3F));
+		*n += 4;
+	}
+}
+
+/* Whatever is unfinished becomes U+FFFD: at the end of a text, or before a byte that cannot
+ * continue it. At most 3 U+FFFD (9 bytes). */
+static void jdec_flush(struct jdec *d, char *out, size_t *n)
+{
+	if (d->need) {
+		put_cp(out, n, U_FFFD);
+		d->need = d->seen = 0;
+		d->lower = 0x80;
+		d->upper = 0xBF;
+	}
+	if (d->hi) {
+		put_cp(out, n, U_FFFD);
+		d->hi = 0;
+	}
+	if (d->esc) {
+		put_cp(out, n, U_FFFD);
+		d->esc = 0;
+	}
+}
+
+/* One code unit from a \u escape. */
+static void jdec_unit(struct jdec *d, uint16_t u, char *out, size_t *n)
+{
+	if (d->hi) {
+		if (u >= 0xDC00 && u <= 0xDFFF) {
+			put_cp(out, n, 0x10000 + ((uint32_t)(d->hi - 0xD800) << 10) + (u - 0xDC00));
+			d->hi = 0;
+			return;
+		}
+		put_cp(out, n, U_FFFD);
+		d->hi = 0;
+	}
+	if (u >= 0xD800 && u <= 0xDBFF)
+		d->hi = u;
+	else if (u >= 0xDC00 && u <= 0xDFFF)
+		put_cp(out, n, U_FFFD);
+	else
+		put_cp(out, n, u);
+}
+
+static int hexval(unsigned char c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	c |= 0x20;
+	return c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+}
+
+/* Decode raw[0..len) into out (room for 4 * len + 12 bytes needed). Returns the bytes
+ * written. */
+static size_t jdec_run(struct jdec *d, const char *raw, size_t len, char *out)
+{
+	size_t n = 0;
+	for (size_t i = 0; i < len; i++) {
+		unsigned char b = (unsigned char)raw[i];
+		if (d->esc == 1) {
+			static const char from[] = "\"\\/bfnrt", to[] = "\"\\/\b\f\n\r\t";
+			const char *k = b ? strchr(from, b) : NULL;
+			if (b == 'u') {
+				d->esc = 2;
+				d->unit = 0;
+				continue;
+			}
+			d->esc = 0;
+			if (d->hi) {
+				put_cp(out, &n, U_FFFD);
+				d->hi = 0;
+			}
+			if (k) {
+				out[n++] = to[k - from];
+				continue;
+			}
+			put_cp(out, &n, U_FFFD); /* an invalid escape; b is text again */
+		} else if (d->esc >= 2) {
+			int v = hexval(b);
+			if (v >= 0) {
+				d->unit = (uint16_t)(d->unit << 4 | v);
+				if (++d->esc == 6) {
+					d->esc = 0;
+					jdec_unit(d, d->unit, out, &n);
+				}
+				continue;
+			}
+			d->esc = 0;
+			if (d->hi) {
+				put_cp(out, &n, U_FFFD);
+				d->hi = 0;
+			}
+			put_cp(out, &n, U_FFFD); /* a short \u escape; b is text again */
+		}
+		if (d->need == 0) {
+			if (b == '\\') {
+				d->esc = 1;
+				continue;
+			}
+			if (d->hi) { /* a high surrogate escape not followed by an escape */
+				put_cp(out, &n, U_FFFD);
+				d->hi = 0;
+			}
+			if (b < 0x80) {
+				out[n++] = (char)b;
+			} else if (b >= 0xC2 && b <= 0xDF) {
+				d->need = 1;
+				d->cp = b & 0x1F;
+			} else if (b >= 0xE0 && b <= 0xEF) {
+				d->lower = b == 0xE0 ? 0xA0 : 0x80;
+				d->upper = b == 0xED ? 0x9F : 0xBF;
+				d->need = 2;
+				d->cp = b & 0x0F;
+			} else if (b >= 0xF0 && b <= 0xF4) {
+				d->lower = b == 0xF0 ? 0x90 : 0x80;
+				d->upper = b == 0xF4 ? 0x8F : 0xBF;
+				d->need = 3;
+				d->cp = b & 0x07;
+			} else {
+				put_cp(out, &n, U_FFFD);
+			}
+			continue;
+		}
+		if (b < d->lower || b > d->upper) { /* the sequence ends early; b starts anew */
+			jdec_flush(d, out, &n);
+			i--;
+			continue;
+		}
+		d->lower = 0x80;
+		d->upper = 0xBF;
+		d->cp = d->cp << 6 | (b & 0x3F);
+		if (++d->seen == d->need) {
+			put_cp(out, &n, d->cp);
+			d->need = d->seen = 0;
+		}
+	}
+	return n;
+}
+
+/* The raw body of a JSON string value (quotes dropped), or false if v is not a string. */
+static bool string_body(struct slice v, struct slice *out)
+{
+	if (v.n < 2 || v.p[0] != '"' || v.p[v.n - 1] != '"')
+		return false;
+	*out = (struct slice){ v.p + 1, v.n - 2 };
+	return true;
+}
+
+/* ---- prompts ---- */
+
+struct prompt_acc {
+	struct tokcount_ctx *c;
+	struct tokcount_tokenizer t;
+	bool count;         /* run the tokenizer */
+	bool by_bytes;      /* no vocabulary: the count is of bytes */
+	int64_t tokens;     /* unscaled (BPE tokens, or bytes) */
+	int64_t overhead;   /* format tokens, never scaled */
+	int64_t bytes;
+	bool exact;
+	bool failed;
+};
+
+/* Count one JSON string value's text. Non-strings (null, numbers) add nothing. */
+static void acc_string(struct prompt_acc *a, struct slice v)
+{
+	struct slice raw;
+	if (!string_body(v, &raw))
+		return;
+	a->bytes += (int64_t)raw.n;
+	if (!a->count || raw.n == 0)
+		return;
+	struct buf *b = &a->c->scratch;
+	b->len = 0;
+	if (!buf_reserve(b, 4 * raw.n + 12, (size_t)-1)) {
+		a->tokens += (int64_t)raw.n;
+		a->exact = false;
+		return;
+	}
+	struct jdec d;
+	jdec_init(&d);
+	size_t n = jdec_run(&d, raw.p, raw.n, b->p);
+	jdec_flush(&d, b->p, &n);
+	struct tok_ctx *tok = tok_for(a->c, a->t);
+	int64_t k = tok ? tok_count(tok, b->p, n, TOK_SPECIAL_NONE) : (int64_t)n;
+	if (k < 0) {
+		k = (int64_t)n;
+		a->exact = false;
+	}
+	a->tokens += k;
+}
+
+/* A JSON value that the provider renders in its own way (tools, tool arguments): its raw
+ * text is counted, an estimate. */
+static void acc_raw(struct prompt_acc *a, struct slice v)
+{
+	if (!v.p)
+		return;
+	a->exact = false;
+	a->bytes += (int64_t)v.n;
+	if (!a->count)
+		return;
+	struct tok_ctx *tok = tok_for(a->c, a->t);
+	int64_t k = tok ? tok_count(tok, v.p, v.n, TOK_SPECIAL_NONE) : (int64_t)v.n;
+	a->tokens += k < 0 ? (int64_t)v.n : k;
+}
+
+static bool is_type(struct slice v, const char *type)
+{
+	struct slice s;
+	return json_plain_string(v, &s) && slice_eq_cstr(s, type);
+}
+
+/* OpenAI content: a string, or an array of parts (text; image_url and the like). */
+static void acc_openai_content(struct prompt_acc *a, struct slice content)
+{
+	struct json_iter it;
+	struct slice part;
+	if (!json_array_begin(&it, content)) {
+		acc_string(a, content);
+		return;
+	}
+	int r;
+	while ((r = json_array_next(&it, &part)) == 1) {
+		static const char *const keys[] = { "type", "text", "refusal" };
+		struct slice v[3];
+		if (json_scan_object(part, keys, v, 3) != 0)
+			continue;
+		if (v[1].p || v[2].p) {
+			acc_string(a, v[1]);
+			acc_string(a, v[2]);
+		} else { /* an image, audio, a file: a fixed allowance */
+			a->overhead += TOKCOUNT_IMAGE_TOKENS;
+			a->exact = false;
+		}
+	}
+	if (r < 0)
+		a->failed = true;
+}
+
+/* The OpenAI cookbook's formula (num_tokens_from_messages): 3 tokens per message, the
+ * string values' tokens, 1 more for a name, 3 to prime the reply. */
+static void acc_openai(struct prompt_acc *a, struct slice body, uint32_t *nmsg)
+{
+	static const char *const keys[] = { "messages", "tools", "functions" };
+	struct slice top[3];
+	struct json_iter it;
+	struct slice msg;
+	if (json_scan_object(body, keys, top, 3) != 0 || !json_array_begin(&it, top[0])) {
+		a->failed = true;
+		return;
+	}
+	int r;
+	while ((r = json_array_next(&it, &msg)) == 1) {
+		static const char *const mkeys[] = { "role", "content", "name", "tool_call_id",
+						     "tool_calls", "function_call", "refusal" };
+		struct slice v[7];
+		if (json_scan_object(msg, mkeys, v, 7) != 0) {
+			a->failed = true;
+			return;
+		}
+		(*nmsg)++;
+		a->overhead += 3;
+		acc_string(a, v[0]);
+		acc_openai_content(a, v[1]);
+		if (v[2].p) {
+			acc_string(a, v[2]);
+			a->overhead += 1;
+		}
+		acc_string(a, v[3]);
+		acc_string(a, v[6]);
+		/* Tool calls are rendered in a format OpenAI does not publish: name and
+		 * arguments counted, an estimate. */
+		struct json_iter ti;
+		struct slice call;
+		if (json_array_begin(&ti, v[4])) {
+			while (json_array_next(&ti, &call) == 1) {
+				static const char *const ck[] = { "function" };
+				struct slice f;
+				if (json_scan_object(call, ck, &f, 1) == 0 && f.p)
+					acc_raw(a, f);
+			}
+		}
+		acc_raw(a, v[5]);
+	}
+	if (r < 0) {
+		a->failed = true;
+		return;
+	}
+	a->overhead += 3;
+	acc_raw(a, top[1]);
+	acc_raw(a, top[2]);
+}
+
+/* Anthropic content: a string, or blocks (text, thinking, tool_use input, tool_result
+ * content, images and documents). */
+static void acc_anthropic_content(struct prompt_acc *a, struct slice content, int depth)
+{
+	struct json_iter it;
+	struct slice blk;
+	if (!json_array_begin(&it, content)) {
+		acc_string(a, content);
+		return;
+	}
+	int r;
+	while ((r = json_array_next(&it, &blk)) == 1) {
+		static const char *const keys[] = { "type", "text", "thinking", "name", "input",
+						    "content" };
+		struct slice v[6];
+		if (json_scan_object(blk, keys, v, 6) != 0)
+			continue;
+		if (is_type(v[0], "text")) {
+			acc_string(a, v[1]);
+		} else if (is_type(v[0], "thinking")) {
+			acc_string(a, v[2]);
+		} else if (is_type(v[0], "tool_use")) {
+			acc_string(a, v[3]);
+			acc_raw(a, v[4]);
+		} else if (is_type(v[0], "tool_result") && depth == 0) {
+			acc_anthropic_content(a, v[5], 1);
+		} else if (!is_type(v[0], "redacted_thinking")) {
+			a->overhead += TOKCOUNT_IMAGE_TOKENS;
+		}
+	}
+	if (r < 0)
+		a->failed = true;
+}
+
+/* Anthropic does not publish its format: system, message texts, tool definitions' JSON,
+ * 3 tokens per message (as OpenAI's), and its tool-use system prompt when there are tools. */
+static void acc_anthropic(struct prompt_acc *a, struct slice body, uint32_t *nmsg)
+{
+	static const char *const keys[] = { "messages", "system", "tools" };
+	struct slice top[3];
+	struct json_iter it;
+	struct slice msg;
+	a->exact = false;
+	if (json_scan_object(body, keys, top, 3) != 0 || !json_array_begin(&it, top[0])) {
+		a->failed = true;
+		return;
+	}
+	int r;
+	while ((r = json_array_next(&it, &msg)) == 1) {
+		static const char *const mkeys[] = { "role", "content" };
+		struct slice v[2];
+		if (json_scan_object(msg, mkeys, v, 2) != 0) {
+			a->failed = true;
+			return;
+		}
+		(*nmsg)++;
+		a->overhead += 3;
+		acc_anthropic_content(a, v[1], 0);
+	}
+	if (r < 0) {
+		a->failed = true;
+		return;
+	}
+	a->overhead += 3;
+	acc_anthropic_content(a, top[1], 0);
+	if (top[2].p && !json_is_null(top[2])) {
+		acc_raw(a, top[2]);
+		a->overhead += TOKCOUNT_ANTHROPIC_TOOLS_TOKENS;
+	}
+}
+
+int tokcount_prompt(struct tokcount_ctx *c, struct tokcount_tokenizer t, enum dialect d,
+		    struct slice body, enum tokcount_prompt_mode mode, struct tokcount_prompt *out)
+{
+	if (mode == TOKCOUNT_PROMPT_AUTO) {
+		int rc = tokcount_prompt(c, t, d, body, TOKCOUNT_PROMPT_BOUND, out);
+		if (rc != 0 || out->text_bytes > TOKCOUNT_PROMPT_AUTO_MAX)
+			return rc;
+		mode = TOKCOUNT_PROMPT_COUNT;
+	}
+	struct prompt_acc a = {
+		.c = c,
+		.t = t,
+		.count = mode == TOKCOUNT_PROMPT_COUNT,
+		.by_bytes = tok_for(c, t) == NULL,
+		.exact = t.exact && mode == TOKCOUNT_PROMPT_COUNT,
+	};
+	*out = (struct tokcount_prompt){ 0 };
+	uint32_t nmsg = 0;
+	if (d == DIALECT_OPENAI)
+		acc_openai(&a, body, &nmsg);
+	else
+		acc_anthropic(&a, body, &nmsg);
+	if (a.failed)
+		return -1;
+	out->messages = nmsg;
+	out->text_bytes = a.bytes;
+	out->upper_bound = a.bytes + a.overhead;
+	if (a.count) {
+		out->tokens = scale(t, a.by_bytes, a.tokens) + a.overhead;
+		if (out->tokens > out->upper_bound) /* an estimate above what bytes allow */
+			out->tokens = out->upper_bound;
+	} else {
+		out->tokens = (a.bytes + 3) / 4 + a.overhead;
+	}
+	out->counted = a.count;
+	out->exact = a.exact;
+	return 0;
+}
+
+/* ---- events ---- */
+
+static void add_delta(struct tokcount_event *ev, struct slice v, uint32_t part)
+{
+	struct slice raw;
+	if (!string_body(v, &raw) || raw.n == 0)
+		return;
+	if (ev->ndelta == TOKCOUNT_MAX_DELTAS) {
+		ev->extra_bytes += raw.n;
+		return;
+	}
+	ev->delta[ev->ndelta++] = (struct tokcount_delta){ raw, part };
+}
+
+static bool uint_of(struct slice v, uint64_t *out)
+{
+	int64_t x;
+	if (!v.p || !json_int(v, &x) || x < 0)
+		return false;
+	*out = (uint64_t)x;
+	return true;
+}
+
+/* {"prompt_tokens", "completion_tokens", "prompt_tokens_details": {"cached_tokens"}} */
+static void openai_usage(struct slice u, struct tokcount_event *ev)
+{
+	static const char *const keys[] = { "prompt_tokens", "completion_tokens",
+					    "prompt_tokens_details" };
+	struct slice v[3];
+	if (json_scan_object(u, keys, v, 3) != 0)
+		return;
+	ev->has_prompt = uint_of(v[0], &ev->usage.prompt_tokens);
+	ev->has_completion = uint_of(v[1], &ev->usage.completion_tokens);
+	static const char *const dkeys[] = { "cached_tokens" };
+	struct slice cached;
+	if (v[2].p && json_scan_object(v[2], dkeys, &cached, 1) == 0)
+		uint_of(cached, &ev->usage.cached_tokens);
+	ev->usage.present = ev->has_prompt || ev->has_completion;
+}
+
+/* {"input_tokens", "output_tokens", "cache_read_input_tokens", "cache_creation_input_tokens"} */
+static void anthropic_usage(struct slice u, struct tokcount_event *ev)
+{
+	static const char *const keys[] = { "input_tokens", "output_tokens",
+					    "cache_read_input_tokens",
+					    "cache_creation_input_tokens" };
+	struct slice v[4];
+	uint64_t in = 0, read = 0, write = 0;
+	if (!u.p || json_scan_object(u, keys, v, 4) != 0)
+		return;
+	ev->has_prompt = uint_of(v[0], &in);
+	uint_of(v[2], &read);
+	uint_of(v[3], &write);
+	if (ev->has_prompt) {
+		ev->usage.prompt_tokens = in + read + write;
+		ev->usage.cached_tokens = read;
+	}
+	ev->has_completion = uint_of(v[1], &ev->usage.completion_tokens);
+	ev->usage.present = ev->has_prompt || ev->has_completion;
+}
+
+static int scan_openai(struct slice data, struct tokcount_event *ev)
+{
+	if (slice_eq_cstr(data, "[DONE]")) {
+		ev->done = true;
+		return 0;
+	}
+	static const char *const keys[] = { "choices", "usage" };
+	struct slice top[2];
+	if (json_scan_object(data, keys, top, 2) != 0)
+		return -1;
+	if (top[1].p && !json_is_null(top[1]))
+		openai_usage(top[1], ev);
+	struct json_iter it;
+	struct slice choice;
+	bool any_choice = false;
+	if (top[0].p && json_array_begin(&it, top[0])) {
+		int r;
+		for (uint32_t i = 0; (r = json_array_next(&it, &choice)) == 1; i++) {
+			any_choice = true;
+			static const char *const ckeys[] = { "index", "delta" };
+			struct slice cv[2];
+			uint64_t idx = i;
+			if (json_scan_object(choice, ckeys, cv, 2) != 0)
+				return -1;
+			uint_of(cv[0], &idx);
+			if (!cv[1].p || json_is_null(cv[1]))
+				continue;
+			static const char *const dkeys[] = { "content", "refusal",
+							     "reasoning_content", "tool_calls" };
+			struct slice dv[4];
+			if (json_scan_object(cv[1], dkeys, dv, 4) != 0)
+				return -1;
+			uint32_t base = (uint32_t)(idx & 0xFFFF) << 16;
+			for (uint32_t k = 0; k < 3; k++)
+				add_delta(ev, dv[k], base | k);
+			struct json_iter ti;
+			struct slice call;
+			if (!json_array_begin(&ti, dv[3]))
+				continue;
+			for (uint32_t j = 0; json_array_next(&ti, &call) == 1; j++) {
+				static const char *const tkeys[] = { "index", "function" };
+				static const char *const fkeys[] = { "arguments" };
+				struct slice tv[2], args;
+				uint64_t tidx = j;
+				if (json_scan_object(call, tkeys, tv, 2) != 0 || !tv[1].p ||
+				    json_scan_object(tv[1], fkeys, &args, 1) != 0)
+					continue;
+				uint_of(tv[0], &tidx);
+				add_delta(ev, args, base | (uint32_t)((16 + tidx) & 0xFFFF));
+			}
+		}
+		if (r < 0)
+			return -1;
+	}
+	ev->usage_only = !any_choice && ev->usage.present;
+	return 0;
+}
+
+static int scan_anthropic(struct slice data, struct tokcount_event *ev)
+{
+	static const char *const keys[] = { "type", "index", "delta", "usage", "message" };
+	struct slice v[5];
+	if (json_scan_object(data, keys, v, 5) != 0)
+		return -1;
+	if (is_type(v[0], "content_block_delta")) {
+		static const char *const dkeys[] = { "type", "text", "partial_json", "thinking" };
+		struct slice dv[4];
+		uint64_t idx = 0;
+		if (!v[2].p || json_scan_object(v[2], dkeys, dv, 4) != 0)
+			return -1;
+		uint_of(v[1], &idx);
+		uint32_t part = (uint32_t)(idx > UINT32_MAX ? UINT32_MAX : idx);
+		if (is_type(dv[0], "text_delta"))
+			add_delta(ev, dv[1], part);
+		else if (is_type(dv[0], "input_json_delta"))
+			add_delta(ev, dv[2], part);
+		else if (is_type(dv[0], "thinking_delta"))
+			add_delta(ev, dv[3], part);
+	} else if (is_type(v[0], "message_start")) {
+		static const char *const mkeys[] = { "usage" };
+		struct slice u;
+		if (v[4].p && json_scan_object(v[4], mkeys, &u, 1) == 0)
+			anthropic_usage(u, ev);
+	} else if (is_type(v[0], "message_delta")) {
+		anthropic_usage(v[3], ev);
+	} else if (is_type(v[0], "message_stop")) {
+		ev->done = true;
+	}
+	return 0;
+}
+
+int tokcount_scan_event(enum dialect d, struct slice type, struct slice data,
+			struct tokcount_event *ev)
+{
+	(void)type; /* both dialects say in the data what the event is */
+	ev->ndelta = 0;
+	ev->extra_bytes = 0;
+	ev->usage = (struct usage){ 0 };
+	ev->has_prompt = ev->has_completion = ev->usage_only = ev->done = false;
+	int rc = d == DIALECT_OPENAI ? scan_openai(data, ev) : scan_anthropic(data, ev);
+	if (rc < 0) {
+		ev->ndelta = 0;
+		ev->extra_bytes = 0;
+		ev->usage = (struct usage){ 0 };
+		ev->has_prompt = ev->has_completion = ev->usage_only = ev->done = false;
+	}
+	return rc;
+}
+
+/* ---- the stream counter ---- */
+
+struct tokcount_stream {
+	struct tokcount_tokenizer t;
+	struct tok_ctx *tok;   /* NULL: count bytes */
+	struct buf text;       /* decoded text from the first unfinished piece on */
+	size_t counted;        /* text[0..counted) was counted: tail tokens */
+	int64_t committed;     /* tokens of the text already dropped (final pieces, ended parts) */
+	int64_t tail;          /* tokens in text[0..counted) */
+	int64_t as_bytes;      /* bytes counted without the tokenizer (after a failure) */
+	uint64_t bytes;
+	struct jdec dec;
+	uint32_t part;
+	bool have_part;
+	bool by_bytes;         /* no tokenizer, or it failed: every byte is a token */
+	bool cut;              /* a piece longer than TOKCOUNT_MAX_TAIL was cut */
+	struct usage usage;
+};
+
+struct tokcount_stream *tokcount_stream_new(struct tokcount_ctx *c, struct tokcount_tokenizer t)
+{
+	struct tokcount_stream *s = calloc(1, sizeof(*s));
+	if (!s)
+		return NULL;
+	s->t = t;
+	s->tok = tok_for(c, t);
+	s->by_bytes = s->tok == NULL;
+	jdec_init(&s->dec);
+	return s;
+}
+
+void tokcount_stream_free(struct tokcount_stream *s)
+{
+	if (!s)
+		return;
+	buf_free(&s->text);
+	free(s);
+}
+
+/* Give up on the tokenizer: what is held counts as bytes from now on. */
+static void to_bytes(struct tokcount_stream *s)
+{
+	if (s->by_bytes)
+		return;
+	s->by_bytes = true;
+	s->as_bytes += (int64_t)s->text.len;
+	s->text.len = 0;
+	s->counted = 0;
+	s->tail = 0;
+}
+
+/* Count the new text: re-count from the first unfinished piece, drop the final ones. With
+ * !force, a long unfinished tail is re-counted only once it has grown by a quarter, so a
+ * piece of n bytes costs O(n) re-counting in all rather than O(n^2). */
+static void advance(struct tokcount_stream *s, bool force)
+{
+	struct buf *b = &s->text;
+	if (s->by_bytes) {
+		s->as_bytes += (int64_t)b->len;
+		b->len = 0;
+		return;
+	}
+	size_t fresh = b->len - s->counted;
+	if (!force && (fresh == 0 || (b->len > 256 && fresh * 4 < s->counted)))
+		return;
+	size_t final_off;
+	int64_t final_n;
+	int64_t n = tok_count_growing(s->tok, b->p, b->len, 0, TOK_SPECIAL_NONE, &final_off,
+				      &final_n);
+	if (n < 0) {
+		to_bytes(s);
+		return;
+	}
+	s->committed += final_n;
+	s->tail = n - final_n;
+	buf_consume(b, final_off);
+	s->counted = b->len;
+	if (b->len <= TOKCOUNT_MAX_TAIL)
+		return;
+	/* One piece longer than the bound: count its first half as it stands. */
+	size_t cut = b->len / 2;
+	while (cut > 0 && ((unsigned char)b->p[cut] & 0xC0) == 0x80)
+		cut--;
+	int64_t k = tok_count(s->tok, b->p, cut, TOK_SPECIAL_NONE);
+	if (k < 0) {
+		to_bytes(s);
+		return;
+	}
+	s->cut = true;
+	s->committed += k;
+	buf_consume(b, cut);
+	s->counted = 0;
+	s->tail = 0;
+	advance(s, true);
+}
+
+/* End the current part: its decoder's leftovers, then its exact count. */
+static void end_part(struct tokcount_stream *s)
+{
+	struct buf *b = &s->text;
+	if (buf_reserve(b, 12, TOKCOUNT_MAX_TAIL + TOKCOUNT_CHUNK + 64)) {
+		size_t before = b->len;
+		jdec_flush(&s->dec, b->p, &b->len);
+		s->bytes += b->len - before;
+	} else {
+		jdec_init(&s->dec);
+		to_bytes(s);
+	}
+	if (s->by_bytes) {
+		advance(s, true);
+		return;
+	}
+	int64_t n = b->len ? tok_count(s->tok, b->p, b->len, TOK_SPECIAL_NONE) : 0;
+	if (n < 0) {
+		to_bytes(s);
+		advance(s, true);
+		return;
+	}
+	s->committed += n;
+	b->len = 0;
+	s->counted = 0;
+	s->tail = 0;
+}
+
+void tokcount_stream_feed(struct tokcount_stream *s, uint32_t part, struct slice raw)
+{
+	if (s->have_part && part != s->part)
+		end_part(s);
+	s->part = part;
+	s->have_part = true;
+	struct buf *b = &s->text;
+	/* Decode at most TOKCOUNT_CHUNK / 4 raw bytes at a time (up to 4 bytes out per byte in,
+	 * plus what the decoder held), then count: memory stays within the bound. */
+	const size_t step = TOKCOUNT_CHUNK / 4 - 4;
+	for (size_t i = 0; i < raw.n;) {
+		size_t n = raw.n - i < step ? raw.n - i : step;
+		if (!buf_reserve(b, 4 * n + 12, TOKCOUNT_MAX_TAIL + TOKCOUNT_CHUNK + 64)) {
+			to_bytes(s);
+			if (!buf_reserve(b, 4 * n + 12, TOKCOUNT_MAX_TAIL + TOKCOUNT_CHUNK + 64)) {
+				s->as_bytes += (int64_t)n; /* no memory at all: bytes */
+				s->bytes += n;
+				i += n;
+				continue;
+			}
+		}
+		size_t k = jdec_run(&s->dec, raw.p + i, n, b->p + b->len);
+		b->len += k;
+		s->bytes += k;
+		i += n;
+		advance(s, false);
+	}
+}
+
+int tokcount_stream_event(struct tokcount_stream *s, enum dialect d, struct slice type,
+			  struct slice data, struct tokcount_event *ev)
+{
+	struct tokcount_event local;
+	if (!ev)
+		ev = &local;
+	int rc = tokcount_scan_event(d, type, data, ev);
+	for (unsigned i = 0; i < ev->ndelta; i++)
+		tokcount_stream_feed(s, ev->delta[i].part, ev->delta[i].raw);
+	if (ev->extra_bytes) { /* more deltas than one event should carry: bytes >= tokens */
+		s->as_bytes += (int64_t)ev->extra_bytes;
+		s->bytes += ev->extra_bytes;
+		s->cut = true;
+	}
+	if (ev->has_prompt) {
+		s->usage.prompt_tokens = ev->usage.prompt_tokens;
+		s->usage.cached_tokens = ev->usage.cached_tokens;
+	}
+	if (ev->has_completion)
+		s->usage.completion_tokens = ev->usage.completion_tokens;
+	if (ev->usage.present)
+		s->usage.present = true;
+	return rc;
+}
+
+int64_t tokcount_stream_so_far(const struct tokcount_stream *s)
+{
+	int64_t n = s->committed + s->tail, fresh = (int64_t)(s->text.len - s->counted);
+	return scale(s->t, false, n) + scale(s->t, true, s->as_bytes) + fresh;
+}
+
+int64_t tokcount_stream_end(struct tokcount_stream *s)
+{
+	end_part(s);
+	s->have_part = false;
+	return scale(s->t, false, s->committed) + scale(s->t, true, s->as_bytes);
+}
+
+bool tokcount_stream_exact(const struct tokcount_stream *s)
+{
+	return s->t.exact && !s->cut && s->as_bytes == 0;
+}
+
+const struct usage *tokcount_stream_usage(const struct tokcount_stream *s) { return &s->usage; }
+
+uint64_t tokcount_stream_bytes(const struct tokcount_stream *s) { return s->bytes; }
