@@ -775,10 +775,11 @@ static bool px_relay_sse(struct px *px, struct slice data, uint16_t bid)
 		worker_buffer_unref(w, bid);
 		if (!write_buf(px->ex, &held))
 			return false;
-		if (!ok) { /* only out of memory: the rest of this event is lost, say so */
-			px->raw_sse = false;
+		if (!ok) { /* out of memory: the rest of this event is lost; cut the stream */
+			struct exchange *ex = px->ex;
 			upstream_cancel(&px->call);
 			px_free(px);
+			ex_truncate(ex);
 			return false;
 		}
 		return true;
