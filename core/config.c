@@ -1057,6 +1057,75 @@ static void release_names(const struct field *f, char *base)
 	*n = 0;
 }
 
+/* HTTP statuses: a list of numbers (uint16_t array, size_t count beside it). The default
+ * is written as one scalar of blank-separated numbers. */
+struct statuses_spec {
+	size_t count_offset;
+};
+
+static int status_from_text(struct loader *ld, const struct field *f, yaml_node_t *at,
+			    const char *s, size_t n, uint16_t *out)
+{
+	unsigned v = 0;
+
+	for (size_t i = 0; i < n; i++) {
+		if (s[i] < '0' || s[i] > '9' || n != 3)
+			return fail_at(ld, at->start_mark,
+				       "bad value '%s' in '%s' (expected HTTP statuses such as 503)",
+				       show(text_of(at)).s, f->key);
+		v = v * 10 + (unsigned)(s[i] - '0');
+	}
+	if (v < 100 || v > 599)
+		return fail_at(ld, at->start_mark, "'%s': %u is not an HTTP status (100 to 599)",
+			       f->key, v);
+	*out = (uint16_t)v;
+	return 0;
+}
+
+static int add_status(struct loader *ld, const struct field *f, yaml_node_t *at, char *base,
+		      const char *s, size_t n)
+{
+	const struct statuses_spec *ss = f->spec;
+	size_t *count = count_of(base, ss->count_offset);
+	uint16_t *dst = member(base, f);
+
+	if (*count == f->size / sizeof(uint16_t))
+		return fail_at(ld, at->start_mark, "'%s' lists more than %zu statuses", f->key,
+			       f->size / sizeof(uint16_t));
+	return status_from_text(ld, f, at, s, n, &dst[(*count)++]);
+}
+
+static int parse_statuses(struct loader *ld, const struct field *f, yaml_node_t *v, char *base)
+{
+	size_t n;
+
+	*count_of(base, ((const struct statuses_spec *)f->spec)->count_offset) = 0;
+	if (v->type == YAML_SCALAR_NODE) {
+		const char *s = text_of(v);
+
+		if (want_field_text(ld, f, v))
+			return -1;
+		while (*s) {
+			size_t len = strcspn(s, " ,");
+			if (len && add_status(ld, f, v, base, s, len))
+				return -1;
+			s += len;
+			s += strspn(s, " ,");
+		}
+		return 0;
+	}
+	if (want_sequence(ld, f, v, 0, &n))
+		return -1;
+	for (size_t i = 0; i < n; i++) {
+		yaml_node_t *it = seq_get(ld, v, i);
+
+		if (want_text(ld, f->key, true, "an HTTP status", it) || want_plain(ld, f, it) ||
+		    add_status(ld, f, it, base, text_of(it), strlen(text_of(it))))
+			return -1;
+	}
+	return 0;
+}
+
 static const struct field_type type_str = { "a string", false, parse_str, release_str };
 static const struct field_type type_enum = { "a word", false, parse_enum, NULL };
 static const struct field_type type_uint = { "a whole number", false, parse_uint, NULL };
@@ -1074,6 +1143,8 @@ static const struct field_type type_map = { "a mapping", true, parse_map, releas
 static const struct field_type type_list = { "a list", true, parse_list, release_list };
 static const struct field_type type_names = { "a list of names", true, parse_names,
 					      release_names };
+static const struct field_type type_statuses = { "a list of HTTP statuses", true,
+						 parse_statuses, NULL };
 
 /* ---- the walk ---- */
 
@@ -1258,14 +1329,35 @@ static const struct field price_fields[] = {
 };
 static const struct schema price_schema = SCHEMA("price", price_fields, NULL);
 
+static const struct field target_price_fields[] = {
+	FIELD(struct config_target, input_per_mtok, "input_per_mtok", .type = &type_decimal,
+	      .max = PRICE_MAX),
+	FIELD(struct config_target, output_per_mtok, "output_per_mtok", .type = &type_decimal,
+	      .max = PRICE_MAX),
+};
+static const struct schema target_price_schema = SCHEMA("price", target_price_fields, NULL);
+
+static int check_target(struct loader *ld, yaml_node_t *map, char *base);
+
 static const struct field target_fields[] = {
 	FIELD(struct config_target, provider, "provider", .type = &type_str, .spec = &provider_ref,
 	      .required = true),
 	FIELD(struct config_target, model, "model", .type = &type_str, .required = true),
 	FIELD(struct config_target, weight, "weight", .type = &type_uint, .def = "1",
 	      .max = 1000000),
+	{ .key = "price", .type = &type_map, .spec = &target_price_schema },
+	FIELD(struct config_target, context_window, "context_window", .type = &type_uint),
 };
-static const struct schema target_schema = SCHEMA("target", target_fields, NULL);
+static const struct schema target_schema = SCHEMA("target", target_fields, check_target);
+
+/* A target's own price, when given, replaces the model's (cost routing reads it). */
+static int check_target(struct loader *ld, yaml_node_t *map, char *base)
+{
+	struct config_target *t = (struct config_target *)(void *)base;
+
+	t->priced = map_get(ld, map, "price") != NULL;
+	return 0;
+}
 
 static const struct list_spec targets_spec = {
 	.item = &target_schema,
@@ -1383,6 +1475,40 @@ static const struct names_spec forward_headers_spec = {
 	.count_offset = offsetof(struct config, nforward_headers),
 };
 
+static const struct statuses_spec on_status_spec = {
+	.count_offset = offsetof(struct config_retry, non_status),
+};
+
+static const struct field retry_fields[] = {
+	FIELD(struct config_retry, attempts, "attempts", .type = &type_uint, .def = "3", .min = 1,
+	      .max = 8),
+	FIELD(struct config_retry, backoff_base, "backoff_base", .type = &type_duration,
+	      .def = "25ms", .max = 60000),
+	FIELD(struct config_retry, backoff_cap, "backoff_cap", .type = &type_duration, .def = "1s",
+	      .max = 600000),
+	FIELD(struct config_retry, deadline, "deadline", .type = &type_duration, .def = "60s",
+	      .min = 1),
+	FIELD(struct config_retry, on_status, "on_status", .type = &type_statuses,
+	      .spec = &on_status_spec, .def = "429 500 502 503 504 529"),
+};
+static const struct schema retry_schema = SCHEMA("retry", retry_fields, NULL);
+
+static const struct field breaker_fields[] = {
+	FIELD(struct config_breaker, failures, "failures", .type = &type_uint, .def = "5",
+	      .max = 1000000),
+	FIELD(struct config_breaker, cooldown, "cooldown", .type = &type_duration, .def = "10s",
+	      .min = 1),
+};
+static const struct schema breaker_schema = SCHEMA("breaker", breaker_fields, NULL);
+
+static const struct field latency_fields[] = {
+	FIELD(struct config_latency, decay, "decay", .type = &type_duration, .def = "5s",
+	      .min = 1),
+	FIELD(struct config_latency, explore_percent, "explore_percent", .type = &type_uint,
+	      .def = "5", .max = 50),
+};
+static const struct schema latency_schema = SCHEMA("latency", latency_fields, NULL);
+
 static const struct field top_fields[] = {
 	FIELD(struct config, listen, "listen", .type = &type_addr, .def = "127.0.0.1:8080"),
 	{ .key = "admin", .type = &type_map, .spec = &admin_schema },
@@ -1397,6 +1523,9 @@ static const struct field top_fields[] = {
 	      .def = "info"),
 	FIELD(struct config, timeouts, "timeouts", .type = &type_map, .spec = &timeouts_schema),
 	FIELD(struct config, limits, "limits", .type = &type_map, .spec = &limits_schema),
+	FIELD(struct config, retry, "retry", .type = &type_map, .spec = &retry_schema),
+	FIELD(struct config, breaker, "breaker", .type = &type_map, .spec = &breaker_schema),
+	FIELD(struct config, latency, "latency", .type = &type_map, .spec = &latency_schema),
 	FIELD(struct config, providers, "providers", .type = &type_list, .spec = &providers_spec),
 	FIELD(struct config, models, "models", .type = &type_list, .spec = &models_spec),
 	FIELD(struct config, teams, "teams", .type = &type_list, .spec = &teams_spec),

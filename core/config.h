@@ -55,6 +55,11 @@ struct config_target {
 	char *provider; /* name of a config_provider */
 	char *model;    /* upstream model name */
 	unsigned weight;
+	/* This deployment's own price and context window (cost routing); when not given,
+	 * the model's. */
+	bool priced;
+	double input_per_mtok, output_per_mtok;
+	uint32_t context_window;
 };
 
 struct config_model {
@@ -96,6 +101,33 @@ struct config_timeouts { /* milliseconds */
 	uint32_t shutdown_grace;    /* finish in-flight on SIGTERM, default 30000 */
 };
 
+#define CONFIG_MAX_STATUSES 32
+
+/* Retries and fallback: a failed attempt (refused, reset, connect or first-byte timeout,
+ * or one of on_status) before the client saw a byte is tried again on the model's next
+ * target, then on its fallback models. */
+struct config_retry {
+	uint32_t attempts;     /* per request, the first one included; default 3 */
+	uint32_t backoff_base; /* ms before retrying a target already tried; default 25 */
+	uint32_t backoff_cap;  /* ms, the most one backoff waits; default 1000 */
+	uint32_t deadline;     /* ms from the request's arrival after which no attempt starts;
+				* default 60000 */
+	uint16_t on_status[CONFIG_MAX_STATUSES]; /* default 429 500 502 503 504 529 */
+	size_t non_status;
+};
+
+/* Circuit breaker per target (provider and upstream model). */
+struct config_breaker {
+	uint32_t failures; /* consecutive failed attempts that open it; default 5, 0 = never */
+	uint32_t cooldown; /* ms open before one probe may go; default 10000 */
+};
+
+/* Latency routing: peak-EWMA of the time to first byte. */
+struct config_latency {
+	uint32_t decay;           /* ms, the estimate's time constant; default 5000 */
+	uint32_t explore_percent; /* picks that go to a target other than the fastest; default 5 */
+};
+
 struct config_limits {
 	uint32_t max_header_bytes;  /* default 16384 */
 	uint32_t max_headers;       /* default 100 */
@@ -119,6 +151,9 @@ struct config {
 	char *log_level;              /* debug | info | warn | error (default info) */
 	struct config_timeouts timeouts;
 	struct config_limits limits;
+	struct config_retry retry;
+	struct config_breaker breaker;
+	struct config_latency latency;
 	struct config_provider *providers;
 	size_t nproviders;
 	struct config_model *models;

@@ -8,11 +8,20 @@
  * dialects differ, the body is translated (providers/translate) and so is the answer: a
  * stream event by event, a whole body once it has arrived, an error into the caller's
  * error shape.
+ *
+ * Which target serves is policy/router's choice. An attempt that fails before the client
+ * saw a byte (refused, reset, connect or first-byte timeout, a status in retry.on_status)
+ * moves on to the model's next target, then to its fallback models, whatever their
+ * dialect: the request is rebuilt for each attempt from the client's body, which lives as
+ * long as the exchange. Once all were tried, another round starts after a capped,
+ * jittered exponential backoff, within the attempt budget and the deadline. A stream that
+ * breaks after the client saw its head ends with an error event in the client's dialect.
  */
 #include "pipeline.h"
 
 #include <errno.h>
 #include <stdio.h>
+#include <time.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -22,16 +31,29 @@
 #include "core/upstream.h"
 #include "providers/provider.h"
 #include "providers/translate.h"
+#include "router.h"
 
 #define OUT_HIGH_WATER (256 * 1024)
 #define MAX_SSE_EVENT (1024 * 1024)     /* one provider event, when translating */
 #define MAX_ERROR_BODY (64 * 1024)      /* a provider's error body we translate */
+#define PX_MAX_ATTEMPTS 8               /* retry.attempts is at most this */
 
+/* The target of the current attempt, as the relay code sees it. */
 struct route {
 	const char *name;        /* client-facing model name */
 	unsigned provider;       /* index into pipeline.providers */
 	const char *upstream_model;
 	uint32_t max_tokens;     /* the catalog's default, for dialects that require one */
+};
+
+/* One attempt of a request, kept for the response headers and the audit record. */
+struct attempt {
+	const struct router_model *model;
+	unsigned target;          /* index into model->targets */
+	int status;               /* the provider's, 0 if it never answered */
+	enum upstream_error err;  /* 0 if none */
+	bool skipped;             /* not sent: the body cannot be expressed in its dialect */
+	uint32_t ms;              /* to the first byte, or to the failure */
 };
 
 struct provider {
@@ -53,8 +75,7 @@ struct pipeline {
 	struct engine_handler handler;
 	struct provider *providers;
 	size_t nproviders;
-	struct route *routes;
-	size_t nroutes;
+	struct router *router;
 	struct client_key *keys;
 	size_t nkeys;
 	struct buf models_openai;    /* GET /v1/models bodies, one per dialect */
@@ -64,6 +85,8 @@ struct pipeline {
 struct pl_worker {
 	struct pipeline *pl;
 	struct upstream_pool **pools; /* one per provider */
+	struct router_worker *rw;
+	uint64_t rng;                 /* backoff jitter */
 };
 
 /* How the answer reaches the client. */
@@ -74,11 +97,15 @@ enum relay {
 	RELAY_ERROR,  /* the provider's error body, gathered, translated */
 };
 
+/* What the request is, for building each attempt. */
+enum px_kind { PX_CHAT, PX_EMBEDDINGS };
+
 /* Per request that goes upstream. */
 struct px {
 	struct exchange *ex;
 	struct pl_worker *pw;
-	const struct route *route;
+	const struct route *route; /* &cur */
+	struct route cur;
 	struct upstream_call call;
 	enum dialect in, up;     /* the caller's dialect, the provider's */
 	enum relay relay;
@@ -92,9 +119,38 @@ struct px {
 	struct xlat_stream *xs;
 	struct sse_parser sse;
 	bool xlat_failed;        /* an event could not be translated */
+	/* routing and retries */
+	enum px_kind kind;
+	bool stream;
+	const struct router_model *asked; /* the model the client named */
+	const struct router_model *model; /* this attempt's: asked or one of its fallbacks */
+	const struct router_target *target;
+	unsigned tidx;
+	bool picked, probe;      /* a router pick awaits its report */
+	bool fallback_status;    /* the response's status asks for another attempt */
+	unsigned chain;          /* 0: asked's targets; k: those of asked->fallback[k - 1] */
+	uint64_t tried;          /* targets of `model` tried in this round */
+	unsigned round, round_sent;
+	struct route_req rq;
+	uint64_t attempt_us;     /* when this attempt started */
+	struct slice model_val;  /* the client's "model" value (raw) and the name in it */
+	struct slice model_name;
+	struct attempt attempts[PX_MAX_ATTEMPTS];
+	unsigned nattempts;
+	struct buf last_err;     /* the previous attempt's error body, for the client if no
+				  * attempt is left */
+	int last_status;
+	enum upstream_error last_upe;
+	enum dialect last_up;
+	unsigned nsent;          /* attempts that went upstream */
+	char why[256];           /* why a target was skipped (its dialect cannot take the body) */
+	char last_ctype[64];
+	bool raw_sse;            /* same-dialect SSE relayed in whole events */
+	char sse_last[2];        /* the two bytes before the data now relayed */
+	struct buf tail;         /* an event not yet whole */
 	struct iovec iov[4];
 	size_t head_len;
-	char head[];             /* upstream request head */
+	char *head;              /* upstream request head, per attempt */
 };
 
 /* ---------------------------------------------------------------- errors */
@@ -139,12 +195,18 @@ static void pl_on_reject(struct exchange *ex, int status, const char *why)
 
 /* ---------------------------------------------------------------- upstream relay */
 
+static void px_unpick(struct px *px);
+
 static void px_free(struct px *px)
 {
+	px_unpick(px);
 	px->ex->user = NULL;
+	free(px->head);
 	buf_free(&px->req);
 	buf_free(&px->res);
 	buf_free(&px->out);
+	buf_free(&px->last_err);
+	buf_free(&px->tail);
 	if (px->xs) {
 		xlat_stream_free(px->xs);
 		sse_free(&px->sse);
@@ -159,12 +221,17 @@ static void release_buffer(void *arg, uint64_t bid)
 
 static void release_malloc(void *arg, uint64_t unused) { free(arg); }
 
-/* The response headers the gateway adds: who served, and the provider's retry-after. */
+static size_t px_attempt_headers(const struct px *px, char *out, size_t cap);
+
+/* The response headers the gateway adds: who served, what was tried before, and the
+ * provider's retry-after. */
 static void px_extra_headers(const struct px *px, char *out, size_t cap)
 {
 	const struct provider *prov = &px->pw->pl->providers[px->route->provider];
 	int n = snprintf(out, cap, "x-penstock-provider: %s\r\nx-penstock-model: %s\r\n",
 			 prov->cfg->name, px->route->upstream_model);
+	if (n > 0 && (size_t)n < cap)
+		n += (int)px_attempt_headers(px, out + n, cap - (size_t)n);
 	if (px->retry_after[0] && n > 0 && (size_t)n < cap)
 		snprintf(out + n, cap - (size_t)n, "retry-after: %s\r\n", px->retry_after);
 }
@@ -208,6 +275,12 @@ static void px_stream_close(struct px *px)
 		ex_finish(ex);
 }
 
+static bool px_head_routes(struct px *px, const struct http1_response *res,
+			   const struct http1_header *ct);
+static bool px_relay_sse(struct px *px, struct slice data, uint16_t bid);
+static bool px_failed_attempt(struct px *px, enum upstream_error err, bool head_seen);
+static void px_retry_soon(struct px *px);
+
 static void px_on_head(void *arg, const struct http1_response *res)
 {
 	struct px *px = arg;
@@ -217,7 +290,9 @@ static void px_on_head(void *arg, const struct http1_response *res)
 	if (ra && ra->value.n < sizeof(px->retry_after))
 		snprintf(px->retry_after, sizeof(px->retry_after), SLICE_FMT, SLICE_ARG(ra->value));
 	buf_free(&px->req); /* sent: the upstream call no longer needs it */
-	char extra[512];
+	if (px_head_routes(px, res, ct))
+		return;
+	char extra[1024];
 	px_extra_headers(px, extra, sizeof(extra));
 
 	bool ok = res->status >= 200 && res->status < 300;
@@ -283,6 +358,11 @@ static bool px_on_data(void *arg, struct slice data, uint16_t bid)
 
 	switch (px->relay) {
 	case RELAY_RAW:
+		if (px->raw_sse) {
+			if (!px_relay_sse(px, data, bid))
+				return false;
+			break;
+		}
 		if (!ex_write(px->ex, data, release_buffer, w, bid))
 			return false; /* the exchange was aborted: px is gone, the call cancelled */
 		break;
@@ -317,7 +397,7 @@ static bool px_on_data(void *arg, struct slice data, uint16_t bid)
  * exchange as it is. */
 static void px_respond_body(struct px *px, int status, struct buf *body)
 {
-	char extra[512];
+	char extra[1024];
 	px_extra_headers(px, extra, sizeof(extra));
 	struct exchange *ex = px->ex;
 	px_free(px);
@@ -333,8 +413,24 @@ static void px_on_end(void *arg)
 	struct buf body = { 0 };
 	struct usage usage;
 
+	if (px->fallback_status) {
+		/* An answer that asks for another attempt: kept for the client in case none
+		 * is left. */
+		buf_free(&px->last_err);
+		if (!px->too_large)
+			px->last_err = px->res;
+		else
+			buf_free(&px->res);
+		px->res = (struct buf){ 0 };
+		px->last_status = px->status;
+		px->last_up = px->up;
+		px_retry_soon(px);
+		return;
+	}
 	switch (px->relay) {
 	case RELAY_RAW:
+		if (px->tail.len && !write_buf(ex, &px->tail))
+			return; /* the exchange went away: on_abort freed px */
 		break;
 	case RELAY_STREAM:
 		xlat_stream_end(px->xs, &px->out);
@@ -374,6 +470,8 @@ static void px_on_error(void *arg, enum upstream_error err, bool head_seen)
 	const struct provider *prov = &px->pw->pl->providers[px->route->provider];
 	log_warn("request %s: provider %s: %s%s", ex->id, prov->cfg->name, upstream_error_text(err),
 		 head_seen ? " (after the response began)" : "");
+	if (px_failed_attempt(px, err, head_seen))
+		return;
 	if (head_seen && px->relay == RELAY_RAW) {
 		/* The status line is out: relay what came, then cut the connection so the
 		 * client cannot mistake the response for complete. */
@@ -487,36 +585,345 @@ static size_t forward_headers(const struct config *cfg, const struct exchange *e
 	return n;
 }
 
-static const struct route *find_route(const struct pipeline *pl, struct slice model)
+/* ---------------------------------------------------------------- attempts */
+
+static uint64_t mono_us(void)
 {
-	for (size_t i = 0; i < pl->nroutes; i++)
-		if (slice_eq_cstr(model, pl->routes[i].name))
-			return &pl->routes[i];
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000 + (uint64_t)ts.tv_nsec / 1000;
+}
+
+/* How an attempt failed, in a response header. */
+static const char *error_token(enum upstream_error e)
+{
+	switch (e) {
+	case UP_E_CONNECT: return "refused";
+	case UP_E_CONNECT_TIMEOUT: return "connect-timeout";
+	case UP_E_FIRST_BYTE_TIMEOUT: return "first-byte-timeout";
+	case UP_E_IDLE_TIMEOUT: return "idle-timeout";
+	case UP_E_RESET: return "reset";
+	case UP_E_PROTOCOL: return "bad-response";
+	case UP_E_RESOURCES: return "gateway-resources";
+	case UP_E_TLS: return "tls";
+	case UP_E_PROXY: return "proxy";
+	}
+	return "error";
+}
+
+static bool attempt_failed(const struct px *px, const struct attempt *a)
+{
+	return a->skipped || a->err || (a != &px->attempts[px->nattempts - 1] && a->status) ||
+	       (a->status && px->fallback_status);
+}
+
+/* x-penstock-attempts (attempts sent upstream) and, when some target did not serve,
+ * x-penstock-fallbacks: each as provider/model and how it failed. */
+static size_t px_attempt_headers(const struct px *px, char *out, size_t cap)
+{
+	const struct pipeline *pl = px->pw->pl;
+	size_t n = 0;
+	bool any = false;
+	if (px->nattempts <= 1 && !px->fallback_status)
+		return 0;
+	int k = snprintf(out, cap, "x-penstock-attempts: %u\r\n", px->nsent);
+	if (k < 0 || (size_t)k >= cap)
+		return 0;
+	n = (size_t)k;
+	for (unsigned i = 0; i < px->nattempts; i++) {
+		const struct attempt *a = &px->attempts[i];
+		if (!attempt_failed(px, a))
+			continue;
+		const struct router_target *t = &a->model->targets[a->target];
+		char how[24];
+		if (a->skipped)
+			snprintf(how, sizeof(how), "untranslatable");
+		else if (a->err)
+			snprintf(how, sizeof(how), "%s", error_token(a->err));
+		else
+			snprintf(how, sizeof(how), "%d", a->status);
+		/* room is kept for the line's end and a retry-after line */
+		k = snprintf(out + n, cap - n, "%s%.40s/%.60s %s", any ? ", " : "x-penstock-fallbacks: ",
+			     pl->providers[t->provider].cfg->name, t->upstream_model, how);
+		if (k < 0 || n + (size_t)k + 96 >= cap)
+			break;
+		n += (size_t)k;
+		any = true;
+	}
+	if (!any)
+		return (size_t)snprintf(out, cap, "x-penstock-attempts: %u\r\n", px->nsent);
+	n += (size_t)snprintf(out + n, cap - n, "\r\n");
+	return n;
+}
+
+static struct attempt *px_last_attempt(struct px *px)
+{
+	return px->nattempts ? &px->attempts[px->nattempts - 1] : NULL;
+}
+
+/* Tell the router how the picked target did. */
+static void px_report(struct px *px, enum route_outcome o, uint64_t elapsed_us, uint64_t now_us)
+{
+	if (!px->picked)
+		return;
+	px->picked = false;
+	router_report(px->pw->rw, px->model, px->tidx, px->probe, o, elapsed_us, now_us);
+}
+
+/* The pick was not used, or its request went away: it says nothing of the target. */
+static void px_unpick(struct px *px) { px_report(px, ROUTE_CANCELLED, 0, mono_us()); }
+
+static bool status_in(const struct config_retry *rc, int status)
+{
+	for (size_t i = 0; i < rc->non_status; i++)
+		if (rc->on_status[i] == status)
+			return true;
+	return false;
+}
+
+static bool is_sse(const struct http1_header *ct)
+{
+	return ct && ct->value.n >= 17 && memmem(ct->value.p, ct->value.n, "text/event-stream", 17);
+}
+
+/* An attempt's response head: tell the router how the target did, and keep the response
+ * (gathered as RELAY_ERROR) when its status asks for another attempt. True: kept. */
+static bool px_head_routes(struct px *px, const struct http1_response *res,
+			   const struct http1_header *ct)
+{
+	uint64_t now = mono_us(), elapsed = now - px->attempt_us;
+	struct attempt *a = px_last_attempt(px);
+	if (a) {
+		a->status = res->status;
+		a->ms = (uint32_t)(elapsed / 1000);
+	}
+	if (status_in(&px->pw->pl->cfg->retry, res->status)) {
+		px_report(px, ROUTE_FAILED, elapsed, now);
+		px->fallback_status = true;
+		px->relay = RELAY_ERROR;
+		snprintf(px->last_ctype, sizeof(px->last_ctype), SLICE_FMT,
+			 SLICE_ARG(ct && ct->value.n < sizeof(px->last_ctype)
+					   ? ct->value : SLICE_LIT("application/json")));
+		return true;
+	}
+	px_report(px, ROUTE_OK, elapsed, now);
+	/* Same-dialect SSE that the client gets chunked: relayed in whole events, so a
+	 * break can still end it with an error event. */
+	px->raw_sse = px->in == px->up && res->status >= 200 && res->status < 300 && is_sse(ct) &&
+		      res->body != HTTP1_BODY_LENGTH && res->body != HTTP1_BODY_NONE;
+	return false;
+}
+
+/* Bytes of d up to the end of its last whole event (a blank line ends one), 0 if no
+ * event ends in d; last: the two bytes of the stream before d. */
+static size_t sse_whole(const char last[2], struct slice d)
+{
+	size_t end = d.n;
+	while (end) {
+		const char *nl = memrchr(d.p, '\n', end);
+		if (!nl)
+			return 0;
+		size_t i = (size_t)(nl - d.p);
+		char p1 = i >= 1 ? d.p[i - 1] : last[1];
+		char p2 = i >= 2 ? d.p[i - 2] : i == 1 ? last[1] : last[0];
+		if (p1 == '\n' || (p1 == '\r' && p2 == '\n'))
+			return i + 1;
+		end = i;
+	}
+	return 0;
+}
+
+/* An event longer than MAX_SSE_EVENT: stop holding events back, pass everything. */
+static bool px_sse_unaligned(struct px *px, struct slice data, uint16_t bid)
+{
+	px->raw_sse = false;
+	if (!write_buf(px->ex, &px->tail)) {
+		worker_buffer_unref(ex_worker(px->ex), bid);
+		return false;
+	}
+	return ex_write(px->ex, data, release_buffer, ex_worker(px->ex), bid);
+}
+
+/* Same-dialect SSE: whole events go out as they are (no copy); the start of an event that
+ * has not ended waits in px->tail for the rest. */
+static bool px_relay_sse(struct px *px, struct slice data, uint16_t bid)
+{
+	struct worker *w = ex_worker(px->ex);
+	size_t whole = sse_whole(px->sse_last, data);
+	if (data.n >= 2) {
+		px->sse_last[0] = data.p[data.n - 2];
+		px->sse_last[1] = data.p[data.n - 1];
+	} else if (data.n == 1) {
+		px->sse_last[0] = px->sse_last[1];
+		px->sse_last[1] = data.p[0];
+	}
+	struct slice rest = { data.p + whole, data.n - whole };
+	if (px->tail.len) {
+		struct buf held = px->tail;
+		size_t take = whole ? whole : data.n;
+		if (!buf_append(&held, data.p, take, MAX_SSE_EVENT)) {
+			px->tail = held;
+			return px_sse_unaligned(px, data, bid);
+		}
+		px->tail = (struct buf){ 0 };
+		if (!whole) {
+			px->tail = held;
+			worker_buffer_unref(w, bid);
+			return true;
+		}
+		bool ok = buf_append(&px->tail, rest.p, rest.n, MAX_SSE_EVENT);
+		worker_buffer_unref(w, bid);
+		if (!write_buf(px->ex, &held))
+			return false;
+		if (!ok) { /* out of memory: the rest of this event is lost; cut the stream */
+			struct exchange *ex = px->ex;
+			upstream_cancel(&px->call);
+			px_free(px);
+			ex_truncate(ex);
+			return false;
+		}
+		return true;
+	}
+	if (rest.n && !buf_append(&px->tail, rest.p, rest.n, MAX_SSE_EVENT))
+		return px_sse_unaligned(px, data, bid);
+	if (!whole) {
+		worker_buffer_unref(w, bid);
+		return true;
+	}
+	return ex_write(px->ex, slice_of(data.p, whole), release_buffer, w, bid);
+}
+
+/* A same-dialect stream broke after its head went out: the event that will never be
+ * whole is dropped and the stream ends with an error event in the client's dialect. */
+static void px_sse_break(struct px *px, enum upstream_error err)
+{
+	struct exchange *ex = px->ex;
+	struct buf out = { 0 };
+	struct xlat_stream *xs = xlat_stream_new(px->in, px->in, px->route->name, false);
+	if (xs) {
+		xlat_stream_error(xs, XERR_UPSTREAM, upstream_error_text(err), &out);
+		xlat_stream_free(xs);
+	}
+	px_free(px);
+	if (!out.len) {
+		buf_free(&out);
+		ex_truncate(ex);
+		return;
+	}
+	if (write_buf(ex, &out))
+		ex_finish(ex);
+}
+
+static void px_next(struct px *px);
+
+static void px_retry_timer(struct exchange *ex)
+{
+	struct px *px = ex->user;
+	if (px)
+		px_next(px);
+}
+
+/* The next attempt starts from the worker's loop, not from inside the upstream's
+ * callback that reported the failure. */
+static void px_retry_soon(struct px *px) { ex_after(px->ex, 0, px_retry_timer); }
+
+/* The upstream call failed. True if that was handled here: an attempt that can be
+ * followed by another (the client saw nothing yet), or a same-dialect stream ended with
+ * an error event. */
+static bool px_failed_attempt(struct px *px, enum upstream_error err, bool head_seen)
+{
+	if (head_seen && px->relay == RELAY_RAW && px->raw_sse) {
+		px_sse_break(px, err);
+		return true;
+	}
+	if (head_seen && !px->fallback_status)
+		return false;
+	uint64_t now = mono_us(), elapsed = now - px->attempt_us;
+	struct attempt *a = px_last_attempt(px);
+	if (head_seen) { /* a status that asked for another attempt, its body cut short */
+		buf_free(&px->last_err);
+		px->last_status = px->status;
+		px->last_up = px->up;
+	} else {
+		if (a) {
+			a->err = err;
+			a->ms = (uint32_t)(elapsed / 1000);
+		}
+		bool timeout = err == UP_E_CONNECT_TIMEOUT || err == UP_E_FIRST_BYTE_TIMEOUT;
+		px_report(px, err == UP_E_RESOURCES ? ROUTE_CANCELLED
+			      : timeout		  ? ROUTE_TIMEOUT
+						  : ROUTE_FAILED,
+			  elapsed, now);
+		buf_free(&px->last_err);
+		px->last_status = 0;
+		px->last_upe = err;
+	}
+	px->fallback_status = false;
+	px_retry_soon(px);
+	return true;
+}
+
+/* The model whose targets come at step `chain`: the one asked for, then its fallbacks. */
+static const struct router_model *chain_model(const struct px *px)
+{
+	if (px->chain == 0)
+		return px->asked;
+	if (px->chain - 1 < px->asked->nfallback)
+		return router_model_at(px->pw->pl->router, px->asked->fallback[px->chain - 1]);
 	return NULL;
 }
 
-/* A call for route, its head written for path and a body of body_len bytes; room is
- * left after the head for `spare` bytes. NULL (answered 503) if out of memory. */
-static struct px *px_new(struct pl_worker *pw, struct exchange *ex, const struct route *route,
-			 enum dialect in, const char *path, size_t body_len, size_t spare)
+/* Whether a provider has the request's endpoint (embeddings: OpenAI-shaped ones only). */
+static bool provider_serves(const struct px *px, const struct provider *p)
 {
-	struct pipeline *pl = pw->pl;
-	const struct provider *prov = &pl->providers[route->provider];
-	bool beta = in == prov->api->dialect && in == DIALECT_ANTHROPIC;
+	return px->kind == PX_CHAT || (p->api->embeddings_path && p->api->dialect == px->in);
+}
+
+/* The next target along the chain, the router's choice at each step. False when every
+ * step is exhausted for this round. */
+static bool px_pick(struct px *px, uint64_t now_us)
+{
+	const struct pipeline *pl = px->pw->pl;
+	/* Bounded: each pass adds a target to `tried` or moves along the chain. */
+	for (const struct router_model *m; (m = chain_model(px));) {
+		bool probe;
+		int t = router_pick(px->pw->rw, m, px->tried, &px->rq, now_us, &probe);
+		if (t < 0) {
+			px->chain++;
+			px->tried = 0;
+			continue;
+		}
+		px->tried |= UINT64_C(1) << t;
+		if (!provider_serves(px, &pl->providers[m->targets[t].provider])) {
+			router_report(px->pw->rw, m, (unsigned)t, probe, ROUTE_CANCELLED, 0, now_us);
+			continue;
+		}
+		px->model = m;
+		px->tidx = (unsigned)t;
+		px->target = &m->targets[t];
+		px->probe = probe;
+		px->picked = true;
+		return true;
+	}
+	return false;
+}
+
+/* The upstream request head for this attempt's provider, path and a body of body_len
+ * bytes; room is left after it for `spare` bytes. False if out of memory. */
+static bool px_head(struct px *px, const struct provider *prov, const char *path, size_t body_len,
+		    size_t spare)
+{
+	struct pipeline *pl = px->pw->pl;
+	struct exchange *ex = px->ex;
+	bool beta = px->in == prov->api->dialect && px->in == DIALECT_ANTHROPIC;
 	size_t fwd_len = forward_headers(pl->cfg, ex, beta, NULL);
 	/* The head's fixed text and numbers take < 200 bytes. */
 	size_t cap = 256 + strlen(prov->cfg->path_prefix) + strlen(path) +
 		     strlen(prov->auth_header) + strlen(prov->host_header) + fwd_len + spare;
-	struct px *px = calloc(1, sizeof(*px) + cap);
-	if (!px) {
-		respond_error(ex, in, 503, NULL, "gateway out of memory", NULL);
-		return NULL;
-	}
-	px->ex = ex;
-	px->pw = pw;
-	px->route = route;
-	px->in = in;
-	px->up = prov->api->dialect;
+	free(px->head);
+	px->head = malloc(cap);
+	if (!px->head)
+		return false;
 	int n = snprintf(px->head, cap,
 			 "POST %s%s HTTP/1.1\r\n%s%s"
 			 "Content-Type: application/json\r\nContent-Length: %zu\r\n"
@@ -527,37 +934,29 @@ static struct px *px_new(struct pl_worker *pw, struct exchange *ex, const struct
 	px->head_len += forward_headers(pl->cfg, ex, beta, px->head + px->head_len);
 	memcpy(px->head + px->head_len, "\r\n", 2);
 	px->head_len += 2;
-	return px;
+	return true;
 }
 
-static void px_start(struct px *px, unsigned niov)
+/* Same dialect: the body as the client sent it, the model name spliced when the target's
+ * upstream name differs. The iovec count, or -1 if out of memory. */
+static int px_build_same(struct px *px, const struct provider *prov, const char *path)
 {
-	px->ex->user = px;
-	upstream_call_start(&px->call, px->pw->pools[px->route->provider], px->iov, niov,
-			    &px_callbacks, px);
-}
-
-/* Same dialect: the body as the client sent it, the model name spliced when the catalog
- * maps it to another upstream name. model_val is the raw value slice of "model". */
-static void forward_same_dialect(struct pl_worker *pw, struct exchange *ex,
-				 const struct route *route, enum dialect d, const char *path,
-				 struct slice model_val, struct slice model)
-{
-	struct slice before = { ex->body.p, (size_t)(model_val.p - ex->body.p) };
-	struct slice after = { model_val.p + model_val.n, ex->body.n - before.n - model_val.n };
-	bool splice = !slice_eq_cstr(model, route->upstream_model);
-	size_t quoted_len = strlen(route->upstream_model) + 2;
+	struct exchange *ex = px->ex;
+	const char *up_model = px->cur.upstream_model;
+	struct slice before = { ex->body.p, (size_t)(px->model_val.p - ex->body.p) };
+	struct slice after = { px->model_val.p + px->model_val.n,
+			       ex->body.n - before.n - px->model_val.n };
+	bool splice = !slice_eq_cstr(px->model_name, up_model);
+	size_t quoted_len = strlen(up_model) + 2;
 	size_t body_len = splice ? before.n + quoted_len + after.n : ex->body.n;
-
-	struct px *px = px_new(pw, ex, route, d, path, body_len, quoted_len + 1);
-	if (!px)
-		return;
+	if (!px_head(px, prov, path, body_len, quoted_len + 1))
+		return -1;
 	unsigned niov = 0;
 	px->iov[niov++] = (struct iovec){ px->head, px->head_len };
 	if (splice) {
 		char *q = px->head + px->head_len + 1;
 		q[0] = '"';
-		memcpy(q + 1, route->upstream_model, quoted_len - 2);
+		memcpy(q + 1, up_model, quoted_len - 2);
 		q[quoted_len - 1] = '"';
 		px->iov[niov++] = (struct iovec){ (void *)before.p, before.n };
 		px->iov[niov++] = (struct iovec){ q, quoted_len };
@@ -565,12 +964,201 @@ static void forward_same_dialect(struct pl_worker *pw, struct exchange *ex,
 	} else {
 		px->iov[niov++] = (struct iovec){ (void *)ex->body.p, ex->body.n };
 	}
-	px_start(px, niov);
+	return (int)niov;
+}
+
+/* The request for the picked target: the iovec count, 0 if the body cannot be said in the
+ * target's dialect (px->why says why), -1 if out of memory. */
+static int px_build(struct px *px)
+{
+	const struct provider *prov = &px->pw->pl->providers[px->target->provider];
+	px->cur = (struct route){ px->asked->name, px->target->provider, px->target->upstream_model,
+				  px->model->max_tokens };
+	px->up = prov->api->dialect;
+	const char *path = px->kind == PX_EMBEDDINGS ? prov->api->embeddings_path
+						     : prov->api->chat_path;
+	buf_free(&px->req);
+	if (px->in == px->up)
+		return px_build_same(px, prov, path);
+	struct xlat_request_opts o = {
+		.upstream_model = px->cur.upstream_model,
+		.default_max_tokens = px->cur.max_tokens,
+		.stream_usage = px->stream && px->up == DIALECT_OPENAI,
+	};
+	if (xlat_request(px->in, px->up, px->ex->body, &o, &px->req, px->why, sizeof(px->why)) < 0) {
+		buf_free(&px->req);
+		return 0;
+	}
+	if (!px_head(px, prov, path, px->req.len, 0))
+		return -1;
+	px->iov[0] = (struct iovec){ px->head, px->head_len };
+	px->iov[1] = (struct iovec){ px->req.p, px->req.len };
+	return 2;
+}
+
+static uint64_t xorshift(uint64_t *s)
+{
+	uint64_t x = *s;
+	x ^= x << 13;
+	x ^= x >> 7;
+	x ^= x << 17;
+	return *s = x;
+}
+
+/* Before round r (r >= 1) over targets already tried: base * 2^(r-1), capped, with equal
+ * jitter (half of it fixed, half random) so that many requests do not retry together. */
+static uint32_t px_backoff(struct px *px)
+{
+	const struct config_retry *rc = &px->pw->pl->cfg->retry;
+	uint64_t d = rc->backoff_base;
+	for (unsigned i = 1; i < px->round && d < rc->backoff_cap; i++)
+		d *= 2;
+	if (d > rc->backoff_cap)
+		d = rc->backoff_cap;
+	return (uint32_t)(d - d / 2 + xorshift(&px->pw->rng) % (d / 2 + 1));
+}
+
+static void px_answer_last_error(struct px *px)
+{
+	struct exchange *ex = px->ex;
+	struct buf body = { 0 };
+	if (px->in != px->last_up) {
+		int status = xlat_error(px->last_up, px->in, px->last_status,
+					slice_of(px->last_err.p, px->last_err.len), &body);
+		px_respond_body(px, status, &body);
+		return;
+	}
+	char extra[1024], ctype[64];
+	px_extra_headers(px, extra, sizeof(extra));
+	snprintf(ctype, sizeof(ctype), "%s", px->last_ctype);
+	int status = px->last_status;
+	body = px->last_err;
+	px->last_err = (struct buf){ 0 };
+	px_free(px);
+	ex_begin(ex, status, ctype, extra, (int64_t)body.len);
+	if (write_buf(ex, &body))
+		ex_finish(ex);
+}
+
+/* No attempt is left: the client gets what the last one said. */
+static void px_give_up(struct px *px)
+{
+	struct exchange *ex = px->ex;
+	enum dialect d = px->in;
+	char msg[400], extra[1024];
+	if (px->nsent && px->last_status) {
+		px_answer_last_error(px);
+		return;
+	}
+	if (!px->nsent && px->why[0]) { /* nothing could take this body: the client's to fix */
+		snprintf(msg, sizeof(msg), "%s", px->why);
+		px_free(px);
+		respond_error(ex, d, 400, NULL, msg, NULL);
+		return;
+	}
+	if (!px->nsent) {
+		uint64_t next = router_next_probe_us(px->pw->pl->router, px->asked), now = mono_us();
+		uint64_t secs = next > now ? (next - now + 999999) / 1000000 : 1;
+		snprintf(msg, sizeof(msg), "no healthy upstream for model %.100s: every target's "
+			 "circuit breaker is open", px->asked->name);
+		snprintf(extra, sizeof(extra), "retry-after: %llu\r\n", (unsigned long long)secs);
+		px_free(px);
+		respond_error(ex, d, 503, "upstream_unavailable", msg, extra);
+		return;
+	}
+	enum upstream_error err = px->last_upe;
+	bool timeout = err == UP_E_CONNECT_TIMEOUT || err == UP_E_FIRST_BYTE_TIMEOUT;
+	snprintf(msg, sizeof(msg), "%s (%u attempt%s)", upstream_error_text(err), px->nsent,
+		 px->nsent == 1 ? "" : "s");
+	px_extra_headers(px, extra, sizeof(extra));
+	px_free(px);
+	respond_error(ex, d, timeout ? 504 : 502, timeout ? "upstream_timeout" : "upstream_unavailable",
+		      msg, extra);
+}
+
+/* Start the next attempt, or answer the client when none is left. */
+static void px_next(struct px *px)
+{
+	const struct config_retry *rc = &px->pw->pl->cfg->retry;
+	struct exchange *ex = px->ex;
+	uint64_t deadline = ex->start_ms + rc->deadline;
+	/* Bounded: each pass sends, skips a target of the chain or ends the round. */
+	for (;;) {
+		uint64_t now_ms = worker_now_ms(ex_worker(ex));
+		if (px->nsent >= rc->attempts || now_ms >= deadline)
+			break;
+		if (!px_pick(px, mono_us())) {
+			if (!px->round_sent)
+				break; /* nothing could be tried this round: no point in another */
+			px->round++;
+			px->round_sent = 0;
+			px->chain = 0;
+			px->tried = 0;
+			uint32_t delay = px_backoff(px);
+			if (now_ms + delay >= deadline)
+				break;
+			ex_after(ex, delay, px_retry_timer);
+			return;
+		}
+		int niov = px_build(px);
+		if (niov < 0) {
+			enum dialect d = px->in;
+			px_free(px);
+			respond_error(ex, d, 503, NULL, "gateway out of memory", NULL);
+			return;
+		}
+		if (px->nattempts < PX_MAX_ATTEMPTS)
+			px->attempts[px->nattempts++] = (struct attempt){
+				.model = px->model, .target = px->tidx, .skipped = niov == 0 };
+		if (niov == 0) {
+			px_unpick(px);
+			continue;
+		}
+		px->nsent++;
+		px->round_sent++;
+		px->status = 0;
+		px->retry_after[0] = '\0';
+		px->relay = RELAY_RAW;
+		px->too_large = false;
+		px->fallback_status = false;
+		buf_free(&px->res);
+		px->attempt_us = mono_us();
+		ex->user = px;
+		upstream_call_start(&px->call, px->pw->pools[px->target->provider], px->iov,
+				    (unsigned)niov, &px_callbacks, px);
+		return;
+	}
+	px_give_up(px);
+}
+
+/* A request about to go upstream; NULL (answered 503) if out of memory. */
+static struct px *px_new(struct pl_worker *pw, struct exchange *ex, const struct router_model *m,
+			 enum dialect in, enum px_kind kind, struct slice model_val,
+			 struct slice model_name)
+{
+	struct px *px = calloc(1, sizeof(*px));
+	if (!px) {
+		respond_error(ex, in, 503, NULL, "gateway out of memory", NULL);
+		return NULL;
+	}
+	px->ex = ex;
+	px->pw = pw;
+	px->route = &px->cur;
+	px->in = in;
+	px->kind = kind;
+	px->asked = m;
+	px->model_val = model_val;
+	px->model_name = model_name;
+	/* cost routing needs a size before any tokenizer has run: about 4 bytes a token */
+	px->rq.prompt_tokens = (uint32_t)(ex->body.n / 4 > UINT32_MAX ? UINT32_MAX : ex->body.n / 4);
+	ex->user = px;
+	return px;
 }
 
 /* The model a request names, checked; NULL (answered) if there is none or it is unknown. */
-static const struct route *request_route(struct pipeline *pl, struct exchange *ex, enum dialect d,
-					 struct slice model_val, struct slice *model)
+static const struct router_model *request_route(struct pipeline *pl, struct exchange *ex,
+						enum dialect d, struct slice model_val,
+						struct slice *model)
 {
 	if (!model_val.p || !json_plain_string(model_val, model) || model->n == 0) {
 		respond_error(ex, d, 400, NULL,
@@ -579,15 +1167,15 @@ static const struct route *request_route(struct pipeline *pl, struct exchange *e
 			      NULL);
 		return NULL;
 	}
-	const struct route *route = find_route(pl, *model);
-	if (!route) {
+	const struct router_model *m = router_find(pl->router, *model);
+	if (!m) {
 		char msg[256];
 		snprintf(msg, sizeof(msg),
 			 "The model `%.*s` does not exist or you do not have access to it.",
 			 (int)(model->n > 100 ? 100 : model->n), model->p);
 		respond_error(ex, d, 404, "model_not_found", msg, NULL);
 	}
-	return route;
+	return m;
 }
 
 static void bad_json(struct exchange *ex, enum dialect d)
@@ -601,22 +1189,15 @@ static void bad_json(struct exchange *ex, enum dialect d)
 static void handle_chat(struct pl_worker *pw, struct exchange *ex, enum dialect in)
 {
 	struct pipeline *pl = pw->pl;
-	static const char *const keys[] = { "model", "stream", "stream_options" };
-	struct slice vals[3], model;
-	if (json_scan_object(ex->body, keys, vals, 3) < 0) {
+	static const char *const keys[] = { "model", "stream", "stream_options", "max_tokens" };
+	struct slice vals[4], model;
+	if (json_scan_object(ex->body, keys, vals, 4) < 0) {
 		bad_json(ex, in);
 		return;
 	}
-	const struct route *route = request_route(pl, ex, in, vals[0], &model);
-	if (!route)
+	const struct router_model *m = request_route(pl, ex, in, vals[0], &model);
+	if (!m)
 		return;
-	const struct provider *prov = &pl->providers[route->provider];
-	if (in == prov->api->dialect) {
-		forward_same_dialect(pw, ex, route, in, prov->api->chat_path, vals[0], model);
-		return;
-	}
-
-	bool stream = vals[1].p && json_is_true(vals[1]);
 	bool client_usage = false;
 	if (in == DIALECT_OPENAI && vals[2].p) {
 		static const char *const so_keys[] = { "include_usage" };
@@ -624,28 +1205,15 @@ static void handle_chat(struct pl_worker *pw, struct exchange *ex, enum dialect 
 		client_usage = json_scan_object(vals[2], so_keys, &iu, 1) == 0 && iu.p &&
 			       json_is_true(iu);
 	}
-	struct xlat_request_opts o = {
-		.upstream_model = route->upstream_model,
-		.default_max_tokens = route->max_tokens,
-		.stream_usage = stream && prov->api->dialect == DIALECT_OPENAI,
-	};
-	struct buf body = { 0 };
-	char err[512];
-	if (xlat_request(in, prov->api->dialect, ex->body, &o, &body, err, sizeof(err)) < 0) {
-		buf_free(&body);
-		respond_error(ex, in, 400, NULL, err, NULL);
+	struct px *px = px_new(pw, ex, m, in, PX_CHAT, vals[0], model);
+	if (!px)
 		return;
-	}
-	struct px *px = px_new(pw, ex, route, in, prov->api->chat_path, body.len, 0);
-	if (!px) {
-		buf_free(&body);
-		return;
-	}
-	px->req = body;
+	px->stream = vals[1].p && json_is_true(vals[1]);
 	px->client_usage = client_usage;
-	px->iov[0] = (struct iovec){ px->head, px->head_len };
-	px->iov[1] = (struct iovec){ px->req.p, px->req.len };
-	px_start(px, 2);
+	int64_t max_tokens;
+	if (vals[3].p && json_int(vals[3], &max_tokens) && max_tokens > 0 && max_tokens < UINT32_MAX)
+		px->rq.max_tokens = (uint32_t)max_tokens;
+	px_next(px);
 }
 
 /* POST /v1/embeddings: OpenAI dialect, to providers that have the endpoint. */
@@ -658,17 +1226,23 @@ static void handle_embeddings(struct pl_worker *pw, struct exchange *ex)
 		bad_json(ex, DIALECT_OPENAI);
 		return;
 	}
-	const struct route *route = request_route(pl, ex, DIALECT_OPENAI, val, &model);
-	if (!route)
+	const struct router_model *m = request_route(pl, ex, DIALECT_OPENAI, val, &model);
+	if (!m)
 		return;
-	const struct provider *prov = &pl->providers[route->provider];
-	if (!prov->api->embeddings_path) {
+	struct px *px = px_new(pw, ex, m, DIALECT_OPENAI, PX_EMBEDDINGS, val, model);
+	if (!px)
+		return;
+	bool any = false;
+	for (size_t i = 0; i < m->ntargets; i++)
+		any |= provider_serves(px, &pl->providers[m->targets[i].provider]);
+	if (!any) {
 		char msg[256];
-		snprintf(msg, sizeof(msg), "The model `%s` does not support embeddings.", route->name);
+		snprintf(msg, sizeof(msg), "The model `%s` does not support embeddings.", m->name);
+		px_free(px);
 		respond_error(ex, DIALECT_OPENAI, 400, "model_not_supported", msg, NULL);
 		return;
 	}
-	forward_same_dialect(pw, ex, route, DIALECT_OPENAI, prov->api->embeddings_path, val, model);
+	px_next(px);
 }
 
 /* GET /v1/models: OpenAI's list, or Anthropic's when the caller sends anthropic-version
@@ -771,6 +1345,12 @@ static void *pl_worker_init(struct worker *w, void *ctx)
 	if (!pw)
 		return NULL;
 	pw->pl = pl;
+	pw->rw = router_worker_new(pl->router);
+	pw->rng = 0x9E3779B97F4A7C15ull ^ ((uint64_t)worker_id(w) + 1) * mono_us();
+	if (!pw->rw) {
+		log_error("out of memory for the routing state");
+		exit(1);
+	}
 	pw->pools = calloc(pl->nproviders ? pl->nproviders : 1, sizeof(*pw->pools));
 	for (size_t i = 0; i < pl->nproviders; i++) {
 		const struct config_provider *cp = pl->providers[i].cfg;
@@ -798,6 +1378,7 @@ static void pl_worker_fini(struct worker *w, void *state)
 	for (size_t i = 0; i < pw->pl->nproviders; i++)
 		upstream_pool_free(pw->pools[i]);
 	free(pw->pools);
+	router_worker_free(pw->rw);
 	free(pw);
 }
 
@@ -883,19 +1464,18 @@ struct pipeline *pipeline_new(const struct config *cfg, char *err, size_t errlen
 				 cp->port);
 		p->host_header = str_printf("Host: %s\r\n", hostport, NULL);
 	}
-	/* Routes: the catalog's first target for each model (routing lands later). */
-	pl->routes = calloc(cfg->nmodels + 1, sizeof(*pl->routes));
-	for (size_t i = 0; i < cfg->nmodels; i++) {
-		const struct config_model *m = &cfg->models[i];
-		const struct config_target *t = &m->targets[0];
-		struct route *r = &pl->routes[pl->nroutes++];
-		r->name = m->name;
-		r->upstream_model = t->model ? t->model : m->name;
-		r->max_tokens = m->max_tokens;
-		for (size_t k = 0; k < cfg->nproviders; k++)
-			if (strcmp(cfg->providers[k].name, t->provider) == 0)
-				r->provider = (unsigned)k;
-	}
+	const struct config_timeouts *t = &cfg->timeouts;
+	struct router_opts ro = {
+		.breaker_failures = cfg->breaker.failures,
+		.breaker_cooldown_us = (uint64_t)cfg->breaker.cooldown * 1000,
+		/* a probe that has not answered by then never will */
+		.probe_timeout_us = ((uint64_t)t->upstream_connect + t->upstream_first_byte) * 1000,
+		.latency_decay_us = (uint64_t)cfg->latency.decay * 1000,
+		.explore_every = cfg->latency.explore_percent ? 100 / cfg->latency.explore_percent : 0,
+	};
+	pl->router = router_new(cfg, &ro, err, errlen);
+	if (!pl->router)
+		goto fail;
 	pl->keys = calloc(cfg->nkeys + 1, sizeof(*pl->keys));
 	for (size_t i = 0; i < cfg->nkeys; i++) {
 		char serr[256] = "";
@@ -946,7 +1526,7 @@ void pipeline_free(struct pipeline *pl)
 		free(pl->keys[i].name);
 	}
 	free(pl->providers);
-	free(pl->routes);
+	router_free(pl->router);
 	free(pl->keys);
 	buf_free(&pl->models_openai);
 	buf_free(&pl->models_anthropic);

@@ -323,6 +323,9 @@ def gateway_config(port, providers, workdir, workers=2, timeouts=None, limits=No
         "providers": [],
         "models": [],
         "keys": [{"name": "tester", "key_env": "PENSTOCK_TEST_CLIENT_KEY"}],
+        # Tests inject faults per request (x-mock-status...) on a stack they share: a
+        # breaker opened by one test would fail the next. Breaker tests set their own.
+        "breaker": {"failures": 0},
     }
     for name, pport in providers.items():
         cfg["providers"].append({

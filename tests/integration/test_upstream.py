@@ -69,7 +69,8 @@ def test_reused_connection_closed_by_upstream_is_retried(env):
 def test_retry_happens_once_and_only_on_reused_connections(env):
     def script(conn, n, head, body):
         return json_response(COMPLETION) if conn == 0 and n == 0 else None
-    s, fake = fake_stack(env, script, workers=1)
+    # one attempt per request: the pipeline's own retries (test_routing) stay out of it
+    s, fake = fake_stack(env, script, workers=1, settings={"retry": {"attempts": 1}})
     assert s.gw.chat("gpt-fake").status == 200
     # reused connection closed, then the fresh one too: one retry, then 502
     h.assert_openai_error(s.gw.chat("gpt-fake"), 502, code="upstream_unavailable")

@@ -553,7 +553,8 @@ static const struct error_case error_cases[] = {
 	/* unknown keys, at every level */
 	{ "lisen: 127.0.0.1:80\n",
 	  "t.yaml:1:1: unknown key 'lisen' in top level (expected one of: listen, admin, workers, "
-	  "busy_poll_us, data_dir, tokenizer_dir, log_level, timeouts, limits, providers, models, teams, keys, audit, forward_headers, egress_proxy)" },
+	  "busy_poll_us, data_dir, tokenizer_dir, log_level, timeouts, limits, retry, breaker, "
+	  "latency, providers, models, teams, keys, audit, forward_headers, egress_proxy)" },
 	{ "workers: 2\n\n  # comment\nLogLevel: info\n",
 	  "t.yaml:4:1: unknown key 'LogLevel' in top level" },
 	{ "admin: { listen: 127.0.0.1:1, tokn: x }\n",
@@ -874,7 +875,7 @@ static void test_error_from_file_names_file(void **state)
 	(void)state;
 	assert_int_equal(config_load_file(FIXTURES "bad-nested.yaml", &c, err, sizeof err), -1);
 	assert_string_equal(err, FIXTURES "bad-nested.yaml:11:9: unknown key 'wieght' in target "
-				 "(expected one of: provider, model, weight)");
+				 "(expected one of: provider, model, weight, price, context_window)");
 	assert_memory_equal(&c, &zero_config, sizeof c);
 
 	assert_int_equal(config_load_file(FIXTURES "missing.yaml", &c, err, sizeof err), -1);
@@ -914,8 +915,9 @@ static void test_error_shows_values_safely(void **state)
 	(void)state;
 	assert_int_equal(load("\"a\\x1b[31mb\": 1\n", &c, err), -1);
 	assert_string_equal(err, "t.yaml:1:1: unknown key 'a?[31mb' in top level (expected one of: "
-				 "listen, admin, workers, busy_poll_us, data_dir, tokenizer_dir, log_level, timeouts, limits, "
-				 "providers, models, teams, keys, audit, forward_headers, egress_proxy)");
+				 "listen, admin, workers, busy_poll_us, data_dir, tokenizer_dir, log_level, "
+				 "timeouts, limits, retry, breaker, latency, providers, models, teams, keys, "
+				 "audit, forward_headers, egress_proxy)");
 	snprintf(yaml, sizeof yaml, "%0200d: 1\n", 7);
 	assert_int_equal(load(yaml, &c, err), -1);
 	assert_non_null(strstr(err, "unknown key '0000"));

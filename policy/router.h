@@ -1,0 +1,121 @@
+/* router.h - which target serves a request: per-model routing tables, target health and
+ * circuit breakers.
+ *
+ * A router is built once from a config (router_new) and is read-only afterwards, except
+ * for the health of each target, which every worker reads and writes through atomics.
+ * Everything else a policy needs from one pick to the next (weighted round-robin
+ * counters, latency estimates, requests in flight) lives in a router_worker that only
+ * its own worker touches: routing takes no lock and shares no cache line on the hot path
+ * except a target's health word.
+ *
+ * Policies, per model:
+ *   weighted  smooth weighted round robin: the exact split over any run of picks
+ *   latency   peak-EWMA of each target's time to first byte, times requests in flight,
+ *             lowest wins; one pick in explore_every goes to another target so a target
+ *             that got faster is noticed
+ *   cost      cheapest target for the request's estimated tokens among those whose
+ *             context window fits it (all of them if none fits: the provider judges)
+ *   priority  first usable target in the order given
+ * A target is usable unless its breaker is open. A breaker opens after `failures`
+ * consecutive failed attempts; after `cooldown` one request (the probe) may go through
+ * (half-open); its success closes the breaker, its failure opens it again.
+ *
+ * Time is passed in (microseconds, any monotonic origin) so tests control it.
+ */
+#ifndef PENSTOCK_ROUTER_H
+#define PENSTOCK_ROUTER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/str.h"
+
+struct config;
+
+#define ROUTER_MAX_TARGETS 64 /* per model: a request's tried set is one 64-bit mask */
+
+enum route_policy { ROUTE_WEIGHTED, ROUTE_LATENCY, ROUTE_COST, ROUTE_PRIORITY };
+
+struct router_target {
+	unsigned provider;          /* index into config.providers */
+	const char *upstream_model; /* owned by the config */
+	unsigned weight;
+	double input_per_tok, output_per_tok; /* USD */
+	uint32_t context_window;    /* tokens; 0 = unknown */
+	unsigned health;            /* shared health slot: one per (provider, upstream model) */
+	unsigned slot;              /* index of this target's per-worker state */
+};
+
+struct router_model {
+	const char *name;           /* owned by the config */
+	unsigned index;
+	enum route_policy policy;
+	const struct router_target *targets;
+	size_t ntargets;
+	const unsigned *fallback;   /* indexes of the models tried after this one's targets */
+	size_t nfallback;
+	uint32_t max_tokens;        /* the catalog's default completion size; 0 = none */
+};
+
+struct router_opts {
+	uint32_t breaker_failures;    /* consecutive failures that open a breaker; 0 = never */
+	uint64_t breaker_cooldown_us; /* open this long before a probe may go */
+	uint64_t probe_timeout_us;    /* a probe that never reports frees the slot after this */
+	uint64_t latency_decay_us;    /* peak-EWMA time constant */
+	unsigned explore_every;       /* latency: one pick in this many explores; 0 = never */
+};
+
+/* What a request needs, for cost routing: estimated prompt tokens and completion size. */
+struct route_req {
+	uint32_t prompt_tokens;
+	uint32_t max_tokens; /* 0: the model's max_tokens, else a nominal size */
+};
+
+enum route_outcome {
+	ROUTE_OK,        /* the target answered (any status that is not a failure) */
+	ROUTE_FAILED,    /* refused, reset, bad response, or a status that triggers fallback */
+	ROUTE_TIMEOUT,   /* connect or first-byte timeout */
+	ROUTE_CANCELLED, /* the client went away: says nothing about the target */
+};
+
+enum breaker_state { BREAKER_CLOSED, BREAKER_OPEN, BREAKER_HALF_OPEN };
+
+struct router;
+struct router_worker;
+
+/* NULL with a reason in err (a model with more than ROUTER_MAX_TARGETS targets, memory). */
+struct router *router_new(const struct config *cfg, const struct router_opts *o, char *err,
+			  size_t errlen);
+void router_free(struct router *r);
+
+const struct router_model *router_find(const struct router *r, struct slice name);
+const struct router_model *router_model_at(const struct router *r, unsigned index);
+
+/* Per-worker state; NULL if out of memory. */
+struct router_worker *router_worker_new(const struct router *r);
+void router_worker_free(struct router_worker *rw);
+
+/* One of m's targets for a request, skipping those whose bit is set in `tried` and those
+ * whose breaker is open: its index in m->targets, or -1 if none is usable now. *probe
+ * says the pick is a half-open breaker's single probe. Every pick must be answered by one
+ * router_report. */
+int router_pick(struct router_worker *rw, const struct router_model *m, uint64_t tried,
+		const struct route_req *q, uint64_t now_us, bool *probe);
+/* How the attempt on m->targets[t] went; elapsed_us is its time to first byte (or to the
+ * failure). */
+void router_report(struct router_worker *rw, const struct router_model *m, unsigned t,
+		   bool probe, enum route_outcome o, uint64_t elapsed_us, uint64_t now_us);
+/* Whether m has a target not in `tried` that could be picked now (no side effects). */
+bool router_has_usable(const struct router *r, const struct router_model *m, uint64_t tried,
+		       uint64_t now_us);
+/* The earliest time an open breaker among m's targets lets a probe through, or 0. */
+uint64_t router_next_probe_us(const struct router *r, const struct router_model *m);
+
+enum breaker_state router_breaker(const struct router *r, const struct router_target *t);
+/* This worker's latency estimate for a target (microseconds; 0 = no sample yet). */
+double router_latency_us(const struct router_worker *rw, const struct router_target *t);
+
+const char *route_policy_name(enum route_policy p);
+
+#endif

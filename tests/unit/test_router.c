@@ -1,0 +1,360 @@
+/* test_router.c - routing policies and breakers under a clock the test moves: the exact
+ * weighted split, latency routing leaving a slowed target and coming back, cost and
+ * context windows, priority, and every breaker transition. No sleeps. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "core/config.h"
+#include "policy/router.h"
+
+#define MS 1000ull
+
+static const char yaml[] =
+	"providers:\n"
+	"  - { name: a, kind: openai-compatible, base_url: http://127.0.0.1:1 }\n"
+	"  - { name: b, kind: openai-compatible, base_url: http://127.0.0.1:2 }\n"
+	"  - { name: c, kind: anthropic, base_url: http://127.0.0.1:3 }\n"
+	"models:\n"
+	"  - name: split\n"
+	"    targets: [ { provider: a, model: m, weight: 90 }, { provider: b, model: m, weight: 10 } ]\n"
+	"  - name: fast\n"
+	"    routing: latency\n"
+	"    targets: [ { provider: a, model: m }, { provider: b, model: m } ]\n"
+	"  - name: cheap\n"
+	"    routing: cost\n"
+	"    price: { input_per_mtok: 5, output_per_mtok: 15 }\n"
+	"    context_window: 100000\n"
+	"    targets:\n"
+	"      - { provider: a, model: big }\n"
+	"      - { provider: b, model: small, context_window: 1000,\n"
+	"          price: { input_per_mtok: 0.1, output_per_mtok: 0.2 } }\n"
+	"  - name: ordered\n"
+	"    routing: priority\n"
+	"    fallback: [ other ]\n"
+	"    targets: [ { provider: a, model: m }, { provider: b, model: m } ]\n"
+	"  - name: other\n"
+	"    targets: [ { provider: c, model: claude } ]\n";
+
+struct fx {
+	struct config cfg;
+	struct router *r;
+	struct router_worker *rw;
+	uint64_t now;
+};
+
+static const struct router_opts opts = {
+	.breaker_failures = 3,
+	.breaker_cooldown_us = 1000 * MS,
+	.probe_timeout_us = 5000 * MS,
+	.latency_decay_us = 200 * MS,
+	.explore_every = 20,
+};
+
+static int setup(void **state)
+{
+	static struct fx f;
+	char err[CONFIG_ERR_MAX];
+	memset(&f, 0, sizeof(f));
+	if (config_load_string(yaml, sizeof(yaml) - 1, "test", &f.cfg, err, sizeof(err))) {
+		fprintf(stderr, "%s\n", err);
+		return -1;
+	}
+	f.r = router_new(&f.cfg, &opts, err, sizeof(err));
+	f.rw = f.r ? router_worker_new(f.r) : NULL;
+	f.now = 1000 * MS;
+	*state = &f;
+	return f.rw ? 0 : -1;
+}
+
+static int teardown(void **state)
+{
+	struct fx *f = *state;
+	router_worker_free(f->rw);
+	router_free(f->r);
+	config_free(&f->cfg);
+	return 0;
+}
+
+static const struct router_model *model(struct fx *f, const char *name)
+{
+	const struct router_model *m = router_find(f->r, slice_cstr(name));
+	assert_non_null(m);
+	return m;
+}
+
+static int pick(struct fx *f, const struct router_model *m, uint64_t tried, bool *probe)
+{
+	static const struct route_req q = { 10, 10 };
+	bool p;
+	int t = router_pick(f->rw, m, tried, &q, f->now, probe ? probe : &p);
+	return t;
+}
+
+static void test_weighted_split(void **state)
+{
+	struct fx *f = *state;
+	const struct router_model *m = model(f, "split");
+	unsigned n[2] = { 0 };
+	for (int i = 0; i < 10000; i++) {
+		bool probe;
+		int t = pick(f, m, 0, &probe);
+		assert_in_range(t, 0, 1);
+		n[t]++;
+		router_report(f->rw, m, (unsigned)t, probe, ROUTE_OK, 1000, f->now);
+		/* smooth: any 10 consecutive picks already hold the 9:1 split */
+		if (i % 10 == 9)
+			assert_int_equal(n[1], (unsigned)(i + 1) / 10);
+	}
+	assert_int_equal(n[0], 9000);
+	assert_int_equal(n[1], 1000);
+	/* tried targets are skipped: the rest take everything */
+	assert_int_equal(pick(f, m, 1, NULL), 1);
+	router_report(f->rw, m, 1, false, ROUTE_OK, 1000, f->now);
+	assert_int_equal(pick(f, m, 3, NULL), -1);
+}
+
+/* Send n requests 10 ms apart, target i answering in lat[i] ms; count the picks. */
+static void run_latency(struct fx *f, const struct router_model *m, const unsigned lat[2],
+			unsigned n, unsigned count[2])
+{
+	count[0] = count[1] = 0;
+	for (unsigned i = 0; i < n; i++) {
+		bool probe;
+		int t = pick(f, m, 0, &probe);
+		assert_in_range(t, 0, 1);
+		count[t]++;
+		f->now += 10 * MS;
+		router_report(f->rw, m, (unsigned)t, probe, ROUTE_OK, lat[t] * MS, f->now);
+	}
+}
+
+static void test_latency_moves_and_returns(void **state)
+{
+	struct fx *f = *state;
+	const struct router_model *m = model(f, "fast");
+	unsigned c[2];
+	const unsigned normal[2] = { 10, 40 }, a_slow[2] = { 500, 40 };
+
+	run_latency(f, m, normal, 400, c);
+	assert_true(c[0] >= 360); /* the fastest takes most, the other is still probed */
+	assert_true(c[1] >= 10);
+	run_latency(f, m, a_slow, 400, c);
+	assert_true(c[1] >= 360);
+	assert_true(c[0] >= 10 && c[0] <= 40);
+	/* a recovers: within a few probes (and decay times) traffic goes back */
+	run_latency(f, m, normal, 200, c);
+	run_latency(f, m, normal, 400, c);
+	assert_true(c[0] >= 360);
+	assert_true(router_latency_us(f->rw, &m->targets[0]) < 40 * MS);
+}
+
+static void test_latency_counts_in_flight(void **state)
+{
+	struct fx *f = *state;
+	const struct router_model *m = model(f, "fast");
+	unsigned c[2];
+	const unsigned lat[2] = { 10, 15 };
+	run_latency(f, m, lat, 100, c);
+	/* Requests in flight on the fast one make it cost more than the idle slower one. */
+	bool p;
+	int held[4];
+	for (int i = 0; i < 4; i++)
+		held[i] = pick(f, m, 0, &p);
+	assert_int_equal(held[0], 0);
+	bool went_b = false;
+	for (int i = 1; i < 4; i++)
+		went_b |= held[i] == 1;
+	assert_true(went_b);
+	for (int i = 0; i < 4; i++)
+		router_report(f->rw, m, (unsigned)held[i], false, ROUTE_CANCELLED, 0, f->now);
+}
+
+static void test_cost_and_context(void **state)
+{
+	struct fx *f = *state;
+	const struct router_model *m = model(f, "cheap");
+	struct route_req small = { 200, 100 }, large = { 5000, 100 };
+	bool p;
+	int t = router_pick(f->rw, m, 0, &small, f->now, &p);
+	assert_int_equal(t, 1); /* the cheap one fits */
+	router_report(f->rw, m, 1, p, ROUTE_OK, 1, f->now);
+	t = router_pick(f->rw, m, 0, &large, f->now, &p);
+	assert_int_equal(t, 0); /* only the big window fits */
+	router_report(f->rw, m, 0, p, ROUTE_OK, 1, f->now);
+	t = router_pick(f->rw, m, 2, &small, f->now, &p);
+	assert_int_equal(t, 0); /* the cheap one was tried */
+	router_report(f->rw, m, 0, p, ROUTE_OK, 1, f->now);
+	t = router_pick(f->rw, m, 2, &large, f->now, &p);
+	assert_int_equal(t, 0);
+	router_report(f->rw, m, 0, p, ROUTE_OK, 1, f->now);
+	assert_string_equal(m->targets[1].upstream_model, "small");
+	assert_int_equal(m->targets[1].context_window, 1000);
+	assert_int_equal(m->targets[0].context_window, 100000);
+}
+
+static void report_fail(struct fx *f, const struct router_model *m, unsigned t, bool probe)
+{
+	router_report(f->rw, m, t, probe, ROUTE_FAILED, 1 * MS, f->now);
+}
+
+static void test_breaker_transitions(void **state)
+{
+	struct fx *f = *state;
+	const struct router_model *m = model(f, "ordered");
+	const struct router_target *a = &m->targets[0];
+	bool probe;
+
+	assert_int_equal(m->nfallback, 1);
+	assert_string_equal(router_model_at(f->r, m->fallback[0])->name, "other");
+	/* two failures: still closed, still first */
+	for (int i = 0; i < 2; i++) {
+		assert_int_equal(pick(f, m, 0, &probe), 0);
+		report_fail(f, m, 0, probe);
+	}
+	assert_int_equal(router_breaker(f->r, a), BREAKER_CLOSED);
+	/* a success resets the count */
+	assert_int_equal(pick(f, m, 0, &probe), 0);
+	router_report(f->rw, m, 0, probe, ROUTE_OK, 1 * MS, f->now);
+	for (int i = 0; i < 3; i++) {
+		assert_int_equal(pick(f, m, 0, &probe), 0);
+		report_fail(f, m, 0, probe);
+	}
+	assert_int_equal(router_breaker(f->r, a), BREAKER_OPEN);
+	/* open: skipped at once, the next in order serves */
+	assert_int_equal(pick(f, m, 0, &probe), 1);
+	assert_false(probe);
+	router_report(f->rw, m, 1, probe, ROUTE_OK, 1 * MS, f->now);
+	assert_false(router_has_usable(f->r, m, 2, f->now));
+	assert_int_equal(pick(f, m, 2, &probe), -1);
+	assert_int_equal(router_next_probe_us(f->r, m), f->now + opts.breaker_cooldown_us);
+
+	/* after the cool-down: exactly one probe */
+	f->now += opts.breaker_cooldown_us;
+	assert_true(router_has_usable(f->r, m, 2, f->now));
+	assert_int_equal(pick(f, m, 0, &probe), 0);
+	assert_true(probe);
+	assert_int_equal(router_breaker(f->r, a), BREAKER_HALF_OPEN);
+	bool second;
+	assert_int_equal(pick(f, m, 0, &second), 1);
+	assert_false(second);
+	router_report(f->rw, m, 1, second, ROUTE_OK, 1 * MS, f->now);
+	/* the probe fails: open again for a whole cool-down */
+	report_fail(f, m, 0, probe);
+	assert_int_equal(router_breaker(f->r, a), BREAKER_OPEN);
+	f->now += opts.breaker_cooldown_us - 1;
+	assert_int_equal(pick(f, m, 0, &probe), 1);
+	router_report(f->rw, m, 1, probe, ROUTE_OK, 1 * MS, f->now);
+	f->now += 1;
+	/* a probe whose client went away frees the slot at once */
+	assert_int_equal(pick(f, m, 0, &probe), 0);
+	assert_true(probe);
+	router_report(f->rw, m, 0, probe, ROUTE_CANCELLED, 0, f->now);
+	assert_int_equal(pick(f, m, 0, &probe), 0);
+	assert_true(probe);
+	/* the probe succeeds: closed */
+	router_report(f->rw, m, 0, probe, ROUTE_OK, 1 * MS, f->now);
+	assert_int_equal(router_breaker(f->r, a), BREAKER_CLOSED);
+	assert_int_equal(pick(f, m, 0, &probe), 0);
+	assert_false(probe);
+	router_report(f->rw, m, 0, probe, ROUTE_OK, 1 * MS, f->now);
+}
+
+static void test_probe_that_never_reports_expires(void **state)
+{
+	struct fx *f = *state;
+	const struct router_model *m = model(f, "other");
+	bool probe;
+	for (int i = 0; i < 3; i++) {
+		assert_int_equal(pick(f, m, 0, &probe), 0);
+		report_fail(f, m, 0, probe);
+	}
+	assert_int_equal(pick(f, m, 0, &probe), -1);
+	f->now += opts.breaker_cooldown_us;
+	assert_int_equal(pick(f, m, 0, &probe), 0);
+	assert_true(probe);
+	assert_int_equal(pick(f, m, 0, &probe), -1); /* the probe is out */
+	f->now += opts.probe_timeout_us;
+	assert_int_equal(pick(f, m, 0, &probe), 0); /* lost: another may go */
+	assert_true(probe);
+	router_report(f->rw, m, 0, probe, ROUTE_OK, 1 * MS, f->now);
+	assert_int_equal(router_breaker(f->r, &m->targets[0]), BREAKER_CLOSED);
+}
+
+static void test_health_is_shared_by_target(void **state)
+{
+	struct fx *f = *state;
+	/* "split" and "fast" both route to a/m: one breaker for both, seen by every worker */
+	const struct router_model *s = model(f, "split"), *l = model(f, "fast");
+	struct router_worker *other = router_worker_new(f->r);
+	assert_non_null(other);
+	bool probe;
+	for (int i = 0; i < 3; i++) {
+		int t = router_pick(other, l, 2, &(struct route_req){ 0 }, f->now, &probe);
+		assert_int_equal(t, 0);
+		router_report(other, l, 0, probe, ROUTE_TIMEOUT, 5000 * MS, f->now);
+	}
+	assert_int_equal(router_breaker(f->r, &s->targets[0]), BREAKER_OPEN);
+	for (int i = 0; i < 20; i++) {
+		assert_int_equal(pick(f, s, 0, &probe), 1);
+		router_report(f->rw, s, 1, probe, ROUTE_OK, 1 * MS, f->now);
+	}
+	router_worker_free(other);
+}
+
+/* The retry, breaker and latency sections: defaults, values, and a bad status named. */
+static void test_config_sections(void **state)
+{
+	struct config c;
+	char err[CONFIG_ERR_MAX];
+	(void)state;
+	assert_int_equal(config_load_string("", 0, "t", &c, err, sizeof(err)), 0);
+	assert_int_equal(c.retry.attempts, 3);
+	assert_int_equal(c.retry.non_status, 6);
+	assert_int_equal(c.retry.on_status[0], 429);
+	assert_int_equal(c.retry.on_status[5], 529);
+	assert_int_equal(c.breaker.failures, 5);
+	assert_int_equal(c.breaker.cooldown, 10000);
+	assert_int_equal(c.latency.explore_percent, 5);
+	config_free(&c);
+	static const char y[] = "retry: { attempts: 5, backoff_base: 10ms, backoff_cap: 2s, "
+				"deadline: 3s, on_status: [503, 529] }\n"
+				"breaker: { failures: 0, cooldown: 250ms }\n";
+	assert_int_equal(config_load_string(y, sizeof(y) - 1, "t", &c, err, sizeof(err)), 0);
+	assert_int_equal(c.retry.attempts, 5);
+	assert_int_equal(c.retry.backoff_base, 10);
+	assert_int_equal(c.retry.backoff_cap, 2000);
+	assert_int_equal(c.retry.deadline, 3000);
+	assert_int_equal(c.retry.non_status, 2);
+	assert_int_equal(c.retry.on_status[1], 529);
+	assert_int_equal(c.breaker.failures, 0);
+	assert_int_equal(c.breaker.cooldown, 250);
+	config_free(&c);
+	static const char bad[] = "retry: { on_status: [503, 5030] }\n";
+	assert_int_equal(config_load_string(bad, sizeof(bad) - 1, "t", &c, err, sizeof(err)), -1);
+	assert_string_equal(err, "t:1:27: bad value '5030' in 'on_status' (expected HTTP statuses "
+				 "such as 503)");
+	static const char many[] = "retry: { attempts: 9 }\n";
+	assert_int_equal(config_load_string(many, sizeof(many) - 1, "t", &c, err, sizeof(err)), -1);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test_setup_teardown(test_weighted_split, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_latency_moves_and_returns, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_latency_counts_in_flight, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_cost_and_context, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_breaker_transitions, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_probe_that_never_reports_expires, setup,
+						teardown),
+		cmocka_unit_test_setup_teardown(test_health_is_shared_by_target, setup, teardown),
+		cmocka_unit_test(test_config_sections),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
