@@ -286,7 +286,7 @@ static uint64_t get_be64(const uint8_t *p)
 
 size_t store_spend_key_encode(const struct store_spend_key *k, uint8_t out[STORE_KEY_MAX])
 {
-	if (!k || k->scope < STORE_SCOPE_KEY || k->scope > STORE_SCOPE_MODEL)
+	if (!k || k->scope < STORE_SCOPE_KEY || k->scope > STORE_SCOPE_LEDGER_MODEL)
 		return 0;
 	if (k->period > STORE_PERIOD_MONTH || k->id_len == 0 || k->id_len > STORE_ID_MAX)
 		return 0;

@@ -104,7 +104,16 @@ struct store_rec {
 /* Spend counters: int64 micro-dollars and tokens per (scope, period, period start, id).
  * An ADD record adds its deltas inside the batch's transaction, so the audit record and
  * the increments of one request, submitted as one unit, commit together or not at all. */
-enum store_scope { STORE_SCOPE_KEY = 1, STORE_SCOPE_TEAM = 2, STORE_SCOPE_MODEL = 3 };
+/* KEY, TEAM, MODEL: budget counters (policy/budget). LEDGER_*: the spend ledger, one
+ * record per day per key, team and model, whatever the budgets (policy/gov). */
+enum store_scope {
+	STORE_SCOPE_KEY = 1,
+	STORE_SCOPE_TEAM = 2,
+	STORE_SCOPE_MODEL = 3,
+	STORE_SCOPE_LEDGER_KEY = 4,
+	STORE_SCOPE_LEDGER_TEAM = 5,
+	STORE_SCOPE_LEDGER_MODEL = 6,
+};
 enum store_period {
 	STORE_PERIOD_TOTAL = 0, /* start 0 */
 	STORE_PERIOD_DAY = 1,

@@ -1,0 +1,125 @@
+/* gov.h - governance on the request path: who is calling (virtual and bootstrap keys,
+ * teams), may they (model access, rate limits, budgets) and what it cost (settlement, the
+ * spend ledger persisted by the store thread).
+ *
+ * One gov per process, built from the config: it opens the LMDB store in data_dir, loads
+ * the issued keys and the spend of the current budget periods, and adds the config's
+ * teams and bootstrap keys. Workers call gov_authenticate, gov_admit and gov_settle
+ * (lock-free: keys, ratelimit and budget are); the admin plane calls the gov_key_* and
+ * report functions from its own thread (producer gov_admin_producer()).
+ *
+ * The spend ledger: besides the budgets' own counters, every settled request adds its cost,
+ * tokens and one request to three daily records (scope STORE_SCOPE_LEDGER_KEY / _TEAM /
+ * _MODEL, period DAY) in the same store unit as the budget records, so reports by key,
+ * team or model over any range of days never disagree with each other.
+ */
+#ifndef PENSTOCK_GOV_H
+#define PENSTOCK_GOV_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/config.h"
+#include "core/str.h"
+#include "policy/budget.h"
+#include "policy/keys.h"
+#include "policy/store.h"
+#include "providers/translate.h"
+
+struct gov;
+
+/* A team from the config. */
+struct gov_team {
+	const char *name;        /* owned by the config */
+	const char *const *models; /* allowed model names; NULL = all */
+	size_t nmodels;
+	uint32_t ratelimit_subject; /* KEYS_NONE: no rpm/tpm */
+	uint32_t budget_id;         /* KEYS_NONE: no budget */
+};
+
+/* Open the store (producers: workers + 1 for the admin plane), load keys and spend, add the
+ * config's teams and bootstrap keys. NULL with err filled on failure (an unset key_env,
+ * a data_dir that cannot be opened, a store of another schema). */
+struct gov *gov_open(const struct config *cfg, unsigned workers, char *err, size_t errlen);
+/* After the workers have stopped: the store thread commits what is queued, then exits. */
+void gov_close(struct gov *g);
+
+/* ---- the request path (workers) ---- */
+
+/* Who is calling. team is NULL for a key without one. */
+struct gov_caller {
+	const struct key_rec *key;
+	const struct gov_team *team;
+};
+
+/* Look the presented secret up. KEYS_OK fills c. */
+enum keys_status gov_authenticate(struct gov *g, struct slice secret, int64_t now_s,
+				  struct gov_caller *c);
+/* May c call the catalog model `model` (key's and team's lists)? /v1/models lists only
+ * those. */
+bool gov_model_allowed(const struct gov *g, const struct gov_caller *c, struct slice model);
+
+/* What a request holds between admission and settlement. Lives in the request's state. */
+struct gov_ticket {
+	struct gov_caller caller;
+	const struct config_model *model;
+	struct budget_prices prices;
+	uint32_t subjects[2];     /* rate-limit subjects taken: key's, team's */
+	unsigned nsubjects;
+	uint64_t tokens_estimate; /* TPM taken at admission */
+	uint64_t completion_allowance; /* completion tokens the reservation covers */
+	struct budget_resv resv;
+	bool held;                /* admitted and not yet settled or released */
+};
+
+/* Why a request was refused, ready for the caller's dialect. */
+struct gov_refusal {
+	int status;               /* 403 or 429 */
+	enum xlat_err_kind kind;  /* XERR_PERMISSION, XERR_RATE_LIMIT, XERR_BUDGET */
+	const char *code;         /* "model_not_allowed", "rate_limit_exceeded", "budget_exceeded" */
+	char message[256];
+	char headers[512];        /* "Name: value\r\n" lines: retry-after, x-ratelimit-* */
+};
+
+/* Admission for one catalog model: access, then rate limits (one request and
+ * prompt_tokens of TPM, per key and team), then the budgets (the worst case:
+ * prompt_upper input tokens and max_completion output tokens at the model's prices).
+ * All or nothing: false leaves nothing held and fills r. */
+bool gov_admit(struct gov *g, unsigned worker, const struct gov_caller *c,
+	       const struct config_model *model, uint64_t prompt_tokens, uint64_t prompt_upper,
+	       uint64_t max_completion, int64_t now_ns, int64_t now_s, struct gov_ticket *t,
+	       struct gov_refusal *r);
+
+/* What a request used, as billed (the provider's usage, or the gateway's own count). */
+struct gov_usage {
+	uint64_t prompt_tokens, completion_tokens, cached_tokens;
+};
+
+/* The request ended: TPM corrected, budgets settled with the real cost, the ledger and
+ * budget records handed to the store thread. Returns the cost in micro-USD. A ticket that
+ * is not held is ignored (0). */
+int64_t gov_settle(struct gov *g, unsigned worker, struct gov_ticket *t,
+		   const struct gov_usage *u, int64_t now_ns, int64_t now_s);
+
+/* ---- the admin plane (one thread) ---- */
+
+unsigned gov_admin_producer(const struct gov *g);
+struct store *gov_store(struct gov *g);
+struct keys *gov_keys(struct gov *g);
+struct budget *gov_budget(struct gov *g);
+const struct gov_team *gov_team(const struct gov *g, const char *name);
+const struct gov_team *gov_teams(const struct gov *g, size_t *n);
+
+/* Issue a key: the team must exist (or be NULL), its models must be in the catalog, and
+ * its own limits and budget get a rate-limit subject and a budget. The secret is written
+ * to secret_out once. Returns 0, or -1 with a message for the admin caller in err. */
+int gov_key_create(struct gov *g, const struct key_params *p, int64_t now_s,
+		   char secret_out[KEYS_SECRET_LEN + 1], const struct key_rec **rec, char *err,
+		   size_t errlen);
+/* Revoke an issued key by id: every worker refuses it before this returns. 0, or -1
+ * with err ("no key ...", "bootstrap keys are revoked by removing them from the config",
+ * or the store's error: revoked in memory but not yet persisted). */
+int gov_key_revoke(struct gov *g, const char *id, char *err, size_t errlen);
+
+#endif
