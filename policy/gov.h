@@ -85,11 +85,14 @@ struct gov_refusal {
 /* Admission for one catalog model: access, then rate limits (one request and
  * prompt_tokens of TPM, per key and team), then the budgets (the worst case:
  * prompt_upper input tokens and max_completion output tokens at the model's prices).
+ * shrink (a stream, which the gateway can end where its budget does): when the worst case
+ * does not fit, admit it for the completion tokens the budgets can still pay for;
+ * t->completion_allowance says how many, and the pipeline cuts the stream there.
  * All or nothing: false leaves nothing held and fills r. */
 bool gov_admit(struct gov *g, unsigned worker, const struct gov_caller *c,
 	       const struct config_model *model, uint64_t prompt_tokens, uint64_t prompt_upper,
-	       uint64_t max_completion, int64_t now_ns, int64_t now_s, struct gov_ticket *t,
-	       struct gov_refusal *r);
+	       uint64_t max_completion, bool shrink, int64_t now_ns, int64_t now_s,
+	       struct gov_ticket *t, struct gov_refusal *r);
 
 /* What a request used, as billed (the provider's usage, or the gateway's own count). */
 struct gov_usage {
@@ -101,6 +104,10 @@ struct gov_usage {
  * is not held is ignored (0). */
 int64_t gov_settle(struct gov *g, unsigned worker, struct gov_ticket *t,
 		   const struct gov_usage *u, int64_t now_ns, int64_t now_s);
+
+/* The request never reached a provider: nothing is charged, its TPM and budget
+ * reservation are given back. A ticket that is not held is ignored. */
+void gov_release(struct gov *g, unsigned worker, struct gov_ticket *t, int64_t now_ns);
 
 /* ---- the admin plane (one thread) ---- */
 

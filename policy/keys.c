@@ -68,7 +68,7 @@ char *keys_record_encode(const struct key_rec *rec, size_t *len)
 	json_t *models = json_array();
 	for (size_t i = 0; models && i < rec->nmodels; i++)
 		json_array_append_new(models, json_string(rec->models[i]));
-	json_t *o = json_pack("{s:i, s:s, s:s, s:s, s:I, s:I, s:b, s:I, s:I, s:I, s:s, s:o}",
+	json_t *o = json_pack("{s:i, s:s, s:s, s:s?, s:I, s:I, s:b, s:I, s:I, s:I, s:s, s:o}",
 			      "v", RECORD_VERSION, "id", rec->id, "name", rec->name, "team",
 			      rec->team, "created", (json_int_t)rec->created, "expires",
 			      (json_int_t)rec->expires, "revoked",
@@ -106,17 +106,19 @@ int keys_record_decode(const uint8_t hash[KEYS_HASH_LEN], const void *json, size
 	if (!o)
 		return -EINVAL;
 	int version = 0, revoked = 0;
-	const char *id, *name, *team, *period;
+	const char *id, *name, *team = NULL, *period;
+	json_t *jteam = NULL;
 	json_int_t created, expires, rpm, tpm, budget;
 	json_t *models = NULL;
 	int rc = -EINVAL;
 	struct key_rec *r = NULL;
-	if (json_unpack(o, "{s:i, s:s, s:s, s:s, s:I, s:I, s:b, s:I, s:I, s:I, s:s, s:o}", "v",
-			&version, "id", &id, "name", &name, "team", &team, "created", &created,
+	if (json_unpack(o, "{s:i, s:s, s:s, s:o, s:I, s:I, s:b, s:I, s:I, s:I, s:s, s:o}", "v",
+			&version, "id", &id, "name", &name, "team", &jteam, "created", &created,
 			"expires", &expires, "revoked", &revoked, "rpm", &rpm, "tpm", &tpm,
 			"budget_micro_usd", &budget, "budget_period", &period, "models",
 			&models) != 0 ||
 	    version != RECORD_VERSION || rpm < 0 || tpm < 0 || budget < 0 ||
+	    (!json_is_null(jteam) && !json_is_string(jteam)) ||
 	    (!json_is_null(models) && (!json_is_array(models) ||
 				       json_array_size(models) > KEYS_MODELS_MAX)))
 		goto out;
@@ -127,8 +129,9 @@ int keys_record_decode(const uint8_t hash[KEYS_HASH_LEN], const void *json, size
 	memcpy(r->hash, hash, KEYS_HASH_LEN);
 	r->id = strdup(id);
 	r->name = strdup(name);
-	r->team = strdup(team);
-	if (!r->id || !r->name || !r->team)
+	team = json_string_value(jteam);
+	r->team = team ? strdup(team) : NULL;
+	if (!r->id || !r->name || (team && !r->team))
 		goto out;
 	rc = -EINVAL;
 	if (period_parse(period, &r->budget_period))
@@ -388,7 +391,7 @@ static bool name_ok(const char *s)
 static struct key_rec *record_from(const struct key_params *p, int64_t now_s, int *err)
 {
 	*err = -EINVAL;
-	if (!name_ok(p->name) || !name_ok(p->team) || p->nmodels > KEYS_MODELS_MAX ||
+	if (!name_ok(p->name) || (p->team && !name_ok(p->team)) || p->nmodels > KEYS_MODELS_MAX ||
 	    (p->nmodels && !p->models) || p->expires < 0 || p->budget_micro_usd < 0 ||
 	    (unsigned)p->budget_period > STORE_PERIOD_MONTH)
 		return NULL;
@@ -400,7 +403,7 @@ static struct key_rec *record_from(const struct key_params *p, int64_t now_s, in
 	if (!r)
 		return NULL;
 	r->name = strdup(p->name);
-	r->team = strdup(p->team);
+	r->team = p->team ? strdup(p->team) : NULL;
 	r->created = now_s;
 	r->expires = p->expires;
 	r->rpm = p->rpm;
@@ -422,7 +425,7 @@ static struct key_rec *record_from(const struct key_params *p, int64_t now_s, in
 			return NULL;
 		}
 	}
-	if (!r->name || !r->team) {
+	if (!r->name || (p->team && !r->team)) {
 		keys_record_free(r);
 		return NULL;
 	}
@@ -452,8 +455,8 @@ static int persist(struct store *s, unsigned producer, int timeout_ms, const str
 }
 
 int keys_create(struct keys *k, struct store *s, unsigned producer, int timeout_ms,
-		const struct key_params *p, int64_t now_s, char secret_out[KEYS_SECRET_LEN + 1],
-		const struct key_rec **rec)
+		const struct key_params *p, int64_t now_s, keys_prepare_fn prepare, void *arg,
+		char secret_out[KEYS_SECRET_LEN + 1], const struct key_rec **rec)
 {
 	int rc;
 	struct key_rec *r = record_from(p, now_s, &rc);
@@ -475,6 +478,11 @@ int keys_create(struct keys *k, struct store *s, unsigned producer, int timeout_
 		keys_record_free(r);
 		OPENSSL_cleanse(secret_out, KEYS_SECRET_LEN + 1);
 		return -ENOMEM;
+	}
+	if (prepare && (rc = prepare(arg, r)) != 0) {
+		keys_record_free(r);
+		OPENSSL_cleanse(secret_out, KEYS_SECRET_LEN + 1);
+		return rc;
 	}
 	pthread_mutex_lock(&k->writer);
 	rc = persist(s, producer, timeout_ms, r);

@@ -48,7 +48,7 @@ struct key_rec {
 	uint8_t hash[KEYS_HASH_LEN];
 	char *id;     /* public: "k_" + 16 hex digits, or "cfg_" + name for bootstrap keys */
 	char *name;
-	char *team;
+	char *team;   /* NULL: no team */
 	int64_t created;  /* UTC seconds */
 	int64_t expires;  /* UTC seconds, 0 = never */
 	bool bootstrap;   /* from the config: not in the store */
@@ -99,7 +99,7 @@ bool keys_model_allowed(const struct key_rec *rec, struct slice model);
 
 struct key_params {
 	const char *name; /* 1..KEYS_NAME_MAX bytes */
-	const char *team; /* 1..KEYS_NAME_MAX bytes */
+	const char *team; /* 1..KEYS_NAME_MAX bytes, or NULL: no team */
 	int64_t expires;  /* UTC seconds, 0 = never */
 	uint64_t rpm, tpm;
 	int64_t budget_micro_usd;
@@ -109,13 +109,16 @@ struct key_params {
 	uint32_t ratelimit_subject, budget_id; /* copied to the record; KEYS_NONE for none */
 };
 
-/* Issue a key: generate the secret, persist the record through the store (producer: the
- * caller's ring; waits for the commit, up to timeout_ms), then publish it. The secret goes
- * to secret_out and nowhere else. 0; -EINVAL for bad params; the store's error if the
+typedef int (*keys_prepare_fn)(void *arg, struct key_rec *rec);
+
+/* Issue a key: generate the secret, let prepare (may be NULL) see the record (its hash and
+ * id are set: to set ratelimit_subject/budget_id; non-zero fails the call with that code),
+ * persist it through the store (producer: the caller's ring; waits for the commit, up to
+ * timeout_ms), then publish it. The secret goes to secret_out and nowhere else. 0; -EINVAL for bad params; the store's error if the
  * record did not commit (then the key does not exist). */
 int keys_create(struct keys *k, struct store *s, unsigned producer, int timeout_ms,
-		const struct key_params *p, int64_t now_s, char secret_out[KEYS_SECRET_LEN + 1],
-		const struct key_rec **rec);
+		const struct key_params *p, int64_t now_s, keys_prepare_fn prepare, void *arg,
+		char secret_out[KEYS_SECRET_LEN + 1], const struct key_rec **rec);
 
 /* Revoke by public id: every lookup from now on answers KEYS_REVOKED (see the header
  * comment), then the revoked record is persisted. 0; -ENOENT unknown id; -EPERM a bootstrap
@@ -134,7 +137,6 @@ int keys_add_bootstrap(struct keys *k, const char *secret, size_t len,
  * record's limits; a non-zero return skips the record. Records that do not decode are
  * skipped with a warning (by hash prefix; there is no secret to leak). The number loaded, or
  * a negative store error. */
-typedef int (*keys_prepare_fn)(void *arg, struct key_rec *rec);
 int keys_load(struct keys *k, struct store_reader *r, keys_prepare_fn prepare, void *arg);
 
 /* Admin listing: fn for each key (revoked included) under the writers' mutex; fn must not

@@ -1,5 +1,6 @@
 /* main.c - the penstock daemon: load the config, start the workers, wait for signals. */
 #include <getopt.h>
+#include <sched.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -9,6 +10,7 @@
 #include "core/config.h"
 #include "core/engine.h"
 #include "core/log.h"
+#include "gov.h"
 #include "pipeline.h"
 
 #define DEFAULT_CONFIG "/etc/penstock/penstock.yaml"
@@ -32,6 +34,15 @@ static const char demo_config[] =
 	"      max_tokens: 1024, targets: [ { provider: mock-anthropic, model: claude-3-5-haiku } ] }\n"
 	"keys:\n"
 	"  - { name: demo, key_env: PENSTOCK_DEMO_KEY }\n";
+
+/* One worker per CPU this process may run on (workers: auto), as the engine counts. */
+static unsigned allowed_cpus(void)
+{
+	cpu_set_t set;
+	if (sched_getaffinity(0, sizeof(set), &set) != 0 || CPU_COUNT(&set) < 1)
+		return 1;
+	return (unsigned)CPU_COUNT(&set);
+}
 
 static void usage(FILE *f)
 {
@@ -85,8 +96,8 @@ int main(int argc, char **argv)
 	if (load(path, demo, &cfg))
 		return 1;
 	char err[512] = "";
-	struct pipeline *pl = pipeline_new(&cfg, err, sizeof(err));
 	if (check) {
+		struct pipeline *pl = pipeline_new(&cfg, NULL, err, sizeof(err));
 		if (!pl) {
 			fprintf(stderr, "penstock: %s: %s\n", path, err);
 			config_free(&cfg);
@@ -98,15 +109,19 @@ int main(int argc, char **argv)
 		config_free(&cfg);
 		return 0;
 	}
-	if (!pl) {
-		fprintf(stderr, "penstock: %s\n", err);
-		config_free(&cfg);
-		return 1;
-	}
 	int level = log_level_parse(cfg.log_level ? cfg.log_level : "info");
 	if (level >= 0)
 		log_min_level = (enum log_level)level;
 	log_info("penstock %s starting (config %s)", PENSTOCK_VERSION, demo ? "<demo>" : path);
+	unsigned workers = cfg.workers ? cfg.workers : allowed_cpus();
+	struct gov *gov = gov_open(&cfg, workers, err, sizeof(err));
+	struct pipeline *pl = gov ? pipeline_new(&cfg, gov, err, sizeof(err)) : NULL;
+	if (!pl) {
+		fprintf(stderr, "penstock: %s\n", err);
+		gov_close(gov);
+		config_free(&cfg);
+		return 1;
+	}
 	http1_init();
 
 	/* Workers inherit this mask: signals are taken here, by sigwait, only. */
@@ -122,7 +137,7 @@ int main(int argc, char **argv)
 	struct engine_options opt = {
 		.host = cfg.listen.host,
 		.port = cfg.listen.port,
-		.workers = cfg.workers,
+		.workers = workers,
 		.busy_poll_us = cfg.busy_poll_us,
 		.pin = true,
 		.limits = { .max_header_bytes = cfg.limits.max_header_bytes,
@@ -138,8 +153,11 @@ int main(int argc, char **argv)
 		.name = "penstock",
 	};
 	struct engine *e = engine_start(&opt);
-	if (!e)
+	if (!e) {
+		pipeline_free(pl);
+		gov_close(gov);
 		return 1;
+	}
 	for (;;) {
 		int sig;
 		sigwait(&set, &sig);
@@ -154,6 +172,7 @@ int main(int argc, char **argv)
 	engine_stop(e);
 	engine_join(e);
 	pipeline_free(pl);
+	gov_close(gov); /* after the workers: the store commits what they handed it */
 	config_free(&cfg);
 	log_info("stopped");
 	return 0;

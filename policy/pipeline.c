@@ -20,6 +20,7 @@
 #include "pipeline.h"
 
 #include <errno.h>
+#include <time.h>
 #include <stdio.h>
 #include <time.h>
 #include <stdlib.h>
@@ -29,13 +30,17 @@
 #include "core/log.h"
 #include "core/sse.h"
 #include "core/upstream.h"
+#include "policy/gov.h"
 #include "providers/provider.h"
+#include "providers/tokcount.h"
 #include "providers/translate.h"
 #include "router.h"
 
 #define OUT_HIGH_WATER (256 * 1024)
 #define MAX_SSE_EVENT (1024 * 1024)     /* one provider event, when translating */
 #define MAX_ERROR_BODY (64 * 1024)      /* a provider's error body we translate */
+#define MAX_USAGE_BODY (1024 * 1024)    /* a same-dialect answer copied for its usage */
+#define DEFAULT_MAX_COMPLETION 4096     /* reserved when neither request nor catalog says */
 #define PX_MAX_ATTEMPTS 8               /* retry.attempts is at most this */
 
 /* The target of the current attempt, as the relay code sees it. */
@@ -64,22 +69,14 @@ struct provider {
 	struct upstream_endpoint ep;
 };
 
-struct client_key {
-	char *name;
-	char *secret;
-	size_t len;
-};
-
 struct pipeline {
 	const struct config *cfg;
 	struct engine_handler handler;
 	struct provider *providers;
 	size_t nproviders;
 	struct router *router;
-	struct client_key *keys;
-	size_t nkeys;
-	struct buf models_openai;    /* GET /v1/models bodies, one per dialect */
-	struct buf models_anthropic;
+	struct gov *gov;             /* keys, limits, budgets; NULL when only checking */
+	struct tokcount_reg *tok;    /* tokenizers */
 };
 
 struct pl_worker {
@@ -87,6 +84,8 @@ struct pl_worker {
 	struct upstream_pool **pools; /* one per provider */
 	struct router_worker *rw;
 	uint64_t rng;                 /* backoff jitter */
+	struct tokcount_ctx *tc;      /* this worker's tokenizer state */
+	unsigned id;
 };
 
 /* How the answer reaches the client. */
@@ -151,6 +150,15 @@ struct px {
 	struct iovec iov[4];
 	size_t head_len;
 	char *head;              /* upstream request head, per attempt */
+	/* governance and accounting */
+	struct gov_ticket ticket;
+	uint64_t prompt_estimate; /* the gateway's prompt count (or estimate) */
+	bool served;             /* a provider answered 2xx: the request is billed */
+	struct usage usage;      /* what the provider reported (non-streamed answers) */
+	struct tokcount_stream *tcs; /* completion tokens counted as the stream passes */
+	struct sse_parser acct;  /* same-dialect streams: events parsed for counting */
+	bool acct_on;
+	bool cut;                /* the stream reached what its budget reservation covers */
 };
 
 /* ---------------------------------------------------------------- errors */
@@ -197,8 +205,12 @@ static void pl_on_reject(struct exchange *ex, int status, const char *why)
 
 static void px_unpick(struct px *px);
 
+static uint64_t mono_us(void);
+static void px_settle(struct px *px);
+
 static void px_free(struct px *px)
 {
+	px_settle(px);
 	px_unpick(px);
 	px->ex->user = NULL;
 	free(px->head);
@@ -211,7 +223,39 @@ static void px_free(struct px *px)
 		xlat_stream_free(px->xs);
 		sse_free(&px->sse);
 	}
+	if (px->acct_on)
+		sse_free(&px->acct);
+	tokcount_stream_free(px->tcs);
 	free(px);
+}
+
+/* The usage to bill: the provider's figures where it gave them, else the gateway's own
+ * (the prompt counted at admission, the completion counted as the stream passed). */
+static void px_settle(struct px *px)
+{
+	struct gov *g = px->pw->pl->gov;
+	if (!g || !px->ticket.held)
+		return;
+	int64_t now_ns = (int64_t)mono_us() * 1000;
+	if (!px->served) {
+		gov_release(g, px->pw->id, &px->ticket, now_ns);
+		return;
+	}
+	struct usage u = px->usage;
+	const struct usage *su = px->xs ? xlat_stream_usage(px->xs) : NULL;
+	if (!u.present && su && su->present)
+		u = *su;
+	su = px->tcs ? tokcount_stream_usage(px->tcs) : NULL;
+	if (!u.present && su && su->present)
+		u = *su;
+	struct gov_usage gu = {
+		.prompt_tokens = u.prompt_tokens ? u.prompt_tokens : px->prompt_estimate,
+		.completion_tokens = u.completion_tokens,
+		.cached_tokens = u.cached_tokens,
+	};
+	if (!u.completion_tokens && px->tcs)
+		gu.completion_tokens = (uint64_t)tokcount_stream_end(px->tcs);
+	gov_settle(g, px->pw->id, &px->ticket, &gu, now_ns, (int64_t)time(NULL));
 }
 
 static void release_buffer(void *arg, uint64_t bid)
@@ -236,9 +280,24 @@ static void px_extra_headers(const struct px *px, char *out, size_t cap)
 		snprintf(out + n, cap - (size_t)n, "retry-after: %s\r\n", px->retry_after);
 }
 
+/* Count an upstream event's completion tokens; past the ticket's allowance the stream
+ * is to be cut (px->cut). */
+static void px_count_event(struct px *px, const struct sse_event *ev)
+{
+	struct tokcount_event te;
+	if (!px->tcs || tokcount_stream_event(px->tcs, px->up, ev->type, ev->data, &te) < 0)
+		return;
+	if (px->ticket.held && px->ticket.resv.n &&
+	    (uint64_t)tokcount_stream_so_far(px->tcs) > px->ticket.completion_allowance)
+		px->cut = true;
+}
+
 static bool px_on_event(void *arg, const struct sse_event *ev)
 {
 	struct px *px = arg;
+	px_count_event(px, ev);
+	if (px->cut)
+		return false;
 	if (xlat_stream_event(px->xs, ev->type, ev->data, &px->out) < 0) {
 		px->xlat_failed = true;
 		return false;
@@ -277,6 +336,22 @@ static void px_stream_close(struct px *px)
 
 static bool px_head_routes(struct px *px, const struct http1_response *res,
 			   const struct http1_header *ct);
+static bool is_sse(const struct http1_header *ct);
+
+/* A stream begins: count its completion tokens with the target model's tokenizer. */
+static void px_count_start(struct px *px)
+{
+	struct pipeline *pl = px->pw->pl;
+	const struct config_model *m = &pl->cfg->models[px->model->index];
+	struct tokcount_tokenizer t = tokcount_pick(pl->tok, m->tokenizer,
+						    pl->providers[px->target->provider].cfg->kind,
+						    px->target->upstream_model);
+	px->tcs = tokcount_stream_new(px->pw->tc, t);
+	if (px->tcs && px->raw_sse) {
+		sse_init(&px->acct, MAX_SSE_EVENT);
+		px->acct_on = true;
+	}
+}
 static bool px_relay_sse(struct px *px, struct slice data, uint16_t bid);
 static bool px_failed_attempt(struct px *px, enum upstream_error err, bool head_seen);
 static void px_retry_soon(struct px *px);
@@ -292,6 +367,9 @@ static void px_on_head(void *arg, const struct http1_response *res)
 	buf_free(&px->req); /* sent: the upstream call no longer needs it */
 	if (px_head_routes(px, res, ct))
 		return;
+	px->served = res->status >= 200 && res->status < 300;
+	if (px->served && px->ticket.held && (px->raw_sse || (px->in != px->up && is_sse(ct))))
+		px_count_start(px);
 	char extra[1024];
 	px_extra_headers(px, extra, sizeof(extra));
 
@@ -338,6 +416,13 @@ static void px_resume(struct exchange *ex)
 		upstream_resume(&px->call);
 }
 
+/* Why a stream was ended early: for the client's last event. */
+static const char *px_cut_message(const struct px *px)
+{
+	return "The response was ended here: the budget left for this request pays for no "
+	       "more completion tokens.";
+}
+
 /* The upstream's stream could not be read or translated: end the client's stream with
  * an error event in its dialect, and drop the upstream. */
 static void px_stream_abort(struct px *px, const char *why)
@@ -363,12 +448,22 @@ static bool px_on_data(void *arg, struct slice data, uint16_t bid)
 				return false;
 			break;
 		}
+		/* a copy of a whole answer, for its usage (bounded; not kept past it) */
+		if (px->ticket.held && !px->too_large &&
+		    !buf_append(&px->res, data.p, data.n, MAX_USAGE_BODY))
+			px->too_large = true;
 		if (!ex_write(px->ex, data, release_buffer, w, bid))
 			return false; /* the exchange was aborted: px is gone, the call cancelled */
 		break;
 	case RELAY_STREAM: {
 		int r = sse_feed(&px->sse, data.p, data.n, px_on_event, px);
 		worker_buffer_unref(w, bid);
+		if (px->cut) {
+			upstream_cancel(&px->call);
+			xlat_stream_error(px->xs, XERR_BUDGET, px_cut_message(px), &px->out);
+			px_stream_close(px);
+			return false;
+		}
 		if (r < 0 || px->xlat_failed) {
 			px_stream_abort(px, r < 0 ? "the provider's stream is malformed (event too long)"
 						  : "the provider sent an event that cannot be translated");
@@ -429,6 +524,8 @@ static void px_on_end(void *arg)
 	}
 	switch (px->relay) {
 	case RELAY_RAW:
+		if (px->ticket.held && !px->raw_sse && !px->too_large)
+			xlat_response_usage(px->up, slice_of(px->res.p, px->res.len), &px->usage);
 		if (px->tail.len && !write_buf(ex, &px->tail))
 			return; /* the exchange went away: on_abort freed px */
 		break;
@@ -450,6 +547,7 @@ static void px_on_end(void *arg)
 				      "the provider's response could not be read", NULL);
 			return;
 		}
+		px->usage = usage;
 		px_respond_body(px, px->status, &body);
 		return;
 	case RELAY_ERROR: {
@@ -499,15 +597,6 @@ static const struct upstream_callbacks px_callbacks = {
 
 /* ---------------------------------------------------------------- endpoints */
 
-/* Constant time in the secret, whatever the candidate. */
-static bool key_matches(const struct client_key *k, struct slice key)
-{
-	unsigned char diff = k->len != key.n;
-	for (size_t j = 0; j < k->len; j++)
-		diff |= (unsigned char)(k->secret[j] ^ (j < key.n ? key.p[j] : 0));
-	return !diff;
-}
-
 /* The caller's key: Authorization: Bearer, or (Anthropic dialect) x-api-key. */
 static bool client_key_of(const struct exchange *ex, enum dialect d, struct slice *key)
 {
@@ -524,19 +613,36 @@ static bool client_key_of(const struct exchange *ex, enum dialect d, struct slic
 	return false;
 }
 
-static const struct client_key *authenticate(const struct pipeline *pl, const struct exchange *ex,
-					     enum dialect d, bool *missing)
+/* Who is calling (policy/gov). False: answered 401 in the caller's dialect, saying
+ * whether the key was missing, unknown, revoked or expired (never which key). */
+static bool authenticate(struct pipeline *pl, struct exchange *ex, enum dialect d,
+			 struct gov_caller *caller)
 {
 	struct slice key;
-	*missing = !client_key_of(ex, d, &key);
-	if (*missing)
-		return NULL;
-	const struct client_key *found = NULL;
-	/* Compare against every key so timing says nothing about which one matched. */
-	for (size_t i = 0; i < pl->nkeys; i++)
-		if (key_matches(&pl->keys[i], key))
-			found = &pl->keys[i];
-	return found;
+	const char *msg;
+	if (!client_key_of(ex, d, &key)) {
+		msg = d == DIALECT_ANTHROPIC
+			      ? "You didn't provide an API key. Send it as 'x-api-key: KEY' or "
+				"'Authorization: Bearer KEY'."
+			      : "You didn't provide an API key. Send it as 'Authorization: Bearer KEY'.";
+	} else {
+		switch (gov_authenticate(pl->gov, key, (int64_t)time(NULL), caller)) {
+		case KEYS_OK:
+			return true;
+		case KEYS_REVOKED:
+			msg = "This API key has been revoked.";
+			break;
+		case KEYS_EXPIRED:
+			msg = "This API key has expired.";
+			break;
+		default:
+			msg = d == DIALECT_ANTHROPIC ? "invalid x-api-key"
+						     : "Incorrect API key provided.";
+			break;
+		}
+	}
+	respond_error(ex, d, 401, "invalid_api_key", msg, NULL);
+	return false;
 }
 
 /* Client headers that go upstream: only those the operator named (forward_headers:
@@ -746,9 +852,27 @@ static bool px_sse_unaligned(struct px *px, struct slice data, uint16_t bid)
 
 /* Same-dialect SSE: whole events go out as they are (no copy); the start of an event that
  * has not ended waits in px->tail for the rest. */
+static void px_sse_end(struct px *px, enum xlat_err_kind kind, const char *why);
+
+static bool px_acct_event(void *arg, const struct sse_event *ev)
+{
+	struct px *px = arg;
+	px_count_event(px, ev);
+	return !px->cut;
+}
+
 static bool px_relay_sse(struct px *px, struct slice data, uint16_t bid)
 {
 	struct worker *w = ex_worker(px->ex);
+	if (px->acct_on) {
+		sse_feed(&px->acct, data.p, data.n, px_acct_event, px);
+		if (px->cut) { /* the events of this fragment are not relayed */
+			worker_buffer_unref(w, bid);
+			upstream_cancel(&px->call);
+			px_sse_end(px, XERR_BUDGET, px_cut_message(px));
+			return false;
+		}
+	}
 	size_t whole = sse_whole(px->sse_last, data);
 	if (data.n >= 2) {
 		px->sse_last[0] = data.p[data.n - 2];
@@ -793,15 +917,16 @@ static bool px_relay_sse(struct px *px, struct slice data, uint16_t bid)
 	return ex_write(px->ex, slice_of(data.p, whole), release_buffer, w, bid);
 }
 
-/* A same-dialect stream broke after its head went out: the event that will never be
- * whole is dropped and the stream ends with an error event in the client's dialect. */
-static void px_sse_break(struct px *px, enum upstream_error err)
+/* A same-dialect stream ends early after its head went out (the upstream broke, or the
+ * budget ran out): the event that will not be whole is dropped and the stream ends with
+ * an error event in the client's dialect. */
+static void px_sse_end(struct px *px, enum xlat_err_kind kind, const char *why)
 {
 	struct exchange *ex = px->ex;
 	struct buf out = { 0 };
 	struct xlat_stream *xs = xlat_stream_new(px->in, px->in, px->route->name, false);
 	if (xs) {
-		xlat_stream_error(xs, XERR_UPSTREAM, upstream_error_text(err), &out);
+		xlat_stream_error(xs, kind, why, &out);
 		xlat_stream_free(xs);
 	}
 	px_free(px);
@@ -812,6 +937,11 @@ static void px_sse_break(struct px *px, enum upstream_error err)
 	}
 	if (write_buf(ex, &out))
 		ex_finish(ex);
+}
+
+static void px_sse_break(struct px *px, enum upstream_error err)
+{
+	px_sse_end(px, XERR_UPSTREAM, upstream_error_text(err));
 }
 
 static void px_next(struct px *px);
@@ -1185,13 +1315,57 @@ static void bad_json(struct exchange *ex, enum dialect d)
 		      NULL);
 }
 
+/* Admission (policy/gov): the model allowed, rate limits, the budget's reservation. The
+ * prompt is counted (small ones exactly, large ones bounded by their bytes) with the
+ * tokenizer of the model's first target. False: refused (answered) and px freed. */
+static bool px_admit(struct px *px, const struct gov_caller *caller, uint64_t max_tokens)
+{
+	struct pipeline *pl = px->pw->pl;
+	struct exchange *ex = px->ex;
+	if (!pl->gov)
+		return true;
+	const struct config_model *m = &pl->cfg->models[px->asked->index];
+	struct tokcount_prompt p = { 0 };
+	if (px->kind == PX_CHAT) {
+		const struct router_target *t = &px->asked->targets[0];
+		struct tokcount_tokenizer tk = tokcount_pick(pl->tok, m->tokenizer,
+							     pl->providers[t->provider].cfg->kind,
+							     t->upstream_model);
+		if (tokcount_prompt(px->pw->tc, tk, px->in, ex->body, TOKCOUNT_PROMPT_AUTO, &p) < 0)
+			p.upper_bound = p.tokens = (int64_t)ex->body.n;
+	} else { /* embeddings: the input's bytes bound its tokens */
+		p.upper_bound = (int64_t)ex->body.n;
+		p.tokens = (int64_t)ex->body.n / 4;
+	}
+	px->prompt_estimate = (uint64_t)p.tokens;
+	uint64_t completion = px->kind == PX_EMBEDDINGS ? 0
+			      : max_tokens		  ? max_tokens
+			      : m->max_tokens		  ? m->max_tokens
+							  : DEFAULT_MAX_COMPLETION;
+	struct gov_refusal r;
+	if (gov_admit(pl->gov, px->pw->id, caller, m, (uint64_t)p.tokens, (uint64_t)p.upper_bound,
+		      completion, px->stream, (int64_t)mono_us() * 1000, (int64_t)time(NULL),
+		      &px->ticket, &r))
+		return true;
+	enum dialect d = px->in;
+	px_free(px);
+	struct buf b = { 0 };
+	xlat_error_body(d, r.kind, r.status, r.code, r.message, &b);
+	ex_respond(ex, r.status, "application/json", r.headers[0] ? r.headers : NULL,
+		   b.p ? slice_of(b.p, b.len) : SLICE_LIT("{}\n"));
+	buf_free(&b);
+	return false;
+}
+
 /* POST /v1/chat/completions (OpenAI) and /v1/messages (Anthropic). */
-static void handle_chat(struct pl_worker *pw, struct exchange *ex, enum dialect in)
+static void handle_chat(struct pl_worker *pw, struct exchange *ex, enum dialect in,
+			const struct gov_caller *caller)
 {
 	struct pipeline *pl = pw->pl;
-	static const char *const keys[] = { "model", "stream", "stream_options", "max_tokens" };
-	struct slice vals[4], model;
-	if (json_scan_object(ex->body, keys, vals, 4) < 0) {
+	static const char *const keys[] = { "model", "stream", "stream_options", "max_tokens",
+					    "max_completion_tokens" };
+	struct slice vals[5], model;
+	if (json_scan_object(ex->body, keys, vals, 5) < 0) {
 		bad_json(ex, in);
 		return;
 	}
@@ -1211,13 +1385,17 @@ static void handle_chat(struct pl_worker *pw, struct exchange *ex, enum dialect 
 	px->stream = vals[1].p && json_is_true(vals[1]);
 	px->client_usage = client_usage;
 	int64_t max_tokens;
-	if (vals[3].p && json_int(vals[3], &max_tokens) && max_tokens > 0 && max_tokens < UINT32_MAX)
+	struct slice mt = vals[4].p ? vals[4] : vals[3];
+	if (mt.p && json_int(mt, &max_tokens) && max_tokens > 0 && max_tokens < UINT32_MAX)
 		px->rq.max_tokens = (uint32_t)max_tokens;
+	if (!px_admit(px, caller, px->rq.max_tokens))
+		return;
 	px_next(px);
 }
 
 /* POST /v1/embeddings: OpenAI dialect, to providers that have the endpoint. */
-static void handle_embeddings(struct pl_worker *pw, struct exchange *ex)
+static void handle_embeddings(struct pl_worker *pw, struct exchange *ex,
+			      const struct gov_caller *caller)
 {
 	struct pipeline *pl = pw->pl;
 	static const char *const keys[] = { "model" };
@@ -1242,16 +1420,59 @@ static void handle_embeddings(struct pl_worker *pw, struct exchange *ex)
 		respond_error(ex, DIALECT_OPENAI, 400, "model_not_supported", msg, NULL);
 		return;
 	}
+	if (!px_admit(px, caller, 0))
+		return;
 	px_next(px);
+}
+
+/* The catalog as the caller may use it, in OpenAI's list shape or Anthropic's. */
+static bool models_body(const struct config *cfg, struct gov *g, const struct gov_caller *c,
+			bool anthropic, struct buf *b)
+{
+	char name[512], line[1400], first[520] = "null", last[520] = "null";
+	bool ok = anthropic ? buf_append(b, "{\"data\":[", 9, SIZE_MAX)
+			    : buf_append(b, "{\"object\":\"list\",\"data\":[", 25, SIZE_MAX);
+	unsigned shown = 0;
+	for (size_t i = 0; i < cfg->nmodels; i++) {
+		if (g && !gov_model_allowed(g, c, slice_cstr(cfg->models[i].name)))
+			continue;
+		int n = (int)json_escape(name, sizeof(name), slice_cstr(cfg->models[i].name));
+		int k = anthropic ? snprintf(line, sizeof(line),
+					     "%s{\"type\":\"model\",\"id\":\"%.*s\","
+					     "\"display_name\":\"%.*s\","
+					     "\"created_at\":\"1970-01-01T00:00:00Z\"}",
+					     shown ? "," : "", n, name, n, name)
+				  : snprintf(line, sizeof(line),
+					     "%s{\"id\":\"%.*s\",\"object\":\"model\",\"created\":0,"
+					     "\"owned_by\":\"penstock\"}",
+					     shown ? "," : "", n, name);
+		ok = ok && buf_append(b, line, (size_t)k, SIZE_MAX);
+		snprintf(shown ? last : first, sizeof(first), "\"%.*s\"", n, name);
+		if (!shown++)
+			memcpy(last, first, sizeof(last));
+	}
+	int k = anthropic ? snprintf(line, sizeof(line),
+				     "],\"has_more\":false,\"first_id\":%s,\"last_id\":%s}\n", first,
+				     last)
+			  : snprintf(line, sizeof(line), "]}\n");
+	return ok && buf_append(b, line, (size_t)k, SIZE_MAX);
 }
 
 /* GET /v1/models: OpenAI's list, or Anthropic's when the caller sends anthropic-version
  * (the Anthropic SDKs always do). */
-static void list_models(struct pl_worker *pw, struct exchange *ex)
+static void list_models(struct pl_worker *pw, struct exchange *ex, const struct gov_caller *c)
 {
-	const struct buf *b = ex_header(ex, "anthropic-version") ? &pw->pl->models_anthropic
-								 : &pw->pl->models_openai;
-	ex_respond(ex, 200, "application/json", NULL, slice_of(b->p, b->len));
+	struct pipeline *pl = pw->pl;
+	bool anthropic = ex_header(ex, "anthropic-version") != NULL;
+	struct buf b = { 0 };
+	if (!models_body(pl->cfg, pl->gov, c, anthropic, &b)) {
+		buf_free(&b);
+		respond_error(ex, anthropic ? DIALECT_ANTHROPIC : DIALECT_OPENAI, 503, NULL,
+			      "gateway out of memory", NULL);
+		return;
+	}
+	ex_respond(ex, 200, "application/json", NULL, slice_of(b.p, b.len));
+	buf_free(&b);
 }
 
 static bool path_is(struct slice path, const char *p) { return slice_eq_cstr(path, p); }
@@ -1298,29 +1519,21 @@ static void pl_on_request(struct exchange *ex)
 			      ep == EP_MODELS ? "Allow: GET\r\n" : "Allow: POST\r\n");
 		return;
 	}
-	bool missing;
-	if (!authenticate(pl, ex, d, &missing)) {
-		const char *msg = !missing ? (d == DIALECT_ANTHROPIC ? "invalid x-api-key"
-								     : "Incorrect API key provided.")
-			: d == DIALECT_ANTHROPIC
-				? "You didn't provide an API key. Send it as 'x-api-key: KEY' or "
-				  "'Authorization: Bearer KEY'."
-				: "You didn't provide an API key. Send it as 'Authorization: Bearer KEY'.";
-		respond_error(ex, d, 401, "invalid_api_key", msg, NULL);
+	struct gov_caller caller;
+	if (!authenticate(pl, ex, d, &caller))
 		return;
-	}
 	switch (ep) {
 	case EP_CHAT:
-		handle_chat(pw, ex, DIALECT_OPENAI);
+		handle_chat(pw, ex, DIALECT_OPENAI, &caller);
 		break;
 	case EP_MESSAGES:
-		handle_chat(pw, ex, DIALECT_ANTHROPIC);
+		handle_chat(pw, ex, DIALECT_ANTHROPIC, &caller);
 		break;
 	case EP_EMBEDDINGS:
-		handle_embeddings(pw, ex);
+		handle_embeddings(pw, ex, &caller);
 		break;
 	case EP_MODELS:
-		list_models(pw, ex);
+		list_models(pw, ex, &caller);
 		break;
 	case EP_NONE:
 		break;
@@ -1345,10 +1558,12 @@ static void *pl_worker_init(struct worker *w, void *ctx)
 	if (!pw)
 		return NULL;
 	pw->pl = pl;
+	pw->id = worker_id(w);
 	pw->rw = router_worker_new(pl->router);
 	pw->rng = 0x9E3779B97F4A7C15ull ^ ((uint64_t)worker_id(w) + 1) * mono_us();
-	if (!pw->rw) {
-		log_error("out of memory for the routing state");
+	pw->tc = pl->tok ? tokcount_ctx_new(pl->tok) : NULL;
+	if (!pw->rw || (pl->tok && !pw->tc)) {
+		log_error("out of memory for the worker's routing and counting state");
 		exit(1);
 	}
 	pw->pools = calloc(pl->nproviders ? pl->nproviders : 1, sizeof(*pw->pools));
@@ -1379,6 +1594,8 @@ static void pl_worker_fini(struct worker *w, void *state)
 		upstream_pool_free(pw->pools[i]);
 	free(pw->pools);
 	router_worker_free(pw->rw);
+	if (pw->tc)
+		tokcount_ctx_free(pw->tc);
 	free(pw);
 }
 
@@ -1393,45 +1610,14 @@ static char *str_printf(const char *fmt, const char *a, const char *b)
 	return s;
 }
 
-/* The two GET /v1/models bodies: OpenAI's list and Anthropic's. */
-static bool models_bodies(const struct config *cfg, struct buf *oa, struct buf *an)
-{
-	char name[512], line[1400];
-	bool ok = true;
-	ok &= buf_append(oa, "{\"object\":\"list\",\"data\":[", 25, SIZE_MAX);
-	ok &= buf_append(an, "{\"data\":[", 9, SIZE_MAX);
-	for (size_t i = 0; i < cfg->nmodels; i++) {
-		size_t n = json_escape(name, sizeof(name), slice_cstr(cfg->models[i].name));
-		int k = snprintf(line, sizeof(line),
-				 "%s{\"id\":\"%.*s\",\"object\":\"model\",\"created\":0,"
-				 "\"owned_by\":\"penstock\"}",
-				 i ? "," : "", (int)n, name);
-		ok &= buf_append(oa, line, (size_t)k, SIZE_MAX);
-		k = snprintf(line, sizeof(line),
-			     "%s{\"type\":\"model\",\"id\":\"%.*s\",\"display_name\":\"%.*s\","
-			     "\"created_at\":\"1970-01-01T00:00:00Z\"}",
-			     i ? "," : "", (int)n, name, (int)n, name);
-		ok &= buf_append(an, line, (size_t)k, SIZE_MAX);
-	}
-	ok &= buf_append(oa, "]}\n", 3, SIZE_MAX);
-	const char *first = cfg->nmodels ? cfg->models[0].name : NULL;
-	const char *last = cfg->nmodels ? cfg->models[cfg->nmodels - 1].name : NULL;
-	char a[512] = "null", b[512] = "null";
-	if (first) {
-		snprintf(a, sizeof(a), "\"%.*s\"", (int)json_escape(name, sizeof(name), slice_cstr(first)), name);
-		snprintf(b, sizeof(b), "\"%.*s\"", (int)json_escape(name, sizeof(name), slice_cstr(last)), name);
-	}
-	int k = snprintf(line, sizeof(line), "],\"has_more\":false,\"first_id\":%s,\"last_id\":%s}\n", a, b);
-	ok &= buf_append(an, line, (size_t)k, SIZE_MAX);
-	return ok;
-}
-
-struct pipeline *pipeline_new(const struct config *cfg, char *err, size_t errlen)
+struct pipeline *pipeline_new(const struct config *cfg, struct gov *gov, char *err,
+			      size_t errlen)
 {
 	struct pipeline *pl = calloc(1, sizeof(*pl));
 	if (!pl)
 		return NULL;
 	pl->cfg = cfg;
+	pl->gov = gov;
 	pl->nproviders = cfg->nproviders;
 	pl->providers = calloc(cfg->nproviders + 1, sizeof(*pl->providers));
 	for (size_t i = 0; i < cfg->nproviders; i++) {
@@ -1476,7 +1662,7 @@ struct pipeline *pipeline_new(const struct config *cfg, char *err, size_t errlen
 	pl->router = router_new(cfg, &ro, err, errlen);
 	if (!pl->router)
 		goto fail;
-	pl->keys = calloc(cfg->nkeys + 1, sizeof(*pl->keys));
+	/* Client keys live in gov; checked here too, for --check-config (no gov then). */
 	for (size_t i = 0; i < cfg->nkeys; i++) {
 		char serr[256] = "";
 		char *secret = config_resolve_secret(&cfg->keys[i].key, serr, sizeof(serr));
@@ -1485,10 +1671,10 @@ struct pipeline *pipeline_new(const struct config *cfg, char *err, size_t errlen
 				 serr[0] ? serr : "no key_env, key_file or key given");
 			goto fail;
 		}
-		pl->keys[pl->nkeys++] = (struct client_key){ strdup(cfg->keys[i].name), secret,
-							     strlen(secret) };
+		explicit_bzero(secret, strlen(secret));
+		free(secret);
 	}
-	if (!models_bodies(cfg, &pl->models_openai, &pl->models_anthropic)) {
+	if (gov && !(pl->tok = tokcount_reg_open(cfg->tokenizer_dir))) {
 		snprintf(err, errlen, "out of memory");
 		goto fail;
 	}
@@ -1520,15 +1706,9 @@ void pipeline_free(struct pipeline *pl)
 		free(pl->providers[i].host_header);
 		upstream_endpoint_fini(&pl->providers[i].ep);
 	}
-	for (size_t i = 0; i < pl->nkeys; i++) {
-		explicit_bzero(pl->keys[i].secret, pl->keys[i].len);
-		free(pl->keys[i].secret);
-		free(pl->keys[i].name);
-	}
 	free(pl->providers);
 	router_free(pl->router);
-	free(pl->keys);
-	buf_free(&pl->models_openai);
-	buf_free(&pl->models_anthropic);
+	if (pl->tok)
+		tokcount_reg_close(pl->tok);
 	free(pl);
 }

@@ -9,9 +9,14 @@
 
 struct pipeline;
 
+struct gov;
+
 /* Build the pipeline from a loaded config: resolves secrets (provider and client keys).
- * Returns NULL with err filled on failure. */
-struct pipeline *pipeline_new(const struct config *cfg, char *err, size_t errlen);
+ * gov (keys, limits, budgets: policy/gov) serves requests; NULL only validates the config
+ * (--check-config): such a pipeline is not given to an engine. Returns NULL with err
+ * filled on failure. */
+struct pipeline *pipeline_new(const struct config *cfg, struct gov *gov, char *err,
+			      size_t errlen);
 const struct engine_handler *pipeline_handler(struct pipeline *p);
 void pipeline_free(struct pipeline *p);
 

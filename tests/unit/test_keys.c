@@ -190,16 +190,16 @@ static void test_create_lookup_revoke_restart(void **state)
 	p.nmodels = 1;
 	p.ratelimit_subject = 7;
 	const struct key_rec *rec = NULL;
-	assert_int_equal(keys_create(k, s, 0, WAIT_MS, &p, NOW, secret, &rec), 0);
+	assert_int_equal(keys_create(k, s, 0, WAIT_MS, &p, NOW, NULL, NULL, secret, &rec), 0);
 	assert_non_null(rec);
 	assert_memory_equal(rec->id, "k_", 2);
 	assert_int_equal(strlen(rec->id), 18);
 	assert_int_equal(rec->ratelimit_subject, 7);
-	assert_int_equal(keys_create(k, s, 0, WAIT_MS, &p, NOW, other, NULL), 0);
+	assert_int_equal(keys_create(k, s, 0, WAIT_MS, &p, NOW, NULL, NULL, other, NULL), 0);
 	p.expires = NOW + 3600;
 	p.models = NULL;
 	p.nmodels = 0;
-	assert_int_equal(keys_create(k, s, 0, WAIT_MS, &p, NOW, expiring, NULL), 0);
+	assert_int_equal(keys_create(k, s, 0, WAIT_MS, &p, NOW, NULL, NULL, expiring, NULL), 0);
 	assert_string_not_equal(secret, other);
 
 	const struct key_rec *got;
@@ -231,9 +231,9 @@ static void test_create_lookup_revoke_restart(void **state)
 
 	/* Bad params never reach the store. */
 	struct key_params bad = params("", "search");
-	assert_int_equal(keys_create(k, s, 0, WAIT_MS, &bad, NOW, off, NULL), -EINVAL);
-	bad = params("x", NULL);
-	assert_int_equal(keys_create(k, s, 0, WAIT_MS, &bad, NOW, off, NULL), -EINVAL);
+	assert_int_equal(keys_create(k, s, 0, WAIT_MS, &bad, NOW, NULL, NULL, off, NULL), -EINVAL);
+	bad = params("x", ""); /* no team is NULL; an empty name is not a team */
+	assert_int_equal(keys_create(k, s, 0, WAIT_MS, &bad, NOW, NULL, NULL, off, NULL), -EINVAL);
 	keys_free(k);
 	store_close(s);
 
@@ -390,7 +390,7 @@ static void test_revoke_seen_by_all_readers(void **state)
 	struct revoke_run rr = { .k = table(), .secret = secret };
 	struct key_params p = params("mid-load", "t");
 	const struct key_rec *rec;
-	assert_int_equal(keys_create(rr.k, s, 0, WAIT_MS, &p, NOW, secret, &rec), 0);
+	assert_int_equal(keys_create(rr.k, s, 0, WAIT_MS, &p, NOW, NULL, NULL, secret, &rec), 0);
 	pthread_t th[READERS];
 	for (unsigned i = 0; i < READERS; i++)
 		pthread_create(&th[i], NULL, revoke_reader, &rr);
@@ -424,7 +424,7 @@ static void kill_child(const char *dir, int fd)
 	struct key_params p = params("child", "t");
 	for (;;) {
 		char secret[KEYS_SECRET_LEN + 1];
-		if (keys_create(k, s, 0, WAIT_MS, &p, NOW, secret, NULL) != 0)
+		if (keys_create(k, s, 0, WAIT_MS, &p, NOW, NULL, NULL, secret, NULL) != 0)
 			_exit(3);
 		/* Created means committed: report it. */
 		if (write(fd, secret, KEYS_SECRET_LEN) != KEYS_SECRET_LEN)
