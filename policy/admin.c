@@ -327,11 +327,13 @@ static bool nonneg_int(json_t *v, uint64_t *out)
 }
 
 /* POST /admin/keys: the body's fields into key_params, or false with a message. */
-static bool key_params_from(json_t *o, struct key_params *p, const char **models,
-			    int64_t now, char *msg, size_t msglen)
+static bool key_params_from(const struct admin *a, json_t *o, struct key_params *p,
+			    const char **models, int64_t now, char *msg, size_t msglen)
 {
 	static const char *const known[] = { "name", "team", "models", "rpm", "tpm",
 		"budget_usd", "budget_period", "expires_at", "expires_in_s" };
+	const struct gov *gov = a->gov;
+	const struct config *cfg = a->cfg;
 	const char *field;
 	json_t *v;
 	json_object_foreach(o, field, v) {
@@ -350,9 +352,13 @@ static bool key_params_from(json_t *o, struct key_params *p, const char **models
 		return false;
 	}
 	p->name = json_string_value(v);
+	if (json_string_length(v) > KEYS_NAME_MAX) {
+		snprintf(msg, msglen, "'name' is longer than %d bytes", KEYS_NAME_MAX);
+		return false;
+	}
 	if ((v = json_object_get(o, "team")) && !json_is_null(v)) {
-		if (!json_is_string(v)) {
-			snprintf(msg, msglen, "'team' must be a string");
+		if (!json_is_string(v) || !gov_team(gov, json_string_value(v))) {
+			snprintf(msg, msglen, "'team' must name a team of the configuration");
 			return false;
 		}
 		p->team = json_string_value(v);
@@ -366,8 +372,8 @@ static bool key_params_from(json_t *o, struct key_params *p, const char **models
 		size_t i;
 		json_t *m;
 		json_array_foreach(v, i, m) {
-			if (!json_is_string(m)) {
-				snprintf(msg, msglen, "'models' must hold strings");
+			if (!json_is_string(m) || !config_find_model(cfg, json_string_value(m))) {
+				snprintf(msg, msglen, "'models' must hold model names of the catalog");
 				return false;
 			}
 			models[i] = json_string_value(m);
@@ -444,7 +450,7 @@ static void create_key(struct admin *a, struct exchange *ex)
 	struct key_params p;
 	char msg[512];
 	int64_t now = now_s();
-	if (!key_params_from(o, &p, models, now, msg, sizeof(msg))) {
+	if (!key_params_from(a, o, &p, models, now, msg, sizeof(msg))) {
 		json_decref(o);
 		reply_error(ex, 400, NULL, "%s", msg);
 		return;
@@ -455,7 +461,11 @@ static void create_key(struct admin *a, struct exchange *ex)
 	int rc = gov_key_create(a->gov, &p, now, secret, &rec, msg, sizeof(msg));
 	json_decref(o);
 	if (rc) {
-		reply_error(ex, 400, NULL, "%s", msg[0] ? msg : "the key could not be created");
+		/* the request was checked above: what fails now is the gateway's (the store, the
+		 * table of limits), except what only policy/keys checks */
+		bool invalid = strncmp(msg, "invalid", 7) == 0;
+		reply_error(ex, invalid ? 400 : 503, NULL, "%s",
+			    msg[0] ? msg : "the key could not be created");
 		return;
 	}
 	log_info("admin: key %s (%s) created", rec->id, rec->name);
