@@ -22,8 +22,8 @@
 #define ADMIN_BODY_MAX (1024 * 1024)  /* a key request is a few hundred bytes */
 #define ADMIN_CONNECTIONS_MAX 256     /* operators and scripts, not clients */
 
-/* budget_new(..., NULL thresholds) fires at these percents; alerts_fired bit d * 8 + i is
- * dimension d, threshold i (policy/budget). */
+/* gov's budgets alert at these percents; alerts_fired bit d * 8 + i is dimension d,
+ * threshold i (policy/budget). */
 static const uint16_t alert_percents[] = { 50, 80, 100 };
 
 struct admin {
@@ -157,6 +157,17 @@ static int rfc3339_parse(const char *s, int64_t *out)
 
 /* ---------------------------------------------------------------- views */
 
+/* Threshold i of dimension d is reached this period: the budget's own mark (set by the
+ * settlement that crossed it, and logged then) or the spend itself, which also covers
+ * thresholds crossed before a restart (the marks live in memory; spend is reloaded). */
+static bool alert_reached(const struct budget_status *st, unsigned d, unsigned i)
+{
+	if (st->alerts_fired & (1u << (d * 8 + i)))
+		return true;
+	return st->limit[d] > 0 &&
+	       (__int128)st->spent[d] * 100 >= (__int128)st->limit[d] * alert_percents[i];
+}
+
 static json_t *budget_json(struct admin *a, uint32_t id, int64_t now)
 {
 	struct budget_status st;
@@ -165,7 +176,7 @@ static json_t *budget_json(struct admin *a, uint32_t id, int64_t now)
 	json_t *alerts = json_array();
 	for (unsigned d = 0; d < 2; d++)
 		for (unsigned i = 0; i < sizeof(alert_percents) / sizeof(alert_percents[0]); i++)
-			if (st.alerts_fired & (1u << (d * 8 + i)))
+			if (alert_reached(&st, d, i))
 				json_array_append_new(alerts,
 					json_pack("{s:i, s:s}", "percent", alert_percents[i],
 						  "dimension", d == BUDGET_USD ? "usd" : "tokens"));
@@ -531,7 +542,7 @@ static void alerts_of(struct admin *a, json_t *data, uint32_t budget_id, const c
 		return;
 	for (unsigned d = 0; d < 2; d++)
 		for (unsigned i = 0; i < sizeof(alert_percents) / sizeof(alert_percents[0]); i++) {
-			if (!(st.alerts_fired & (1u << (d * 8 + i))))
+			if (!alert_reached(&st, d, i))
 				continue;
 			json_array_append_new(data, json_pack(
 				"{s:s, s:s, s:o, s:s, s:o, s:i, s:s, s:I, s:I}", "scope", scope,

@@ -55,6 +55,7 @@ def gov_settings(admin_port, token=ADMIN_TOKEN, workers_extra=None):
              "limits": {"rpm": 100000, "tpm": 100000000},
              "budget": {"usd": 100, "period": "monthly"}},
             {"name": "acct", "budget": {"usd": 50, "period": "daily"}},
+            {"name": "tiny", "budget": {"usd": 0.001, "period": "daily"}},
         ],
     }
 
@@ -443,6 +444,39 @@ def test_spend_reports_match_the_usage(stack):
     line = [ln for ln in p.stdout.splitlines() if ln.startswith("gpt-acct ")][0]
     usd = want["gpt-acct"][0]
     assert "%d.%06d" % (usd // 1000000, usd % 1000000) in line, p.stdout
+
+
+def test_budget_alerts_are_listed(stack):
+    doc = create_key(stack, name="tiny-key", team="tiny")
+    alerts = admin(stack, "GET", "/admin/alerts").json()["data"]
+    assert not [a for a in alerts if a["id"] == "tiny"], alerts
+    spent = 0
+    for _ in range(10):  # the team's budget is 1000 micro-dollars: a few requests pass 50 %
+        r = stack.gw.chat(model="gpt-test", key=doc["key"], max_tokens=20)
+        if r.status != 200:
+            break
+        u = r.json()["usage"]
+        spent += usage_cost(u["prompt_tokens"], u["completion_tokens"], "gpt-test")
+        if spent >= 500:
+            break
+    assert spent >= 500, "the budget refused before half of it was spent: %d" % spent
+    want = [p for p in (50, 80, 100) if spent * 100 >= p * 1000]
+
+    def listed():
+        got = admin(stack, "GET", "/admin/alerts").json()["data"]
+        return sorted(a["percent"] for a in got if a["scope"] == "team" and a["id"] == "tiny")
+    wait_until(lambda: listed() == want, 5, what="alerts %s" % want)
+    a = [a for a in admin(stack, "GET", "/admin/alerts").json()["data"] if a["id"] == "tiny"][0]
+    assert a["dimension"] == "usd" and a["limit"] == 1000 and a["spent"] == spent, a
+    assert a["period"] == "daily", a
+    team = [t for t in admin(stack, "GET", "/admin/teams").json()["data"]
+            if t["name"] == "tiny"][0]
+    assert sorted(x["percent"] for x in team["budget"]["alerts"]) == want, team
+    p = ctl("alerts", admin_port=stack.admin_port)
+    assert [ln for ln in p.stdout.splitlines() if ln.startswith("team ") and " tiny " in ln], \
+        p.stdout
+    p = ctl("teams", admin_port=stack.admin_port)
+    assert [ln for ln in p.stdout.splitlines() if ln.startswith("tiny ")], p.stdout
 
 
 @harness.timeout(120)
