@@ -36,6 +36,8 @@ struct admin {
 	uint8_t token_hash[SHA256_DIGEST_LENGTH];
 };
 
+#define OOM_BODY "{\"error\":{\"message\":\"out of memory\",\"type\":\"internal_error\"}}\n"
+
 static const char *const period_names[] = {
 	[STORE_PERIOD_TOTAL] = "total", [STORE_PERIOD_DAY] = "daily",
 	[STORE_PERIOD_WEEK] = "weekly", [STORE_PERIOD_MONTH] = "monthly",
@@ -53,7 +55,7 @@ static void reply(struct exchange *ex, int status, json_t *doc, const char *head
 	json_decref(doc);
 	if (!text) {
 		ex_respond(ex, 500, "application/json", NULL,
-			   SLICE_LIT("{\"error\":{\"message\":\"out of memory\",\"type\":\"internal_error\"}}\n"));
+			   SLICE_LIT(OOM_BODY));
 		return;
 	}
 	size_t n = strlen(text);
@@ -61,7 +63,7 @@ static void reply(struct exchange *ex, int status, json_t *doc, const char *head
 	if (!body) {
 		free(text);
 		ex_respond(ex, 500, "application/json", NULL,
-			   SLICE_LIT("{\"error\":{\"message\":\"out of memory\",\"type\":\"internal_error\"}}\n"));
+			   SLICE_LIT(OOM_BODY));
 		return;
 	}
 	body[n++] = '\n';
@@ -733,7 +735,8 @@ static void admin_on_request(struct exchange *ex)
 		}
 		bool ready = !worker_stopping(ex_worker(ex)) || slice_eq_cstr(path, "/healthz");
 		ex_respond(ex, ready ? 200 : 503, "application/json", NULL,
-			   ready ? SLICE_LIT("{\"status\":\"ok\"}\n") : SLICE_LIT("{\"status\":\"stopping\"}\n"));
+			   ready ? SLICE_LIT("{\"status\":\"ok\"}\n")
+				 : SLICE_LIT("{\"status\":\"stopping\"}\n"));
 		return;
 	}
 	if (!a->token_set) {

@@ -322,8 +322,10 @@ char *report_json(const struct report *rep)
 	if (!rc) {
 		rc |= spend_fields(total, &rep->total);
 		rc |= json_object_set_new(o, "by", json_string(report_by_name(rep->by)));
-		rc |= json_object_set_new(o, "since", date_or_null(rep->since, rep->since == INT64_MIN));
-		rc |= json_object_set_new(o, "until", date_or_null(rep->until, rep->until == INT64_MAX));
+		rc |= json_object_set_new(o, "since",
+					  date_or_null(rep->since, rep->since == INT64_MIN));
+		rc |= json_object_set_new(o, "until",
+					  date_or_null(rep->until, rep->until == INT64_MAX));
 		rc |= json_object_set_new(o, "data", data);
 		rc |= json_object_set_new(o, "total", total);
 		data = total = NULL;
