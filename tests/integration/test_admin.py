@@ -265,6 +265,11 @@ def test_key_lifecycle_through_penstockctl(stack):
     assert p.returncode == 2 and "PENSTOCK_ADMIN_TOKEN" in p.stderr, p.stderr
     p = ctl("keys", "list", admin_port=free_port(), check=False)
     assert p.returncode == 3, p.stderr
+    p = ctl("keys", "list", "--by", "team", admin_port=port, check=False)
+    assert p.returncode == 2 and "--by does not apply" in p.stderr, p.stderr
+    p = ctl("spend", "--by", "team", "--since", "yesterday", "--data-dir", str(stack.dir),
+            check=False)
+    assert p.returncode == 2 and "YYYY-MM-DD" in p.stderr, p.stderr
 
 
 def test_expired_key_gets_401(stack):

@@ -766,6 +766,23 @@ static int spend_cmd(const struct opts *o)
 	return 0;
 }
 
+/* An option given to a command it does not apply to, or NULL: say so rather than ignore it. */
+static const char *misplaced(const struct opts *o, bool create, bool spend)
+{
+	if (!create) {
+		const char *given = o->name ? "name" : o->team ? "team" : o->nmodels ? "model"
+				  : o->rpm >= 0 ? "rpm" : o->tpm >= 0 ? "tpm"
+				  : o->budget_usd ? "budget-usd" : o->budget_period ? "budget-period"
+				  : o->expires_in ? "expires-in" : o->expires_at ? "expires-at" : NULL;
+		if (given)
+			return given;
+	}
+	if (!spend)
+		return o->by ? "by" : o->since ? "since" : o->until ? "until"
+		       : o->via_admin ? "via-admin" : NULL;
+	return NULL;
+}
+
 enum {
 	OPT_ADMIN = 256, OPT_TOKEN_FILE, OPT_DATA_DIR, OPT_JSON, OPT_VIA_ADMIN, OPT_NAME, OPT_TEAM,
 	OPT_MODEL, OPT_RPM, OPT_TPM, OPT_BUDGET_USD, OPT_BUDGET_PERIOD, OPT_EXPIRES_IN,
@@ -851,6 +868,12 @@ int main(int argc, char **argv)
 	argv += optind;
 	if (argc < 1) {
 		usage(stderr);
+		return EXIT_USAGE;
+	}
+	bool create = argc >= 2 && !strcmp(argv[0], "keys") && !strcmp(argv[1], "create");
+	const char *stray = misplaced(&o, create, !strcmp(argv[0], "spend"));
+	if (stray) {
+		fprintf(stderr, "penstockctl: --%s does not apply to '%s'\n", stray, argv[0]);
 		return EXIT_USAGE;
 	}
 	if (!strcmp(argv[0], "keys"))
