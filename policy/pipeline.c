@@ -147,7 +147,7 @@ struct px {
 	bool raw_sse;            /* same-dialect SSE relayed in whole events */
 	char sse_last[2];        /* the two bytes before the data now relayed */
 	struct buf tail;         /* an event not yet whole */
-	struct iovec iov[4];
+	struct iovec iov[6];
 	size_t head_len;
 	char *head;              /* upstream request head, per attempt */
 	/* governance and accounting */
@@ -159,6 +159,10 @@ struct px {
 	struct sse_parser acct;  /* same-dialect streams: events parsed for counting */
 	bool acct_on;
 	bool cut;                /* the stream reached what its budget reservation covers */
+	bool stream_done;        /* the upstream's stream ended cleanly */
+	bool strip_usage;        /* the gateway asked for include_usage; the client did not */
+	bool has_stream_options; /* the client's body has stream_options */
+	size_t drop_start, drop_end; /* this fragment's usage-only event, to leave out */
 };
 
 /* ---------------------------------------------------------------- errors */
@@ -253,8 +257,13 @@ static void px_settle(struct px *px)
 		.completion_tokens = u.completion_tokens,
 		.cached_tokens = u.cached_tokens,
 	};
-	if (!u.completion_tokens && px->tcs)
-		gu.completion_tokens = (uint64_t)tokcount_stream_end(px->tcs);
+	if (px->tcs) {
+		/* A stream that did not end cleanly (cut, client gone, upstream broke) never got
+		 * the provider's final count: what passed is billed at least. */
+		uint64_t counted = (uint64_t)tokcount_stream_end(px->tcs);
+		if (!u.completion_tokens || (!px->stream_done && counted > u.completion_tokens))
+			gu.completion_tokens = counted;
+	}
 	gov_settle(g, px->pw->id, &px->ticket, &gu, now_ns, (int64_t)time(NULL));
 }
 
@@ -290,6 +299,12 @@ static void px_count_event(struct px *px, const struct sse_event *ev)
 	if (px->ticket.held && px->ticket.resv.n &&
 	    (uint64_t)tokcount_stream_so_far(px->tcs) > px->ticket.completion_allowance)
 		px->cut = true;
+	/* The usage chunk the gateway asked for is left out of a stream whose client did not
+	 * ask (when it lies in one fragment; one split across two reaches the client). */
+	if (px->strip_usage && te.usage_only && ev->raw_in_frag) {
+		px->drop_start = ev->raw_start;
+		px->drop_end = ev->raw_end;
+	}
 }
 
 static bool px_on_event(void *arg, const struct sse_event *ev)
@@ -524,12 +539,14 @@ static void px_on_end(void *arg)
 	}
 	switch (px->relay) {
 	case RELAY_RAW:
+		px->stream_done = true;
 		if (px->ticket.held && !px->raw_sse && !px->too_large)
 			xlat_response_usage(px->up, slice_of(px->res.p, px->res.len), &px->usage);
 		if (px->tail.len && !write_buf(ex, &px->tail))
 			return; /* the exchange went away: on_abort freed px */
 		break;
 	case RELAY_STREAM:
+		px->stream_done = true;
 		xlat_stream_end(px->xs, &px->out);
 		px_stream_close(px);
 		return;
@@ -864,6 +881,7 @@ static bool px_acct_event(void *arg, const struct sse_event *ev)
 static bool px_relay_sse(struct px *px, struct slice data, uint16_t bid)
 {
 	struct worker *w = ex_worker(px->ex);
+	px->drop_end = 0;
 	if (px->acct_on) {
 		sse_feed(&px->acct, data.p, data.n, px_acct_event, px);
 		if (px->cut) { /* the events of this fragment are not relayed */
@@ -911,6 +929,21 @@ static bool px_relay_sse(struct px *px, struct slice data, uint16_t bid)
 	if (rest.n && !buf_append(&px->tail, rest.p, rest.n, MAX_SSE_EVENT))
 		return px_sse_unaligned(px, data, bid);
 	if (!whole) {
+		worker_buffer_unref(w, bid);
+		return true;
+	}
+	if (px->drop_end && px->drop_end <= whole) { /* pass what is around the usage chunk */
+		size_t a = px->drop_start, b = px->drop_end;
+		if (a) {
+			worker_buffer_ref(w, bid);
+			if (!ex_write(px->ex, slice_of(data.p, a), release_buffer, w, bid)) {
+				worker_buffer_unref(w, bid);
+				return false;
+			}
+		}
+		if (whole > b)
+			return ex_write(px->ex, slice_of(data.p + b, whole - b), release_buffer, w,
+					bid);
 		worker_buffer_unref(w, bid);
 		return true;
 	}
@@ -1079,11 +1112,31 @@ static int px_build_same(struct px *px, const struct provider *prov, const char 
 	bool splice = !slice_eq_cstr(px->model_name, up_model);
 	size_t quoted_len = strlen(up_model) + 2;
 	size_t body_len = splice ? before.n + quoted_len + after.n : ex->body.n;
+	/* An OpenAI stream that will be billed: ask for the provider's usage (the client's
+	 * stream does not see it unless it asked; see px_count_event). */
+	static const char inject[] = "\"stream_options\":{\"include_usage\":true},";
+	px->strip_usage = px->kind == PX_CHAT && px->stream && px->up == DIALECT_OPENAI &&
+			  px->ticket.held && !px->client_usage && !px->has_stream_options &&
+			  before.n > 0;
+	size_t lead = 0; /* bytes up to and including the body's opening brace */
+	if (px->strip_usage) {
+		lead = (size_t)((const char *)memchr(ex->body.p, '{', before.n) - ex->body.p) + 1;
+		body_len += sizeof(inject) - 1;
+	}
 	if (!px_head(px, prov, path, body_len, quoted_len + 1))
 		return -1;
 	unsigned niov = 0;
 	px->iov[niov++] = (struct iovec){ px->head, px->head_len };
-	if (splice) {
+	if (lead) {
+		px->iov[niov++] = (struct iovec){ (void *)ex->body.p, lead };
+		px->iov[niov++] = (struct iovec){ (void *)inject, sizeof(inject) - 1 };
+		before.p += lead;
+		before.n -= lead;
+	}
+	if (!splice && lead) {
+		px->iov[niov++] = (struct iovec){ (void *)before.p,
+						  ex->body.n - lead };
+	} else if (splice) {
 		char *q = px->head + px->head_len + 1;
 		q[0] = '"';
 		memcpy(q + 1, up_model, quoted_len - 2);
@@ -1384,6 +1437,7 @@ static void handle_chat(struct pl_worker *pw, struct exchange *ex, enum dialect 
 		return;
 	px->stream = vals[1].p && json_is_true(vals[1]);
 	px->client_usage = client_usage;
+	px->has_stream_options = vals[2].p != NULL;
 	int64_t max_tokens;
 	struct slice mt = vals[4].p ? vals[4] : vals[3];
 	if (mt.p && json_int(mt, &max_tokens) && max_tokens > 0 && max_tokens < UINT32_MAX)
