@@ -10,6 +10,7 @@
 #include "core/config.h"
 #include "core/engine.h"
 #include "core/log.h"
+#include "admin.h"
 #include "gov.h"
 #include "pipeline.h"
 
@@ -158,6 +159,15 @@ int main(int argc, char **argv)
 		gov_close(gov);
 		return 1;
 	}
+	struct admin *adm = admin_start(&cfg, gov, err, sizeof(err));
+	if (!adm) {
+		log_error("%s", err);
+		engine_stop(e);
+		engine_join(e);
+		pipeline_free(pl);
+		gov_close(gov);
+		return 1;
+	}
 	for (;;) {
 		int sig;
 		sigwait(&set, &sig);
@@ -169,6 +179,7 @@ int main(int argc, char **argv)
 			 sig == SIGTERM ? "SIGTERM" : "SIGINT", t->shutdown_grace);
 		break;
 	}
+	admin_stop(adm);
 	engine_stop(e);
 	engine_join(e);
 	pipeline_free(pl);
