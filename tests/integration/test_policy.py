@@ -1,6 +1,7 @@
 """Governance on the request path: model access, rate limits, budgets, streams cut where
 their budget ends. The real gateway (2 workers), real LMDB in the test's data_dir, mockllm."""
 import json
+import subprocess
 import threading
 import time
 
@@ -10,7 +11,7 @@ from harness import CLIENT_KEY
 VOCAB = h.ROOT / "tests" / "tokenizer" / "vocab"
 
 
-def policy_gateway(env, teams, prices=None, workers=2, keys=None, mock_args=()):
+def policy_gateway(env, teams, prices=None, workers=2, keys=None, mock_args=(), tokenizer=None):
     """A gateway whose only key belongs to teams[0] (unless keys says otherwise), every
     model priced at prices ({input_per_mtok, output_per_mtok})."""
     d = h.tempfile.mkdtemp(prefix="penstock-it-")
@@ -22,6 +23,8 @@ def policy_gateway(env, teams, prices=None, workers=2, keys=None, mock_args=()):
         for m in cfg["models"]:
             if prices:
                 m["price"] = dict(prices)
+            if tokenizer:
+                m["tokenizer"] = tokenizer
         cfg["teams"] = teams
         cfg["keys"] = keys or [{"name": "tester", "team": teams[0]["name"],
                                 "key_env": "PENSTOCK_TEST_CLIENT_KEY"}]
@@ -30,7 +33,29 @@ def policy_gateway(env, teams, prices=None, workers=2, keys=None, mock_args=()):
         return cfg
     gw = h.Gateway(d, config_fn)
     env.defer(gw.stop)
+    gw.data_dir = d
     return gw, mock
+
+
+def spend_by_model(gw):
+    """The ledger as penstockctl reads it from LMDB (after the gateway stopped: all of it
+    committed): {model: {input_tokens, output_tokens, requests, micro_usd}}."""
+    gw.stop()
+    p = subprocess.run([str(h.build_dir() / "tools" / "penstockctl"), "--data-dir", gw.data_dir,
+                        "spend", "--by", "model", "--json"], capture_output=True, text=True,
+                       timeout=30)
+    assert p.returncode == 0, p.stderr
+    doc = json.loads(p.stdout)
+    rows = doc["data"]
+    return {r["model"]: r for r in rows}
+
+
+def count_o200k(text):
+    p = subprocess.run([str(h.build_dir() / "providers" / "tokenize-cli"), "--vocab",
+                        str(VOCAB / "o200k_base.tok"), "--count"], input=text.encode(),
+                       capture_output=True, timeout=30)
+    assert p.returncode == 0, p.stderr
+    return int(p.stdout.split()[0])
 
 
 def messages_body(model="claude-test", **fields):
@@ -193,3 +218,40 @@ def test_include_usage_is_asked_for_and_invisible(env):
     chunks = [json.loads(e) for e in r.sse_events() if e != "[DONE]"]
     usage = [c for c in chunks if not c["choices"]]
     assert len(usage) == 1 and usage[0]["usage"]["completion_tokens"] > 0, r.body[-400:]
+
+
+def test_billing_follows_the_provider_else_the_gateway_count(env):
+    """Provider usage is billed when it is reported; a stream that reports none is billed
+    from the gateway's own count, which equals tiktoken's count of what passed."""
+    if not (VOCAB / "o200k_base.tok").exists():
+        raise AssertionError("tests/tokenizer/vocab is missing: run tests/tokenizer/run")
+    gw, _ = policy_gateway(env, [{"name": "t"}], tokenizer="o200k_base",
+                           prices={"input_per_mtok": 1, "output_per_mtok": 2})
+    r = gw.chat("gpt-test", max_tokens=12)  # reported: 12 completion tokens
+    assert r.status == 200, r
+    reported = r.json()["usage"]
+    r = gw.chat("gpt-mock", stream=True, headers={"x-mock-tokens": "40", "x-mock-no-usage": "1"})
+    assert r.status == 200, r
+    text = "".join(stream_text_events(r.sse_events()[:-1]))
+    spend = spend_by_model(gw)
+    assert spend["gpt-test"]["output_tokens"] == reported["completion_tokens"], spend
+    assert spend["gpt-test"]["input_tokens"] == reported["prompt_tokens"], spend
+    assert spend["gpt-mock"]["output_tokens"] == count_o200k(text), (spend, text)
+    assert spend["gpt-mock"]["input_tokens"] > 0 and spend["gpt-mock"]["requests"] == 1, spend
+
+
+def test_client_abort_is_billed_for_what_was_streamed(env):
+    gw, _ = policy_gateway(env, [{"name": "t"}], tokenizer="o200k_base",
+                           prices={"input_per_mtok": 1, "output_per_mtok": 2})
+    c = gw.conn()
+    c.send_request("POST", "/v1/chat/completions", h.chat_body("gpt-test", stream=True),
+                   headers={"x-mock-event-delay-ms": "20", "x-mock-tokens": "400"})
+    deadline = time.monotonic() + 10
+    while c.buf.count(b"data: ") < 21 and time.monotonic() < deadline:
+        c._fill(deadline)
+    got = c.buf.count(b"data: ") - 1  # the first chunk carries the role only
+    c.close()
+    time.sleep(0.3)  # the gateway notices, cancels the upstream, settles
+    spend = spend_by_model(gw)
+    billed = spend["gpt-test"]["output_tokens"]
+    assert got >= 20 and got - 1 <= billed <= got + 15, (got, billed)  # what passed, not 400

@@ -25,6 +25,7 @@
  *   x-mock-disconnect-after: N       drop the connection after N stream events
  *                                    (0: before any response byte)
  *   x-mock-tokens: N                 completion length in tokens (default 16, or max_tokens)
+ *   x-mock-no-usage: 1               an OpenAI stream without the usage chunk, even when asked
  * With --expect-key K, a request without K in its dialect's auth header (OpenAI:
  * Authorization: Bearer; Anthropic: x-api-key or Authorization: Bearer), or with any
  * other key in either header, gets 401: the tests use it to prove the gateway sends the
@@ -1040,6 +1041,7 @@ struct answer {
 	unsigned ncalls;  /* tool calls instead of text */
 	struct slice tool; /* the tool they call (string body) */
 	int prompt_tokens;
+	bool no_usage;    /* like a server that reports none (x-mock-no-usage) */
 };
 
 static const char *const words[] = {
@@ -1198,7 +1200,7 @@ static void openai_complete(struct mock_ex *m, const struct answer *a)
 	}
 	oa_chunk(m, id, now, model);
 	mx_printf(m, "[{\"index\":0,\"delta\":{},\"finish_reason\":\"%s\"}]}\n\n", finish);
-	if (a->r->include_usage) {
+	if (a->r->include_usage && !a->no_usage) {
 		oa_chunk(m, id, now, model);
 		mx_printf(m, "[],\"usage\":{\"prompt_tokens\":%d,\"completion_tokens\":%d,"
 			  "\"total_tokens\":%d}}\n\n", prompt, out, prompt + out);
@@ -1538,6 +1540,7 @@ static void handle_generate(struct exchange *ex, enum dialect d)
 	m->stream = r->stream;
 	a.echo = !a.ncalls && r->nresults > 0;
 	a.tokens = header_int(ex, "x-mock-tokens", dflt.tokens);
+	a.no_usage = header_int(ex, "x-mock-no-usage", 0) != 0;
 	if (a.tokens <= 0)
 		a.tokens = r->max_tokens > 0 && r->max_tokens < 16 ? (int)r->max_tokens : 16;
 	a.prompt_tokens = (int)(ex->body.n / 4) + 1;
