@@ -307,7 +307,7 @@ static void px_count_event(struct px *px, const struct sse_event *ev)
 	if (!px->tcs || tokcount_stream_event(px->tcs, px->up, ev->type, ev->data, &te) < 0)
 		return;
 	if (px->ticket.held && px->ticket.resv.n &&
-	    (uint64_t)tokcount_stream_so_far(px->tcs) > px->ticket.completion_allowance)
+	    tokcount_stream_past(px->tcs, px->ticket.completion_allowance))
 		px->cut = true;
 	/* The usage chunk the gateway asked for is left out of a stream whose client did not
 	 * ask (when it lies in one fragment; one split across two reaches the client). */
