@@ -83,7 +83,7 @@ void accesslog_write(struct accesslog *al, unsigned worker, const struct accessl
  * before it stops; when nothing is pending it only checks for a reopen (one load). */
 void accesslog_flush(struct accesslog *al, unsigned worker);
 
-/* Bytes the worker has buffered and not yet written. */
+/* Bytes the worker has buffered and not yet written (the worker's own thread). */
 size_t accesslog_pending(const struct accesslog *al, unsigned worker);
 
 /* Reopen the file at the configured path (logrotate's postrotate: SIGHUP). Any one thread,
