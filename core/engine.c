@@ -1254,6 +1254,10 @@ static void *worker_main(void *arg)
 		out_flush_queued(w);
 		buffers_publish(w);
 		uint64_t deadline = timers_next_deadline(w);
+		uint32_t tick = opt->handler->worker_tick ? opt->handler->worker_tick(w, w->state)
+							  : UINT32_MAX;
+		if (tick != UINT32_MAX && w->now_ms + tick < deadline)
+			deadline = w->now_ms + tick;
 		if (w->stopping && w->stop_deadline < deadline)
 			deadline = w->stop_deadline;
 		struct __kernel_timespec ts, *tsp = NULL;

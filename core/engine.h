@@ -63,6 +63,10 @@ struct engine_handler {
 	void (*worker_fini)(struct worker *w, void *state);
 	/* Shutdown began: close what is idle (pooled upstream connections). */
 	void (*worker_stop)(struct worker *w, void *state);
+	/* Each turn of the worker's loop, before it waits: the handler's own work that is due
+	 * (flushing buffered log lines). Returns how long the worker may wait before the next
+	 * call, in ms (UINT32_MAX: until something else happens). May be NULL. */
+	uint32_t (*worker_tick)(struct worker *w, void *state);
 	/* A whole request arrived. The handler must finish the exchange: ex_respond(),
 	 * or ex_begin() ... ex_finish(), now or later on this worker. */
 	void (*on_request)(struct exchange *ex);

@@ -17,6 +17,7 @@
 
 #include "core/engine.h"
 #include "core/log.h"
+#include "policy/metrics.h"
 #include "policy/report.h"
 
 #define ADMIN_BODY_MAX (1024 * 1024)  /* a key request is a few hundred bytes */
@@ -32,6 +33,8 @@ struct admin {
 	struct engine *engine;
 	struct engine_handler handler;
 	struct store_reader *reader; /* the admin worker's own */
+	struct metrics *metrics;     /* GET /metrics; NULL: not served */
+	struct engine *data_plane;   /* its connection counts, for /metrics */
 	bool token_set;
 	uint8_t token_hash[SHA256_DIGEST_LENGTH];
 };
@@ -717,6 +720,24 @@ static bool starts_with(struct slice s, const char *prefix, struct slice *rest)
 	return true;
 }
 
+/* GET /metrics: Prometheus text, summed over the data plane's workers now. */
+static void serve_metrics(struct admin *a, struct exchange *ex)
+{
+	struct engine_stats es = { 0 };
+	struct store_stats ss;
+	struct buf b = { 0 };
+	if (a->data_plane)
+		engine_stats(a->data_plane, &es);
+	store_stats(gov_store(a->gov), &ss);
+	if (metrics_render(a->metrics, &es, &ss, &b) != 0) {
+		buf_free(&b);
+		ex_respond(ex, 500, "application/json", NULL, SLICE_LIT(OOM_BODY));
+		return;
+	}
+	ex_respond(ex, 200, METRICS_CONTENT_TYPE, NULL, slice_of(b.p, b.len));
+	buf_free(&b);
+}
+
 static void admin_on_request(struct exchange *ex)
 {
 	struct admin *a = worker_state(ex_worker(ex));
@@ -737,6 +758,15 @@ static void admin_on_request(struct exchange *ex)
 		ex_respond(ex, ready ? 200 : 503, "application/json", NULL,
 			   ready ? SLICE_LIT("{\"status\":\"ok\"}\n")
 				 : SLICE_LIT("{\"status\":\"stopping\"}\n"));
+		return;
+	}
+	if (slice_eq_cstr(path, "/metrics") && a->metrics) {
+		/* Open like the health checks, for scrapers: counts, no secrets, bounded labels. */
+		if (!get) {
+			not_allowed(ex, "GET");
+			return;
+		}
+		serve_metrics(a, ex);
 		return;
 	}
 	if (!a->token_set) {
@@ -878,4 +908,10 @@ void admin_stop(struct admin *a)
 	engine_join(a->engine);
 	store_reader_free(a->reader);
 	free(a);
+}
+
+void admin_set_metrics(struct admin *a, struct metrics *m, struct engine *data_plane)
+{
+	a->metrics = m;
+	a->data_plane = data_plane;
 }

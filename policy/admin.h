@@ -27,6 +27,11 @@ struct admin;
 struct admin *admin_start(const struct config *cfg, struct gov *g, char *err, size_t errlen);
 /* The port bound (admin.listen's, or the kernel's choice for port 0). */
 uint16_t admin_port(const struct admin *a);
+struct metrics;
+struct engine;
+/* Serve GET /metrics (open, like /healthz) from m, with data_plane's connection counts.
+ * Call before traffic; m and data_plane must outlive the admin plane. */
+void admin_set_metrics(struct admin *a, struct metrics *m, struct engine *data_plane);
 /* Stop accepting, finish what is in flight, free everything. Before gov_close(). */
 void admin_stop(struct admin *a);
 

@@ -11,7 +11,9 @@
 #include "core/engine.h"
 #include "core/log.h"
 #include "admin.h"
+#include "accesslog.h"
 #include "gov.h"
+#include "metrics.h"
 #include "pipeline.h"
 
 #define DEFAULT_CONFIG "/etc/penstock/penstock.yaml"
@@ -117,12 +119,17 @@ int main(int argc, char **argv)
 	unsigned workers = cfg.workers ? cfg.workers : allowed_cpus();
 	struct gov *gov = gov_open(&cfg, workers, err, sizeof(err));
 	struct pipeline *pl = gov ? pipeline_new(&cfg, gov, err, sizeof(err)) : NULL;
-	if (!pl) {
-		fprintf(stderr, "penstock: %s\n", err);
+	struct metrics *metrics = pl ? metrics_new(&cfg, workers) : NULL;
+	struct accesslog *alog = metrics ? accesslog_open(&cfg, workers, err, sizeof(err)) : NULL;
+	if (!alog) {
+		fprintf(stderr, "penstock: %s\n", err[0] ? err : "out of memory");
+		metrics_free(metrics);
+		pipeline_free(pl);
 		gov_close(gov);
 		config_free(&cfg);
 		return 1;
 	}
+	pipeline_observe(pl, metrics, alog);
 	http1_init();
 
 	/* Workers inherit this mask: signals are taken here, by sigwait, only. */
@@ -155,15 +162,21 @@ int main(int argc, char **argv)
 	};
 	struct engine *e = engine_start(&opt);
 	if (!e) {
+		accesslog_close(alog);
+		metrics_free(metrics);
 		pipeline_free(pl);
 		gov_close(gov);
 		return 1;
 	}
 	struct admin *adm = admin_start(&cfg, gov, err, sizeof(err));
+	if (adm)
+		admin_set_metrics(adm, metrics, e);
 	if (!adm) {
 		log_error("%s", err);
 		engine_stop(e);
 		engine_join(e);
+		accesslog_close(alog);
+		metrics_free(metrics);
 		pipeline_free(pl);
 		gov_close(gov);
 		return 1;
@@ -172,7 +185,12 @@ int main(int argc, char **argv)
 		int sig;
 		sigwait(&set, &sig);
 		if (sig == SIGHUP) {
-			log_warn("SIGHUP: configuration reload is not implemented yet; ignoring");
+			/* logrotate's signal: the access log file is reopened. */
+			int rc = accesslog_reopen(alog);
+			if (rc)
+				log_error("SIGHUP: reopening the access log: %s", strerror(-rc));
+			log_warn("SIGHUP: access log reopened; configuration reload is not "
+				 "implemented yet");
 			continue;
 		}
 		log_info("%s: finishing requests in flight (up to %u ms), then exiting",
@@ -182,6 +200,8 @@ int main(int argc, char **argv)
 	admin_stop(adm);
 	engine_stop(e);
 	engine_join(e);
+	accesslog_close(alog);
+	metrics_free(metrics);
 	pipeline_free(pl);
 	gov_close(gov); /* after the workers: the store commits what they handed it */
 	config_free(&cfg);

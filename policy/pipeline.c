@@ -30,7 +30,9 @@
 #include "core/log.h"
 #include "core/sse.h"
 #include "core/upstream.h"
+#include "policy/accesslog.h"
 #include "policy/gov.h"
+#include "policy/metrics.h"
 #include "providers/provider.h"
 #include "providers/tokcount.h"
 #include "providers/translate.h"
@@ -76,6 +78,8 @@ struct pipeline {
 	size_t nproviders;
 	struct router *router;
 	struct gov *gov;             /* keys, limits, budgets; NULL when only checking */
+	struct metrics *metrics;     /* may be NULL */
+	struct accesslog *alog;      /* may be NULL */
 	struct tokcount_reg *tok;    /* tokenizers */
 };
 
@@ -86,6 +90,7 @@ struct pl_worker {
 	uint64_t rng;                 /* backoff jitter */
 	struct tokcount_ctx *tc;      /* this worker's tokenizer state */
 	unsigned id;
+	uint64_t alog_since_ms;       /* access log lines have waited since (0: none) */
 };
 
 /* How the answer reaches the client. */
@@ -164,6 +169,17 @@ struct px {
 	bool strip_usage;        /* the gateway asked for include_usage; the client did not */
 	bool has_stream_options; /* the client's body has stream_options */
 	size_t drop_start, drop_end; /* this fragment's usage-only event, to leave out */
+	/* what the metrics and the access log say of it (px_observe) */
+	const struct gov_caller *caller_p; /* &ticket.caller once authenticated */
+	struct gov_caller caller;
+	int sent;                /* the status the client got (0: none yet), 499: it left */
+	const char *error;       /* a short kind when it failed: "upstream_timeout", ... */
+	uint64_t first_byte_us;  /* when the response began (0: not yet) */
+	uint64_t upstream_us;    /* the last attempt's time, sent to its end */
+	struct gov_usage billed;
+	int64_t cost;
+	enum metrics_usage usage_src;
+	bool disagreed;
 };
 
 /* ---------------------------------------------------------------- errors */
@@ -201,8 +217,11 @@ static enum dialect dialect_of(const struct exchange *ex)
 	return DIALECT_OPENAI;
 }
 
+static void observe_early(struct exchange *ex, enum dialect d, int status, const char *error);
+
 static void pl_on_reject(struct exchange *ex, int status, const char *why)
 {
+	observe_early(ex, dialect_of(ex), status, "bad_request");
 	respond_error(ex, dialect_of(ex), status, NULL, why, NULL);
 }
 
@@ -213,9 +232,13 @@ static void px_unpick(struct px *px);
 static uint64_t mono_us(void);
 static void px_settle(struct px *px);
 
+static void px_observe(struct px *px);
+static int team_index(const struct pipeline *pl, const struct gov_caller *c);
+
 static void px_free(struct px *px)
 {
 	px_settle(px);
+	px_observe(px);
 	px_unpick(px);
 	px->ex->user = NULL;
 	free(px->head);
@@ -246,6 +269,7 @@ static void px_settle(struct px *px)
 		gov_release(g, px->pw->id, &px->ticket, now_ns);
 		return;
 	}
+	px->usage_src = METRICS_USAGE_PROVIDER;
 	struct usage u = px->usage;
 	const struct usage *su = px->xs ? xlat_stream_usage(px->xs) : NULL;
 	if (!u.present && su && su->present)
@@ -255,6 +279,7 @@ static void px_settle(struct px *px)
 		u = *su;
 	uint64_t prompt = u.prompt_tokens;
 	if (!prompt) { /* no usage from the provider: the gateway counts the prompt itself */
+		px->usage_src = METRICS_USAGE_GATEWAY;
 		struct tokcount_prompt p;
 		prompt = px->kind == PX_CHAT && tokcount_prompt(px->pw->tc, px->prompt_tk, px->in,
 								px->ex->body, TOKCOUNT_PROMPT_COUNT,
@@ -271,10 +296,113 @@ static void px_settle(struct px *px)
 		/* A stream that did not end cleanly (cut, client gone, upstream broke) never got
 		 * the provider's final count: what passed is billed at least. */
 		uint64_t counted = (uint64_t)tokcount_stream_end(px->tcs);
-		if (!u.completion_tokens || (!px->stream_done && counted > u.completion_tokens))
+		if (u.completion_tokens && tokcount_stream_exact(px->tcs))
+			px->disagreed = metrics_usage_disagrees(u.completion_tokens, counted);
+		if (!u.completion_tokens || (!px->stream_done && counted > u.completion_tokens)) {
 			gu.completion_tokens = counted;
+			px->usage_src = METRICS_USAGE_GATEWAY;
+		}
 	}
-	gov_settle(g, px->pw->id, &px->ticket, &gu, now_ns, (int64_t)time(NULL));
+	px->billed = gu;
+	px->cost = gov_settle(g, px->pw->id, &px->ticket, &gu, now_ns, (int64_t)time(NULL));
+}
+
+static int team_index(const struct pipeline *pl, const struct gov_caller *c)
+{
+	size_t n;
+	const struct gov_team *teams = pl->gov ? gov_teams(pl->gov, &n) : NULL;
+	return c && c->team && teams ? (int)(c->team - teams) : -1;
+}
+
+static const char *dialect_name(enum dialect d)
+{
+	return d == DIALECT_ANTHROPIC ? "anthropic" : "openai";
+}
+
+/* The request's line in the metrics and the access log. */
+static void px_observe(struct px *px)
+{
+	struct pipeline *pl = px->pw->pl;
+	if (!pl->metrics && !pl->alog)
+		return;
+	struct exchange *ex = px->ex;
+	uint64_t now = mono_us(), start = ex->start_ms * 1000;
+	int status = px->sent ? px->sent : 500;
+	const struct config_provider *prov =
+		px->target ? pl->providers[px->target->provider].cfg : NULL;
+	unsigned fallbacks = 0;
+	for (unsigned i = 0; i < px->nattempts; i++)
+		fallbacks += px->attempts[i].model != px->asked;
+	const struct gov_caller *c = px->caller_p;
+	if (pl->metrics) {
+		struct metrics_request r = {
+			.model = (int)px->asked->index,
+			.provider = px->target && px->nsent ? (int)px->target->provider : -1,
+			.team = team_index(pl, c),
+			.status = status,
+			.input_tokens = px->billed.prompt_tokens,
+			.output_tokens = px->billed.completion_tokens,
+			.cached_tokens = px->billed.cached_tokens,
+			.cost_micro_usd = px->cost,
+			.total_us = (int64_t)(now > start ? now - start : 0),
+			.first_byte_us = px->first_byte_us ? (int64_t)(px->first_byte_us - start) : -1,
+			.upstream_us = px->nsent ? (int64_t)(now - px->attempt_us) : -1,
+			.fallbacks = fallbacks,
+			.usage = px->served ? px->usage_src : METRICS_USAGE_NONE,
+			.usage_disagreed = px->disagreed,
+		};
+		metrics_request_done(pl->metrics, px->pw->id, &r);
+		metrics_in_flight(pl->metrics, px->pw->id, -1);
+	}
+	if (pl->alog) {
+		struct accesslog_entry e = {
+			.request_id = slice_cstr(ex->id),
+			.key_id = c ? slice_cstr(c->key->id) : SLICE_LIT(""),
+			.team = c && c->team ? slice_cstr(c->team->name) : SLICE_LIT(""),
+			.dialect = slice_cstr(dialect_name(px->in)),
+			.model = slice_cstr(px->asked->name),
+			.provider = prov && px->nsent ? slice_cstr(prov->name) : SLICE_LIT(""),
+			.upstream_model = px->target && px->nsent ? slice_cstr(px->target->upstream_model)
+								  : SLICE_LIT(""),
+			.status = status,
+			.prompt_tokens = px->billed.prompt_tokens,
+			.completion_tokens = px->billed.completion_tokens,
+			.cached_tokens = px->billed.cached_tokens,
+			.cost_micro_usd = px->cost,
+			.usage = px->served ? (enum accesslog_usage)px->usage_src : ACCESSLOG_USAGE_NONE,
+			.duration_us = (int64_t)(now > start ? now - start : 0),
+			.ttfb_us = px->first_byte_us ? (int64_t)(px->first_byte_us - start) : -1,
+			.stream = px->stream,
+			.attempts = px->nsent,
+			.fallbacks = fallbacks,
+			.error = px->error ? slice_cstr(px->error) : SLICE_LIT(""),
+		};
+		accesslog_write(pl->alog, px->pw->id, &e);
+	}
+}
+
+/* A request answered before it had a model and a px (401, 404, 405, a malformed body): its
+ * line in the metrics and the access log. */
+static void observe_early(struct exchange *ex, enum dialect d, int status, const char *error)
+{
+	struct pl_worker *pw = worker_state(ex_worker(ex));
+	struct pipeline *pl = pw->pl;
+	uint64_t now = mono_us(), start = ex->start_ms * 1000;
+	if (pl->metrics) {
+		struct metrics_request r = { .model = -1, .provider = -1, .team = -1,
+					     .status = status, .first_byte_us = -1,
+					     .upstream_us = -1,
+					     .total_us = (int64_t)(now > start ? now - start : 0) };
+		metrics_request_done(pl->metrics, pw->id, &r);
+	}
+	if (pl->alog) {
+		struct accesslog_entry e = { .request_id = slice_cstr(ex->id),
+					     .dialect = slice_cstr(dialect_name(d)),
+					     .status = status, .ttfb_us = -1,
+					     .duration_us = (int64_t)(now > start ? now - start : 0),
+					     .error = slice_cstr(error) };
+		accesslog_write(pl->alog, pw->id, &e);
+	}
 }
 
 static void release_buffer(void *arg, uint64_t bid)
@@ -387,6 +515,10 @@ static void px_on_head(void *arg, const struct http1_response *res)
 	const struct http1_header *ct = http1_find_header(res->headers, res->nheaders, "content-type");
 	const struct http1_header *ra = http1_find_header(res->headers, res->nheaders, "retry-after");
 	px->status = res->status;
+	struct metrics *m = px->pw->pl->metrics;
+	int kind = m ? metrics_upstream_kind(0, res->status) : -1;
+	if (kind >= 0)
+		metrics_upstream_error(m, px->pw->id, (int)px->target->provider, kind);
 	if (ra && ra->value.n < sizeof(px->retry_after))
 		snprintf(px->retry_after, sizeof(px->retry_after), SLICE_FMT, SLICE_ARG(ra->value));
 	buf_free(&px->req); /* sent: the upstream call no longer needs it */
@@ -410,6 +542,8 @@ static void px_on_head(void *arg, const struct http1_response *res)
 			if (!px->xs) {
 				upstream_cancel(&px->call);
 				struct exchange *ex = px->ex;
+				px->sent = 503;
+				px->error = "resources";
 				px_free(px);
 				respond_error(ex, dialect_of(ex), 503, NULL, "gateway out of memory", NULL);
 				return;
@@ -417,6 +551,8 @@ static void px_on_head(void *arg, const struct http1_response *res)
 			sse_init(&px->sse, MAX_SSE_EVENT);
 			size_t n = strlen(extra);
 			snprintf(extra + n, sizeof(extra) - n, "cache-control: no-cache\r\n");
+			px->sent = 200;
+			px->first_byte_us = mono_us();
 			ex_begin(px->ex, 200, "text/event-stream", extra, -1);
 		} else {
 			px->relay = RELAY_BODY;
@@ -431,6 +567,8 @@ static void px_on_head(void *arg, const struct http1_response *res)
 		length = (int64_t)res->content_length;
 	else if (res->body == HTTP1_BODY_NONE)
 		length = 0;
+	px->sent = res->status;
+	px->first_byte_us = mono_us();
 	ex_begin(px->ex, res->status, ctype, extra, length);
 }
 
@@ -520,6 +658,10 @@ static void px_respond_body(struct px *px, int status, struct buf *body)
 	char extra[1024];
 	px_extra_headers(px, extra, sizeof(extra));
 	struct exchange *ex = px->ex;
+	px->sent = status;
+	px->first_byte_us = mono_us();
+	if (status >= 400 && !px->error)
+		px->error = "upstream_status";
 	px_free(px);
 	ex_begin(ex, status, "application/json", extra, (int64_t)body->len);
 	if (write_buf(ex, body))
@@ -569,6 +711,8 @@ static void px_on_end(void *arg)
 					       : "response could not be translated");
 			buf_free(&body);
 			enum dialect d = px->in;
+			px->sent = 502;
+			px->error = "upstream_bad_response";
 			px_free(px);
 			respond_error(ex, d, 502, "upstream_bad_response",
 				      "the provider's response could not be read", NULL);
@@ -595,11 +739,16 @@ static void px_on_error(void *arg, enum upstream_error err, bool head_seen)
 	const struct provider *prov = &px->pw->pl->providers[px->route->provider];
 	log_warn("request %s: provider %s: %s%s", ex->id, prov->cfg->name, upstream_error_text(err),
 		 head_seen ? " (after the response began)" : "");
+	struct metrics *m = px->pw->pl->metrics;
+	int kind = m ? metrics_upstream_kind(err, 0) : -1;
+	if (kind >= 0)
+		metrics_upstream_error(m, px->pw->id, (int)px->target->provider, kind);
 	if (px_failed_attempt(px, err, head_seen))
 		return;
 	if (head_seen && px->relay == RELAY_RAW) {
 		/* The status line is out: relay what came, then cut the connection so the
 		 * client cannot mistake the response for complete. */
+		px->error = "upstream_broke";
 		px_free(px);
 		ex_truncate(ex);
 		return;
@@ -613,6 +762,8 @@ static void px_on_error(void *arg, enum upstream_error err, bool head_seen)
 	bool timeout = err == UP_E_CONNECT_TIMEOUT || err == UP_E_FIRST_BYTE_TIMEOUT ||
 		       err == UP_E_IDLE_TIMEOUT;
 	enum dialect d = px->in;
+	px->sent = timeout ? 504 : 502;
+	px->error = timeout ? "upstream_timeout" : "upstream_unavailable";
 	px_free(px);
 	respond_error(ex, d, timeout ? 504 : 502, timeout ? "upstream_timeout" : "upstream_unavailable",
 		      upstream_error_text(err), NULL);
@@ -668,6 +819,7 @@ static bool authenticate(struct pipeline *pl, struct exchange *ex, enum dialect 
 			break;
 		}
 	}
+	observe_early(ex, d, 401, "invalid_api_key");
 	respond_error(ex, d, 401, "invalid_api_key", msg, NULL);
 	return false;
 }
@@ -930,6 +1082,7 @@ static bool px_relay_sse(struct px *px, struct slice data, uint16_t bid)
 		if (!ok) { /* out of memory: the rest of this event is lost; cut the stream */
 			struct exchange *ex = px->ex;
 			upstream_cancel(&px->call);
+			px->error = "resources";
 			px_free(px);
 			ex_truncate(ex);
 			return false;
@@ -972,6 +1125,7 @@ static void px_sse_end(struct px *px, enum xlat_err_kind kind, const char *why)
 		xlat_stream_error(xs, kind, why, &out);
 		xlat_stream_free(xs);
 	}
+	px->error = kind == XERR_BUDGET ? "budget_exceeded" : "upstream_broke";
 	px_free(px);
 	if (!out.len) {
 		buf_free(&out);
@@ -1227,6 +1381,9 @@ static void px_answer_last_error(struct px *px)
 	int status = px->last_status;
 	body = px->last_err;
 	px->last_err = (struct buf){ 0 };
+	px->sent = status;
+	px->first_byte_us = mono_us();
+	px->error = "upstream_status";
 	px_free(px);
 	ex_begin(ex, status, ctype, extra, (int64_t)body.len);
 	if (write_buf(ex, &body))
@@ -1245,6 +1402,8 @@ static void px_give_up(struct px *px)
 	}
 	if (!px->nsent && px->why[0]) { /* nothing could take this body: the client's to fix */
 		snprintf(msg, sizeof(msg), "%s", px->why);
+		px->sent = 400;
+		px->error = "untranslatable";
 		px_free(px);
 		respond_error(ex, d, 400, NULL, msg, NULL);
 		return;
@@ -1255,6 +1414,8 @@ static void px_give_up(struct px *px)
 		snprintf(msg, sizeof(msg), "no healthy upstream for model %.100s: every target's "
 			 "circuit breaker is open", px->asked->name);
 		snprintf(extra, sizeof(extra), "retry-after: %llu\r\n", (unsigned long long)secs);
+		px->sent = 503;
+		px->error = "breaker_open";
 		px_free(px);
 		respond_error(ex, d, 503, "upstream_unavailable", msg, extra);
 		return;
@@ -1264,6 +1425,8 @@ static void px_give_up(struct px *px)
 	snprintf(msg, sizeof(msg), "%s (%u attempt%s)", upstream_error_text(err), px->nsent,
 		 px->nsent == 1 ? "" : "s");
 	px_extra_headers(px, extra, sizeof(extra));
+	px->sent = timeout ? 504 : 502;
+	px->error = timeout ? "upstream_timeout" : "upstream_unavailable";
 	px_free(px);
 	respond_error(ex, d, timeout ? 504 : 502, timeout ? "upstream_timeout" : "upstream_unavailable",
 		      msg, extra);
@@ -1296,6 +1459,8 @@ static void px_next(struct px *px)
 		int niov = px_build(px);
 		if (niov < 0) {
 			enum dialect d = px->in;
+			px->sent = 503;
+			px->error = "resources";
 			px_free(px);
 			respond_error(ex, d, 503, NULL, "gateway out of memory", NULL);
 			return;
@@ -1342,6 +1507,8 @@ static struct px *px_new(struct pl_worker *pw, struct exchange *ex, const struct
 	px->asked = m;
 	px->model_val = model_val;
 	px->model_name = model_name;
+	if (pw->pl->metrics)
+		metrics_in_flight(pw->pl->metrics, pw->id, +1);
 	/* cost routing needs a size before any tokenizer has run: about 4 bytes a token */
 	px->rq.prompt_tokens = (uint32_t)(ex->body.n / 4 > UINT32_MAX ? UINT32_MAX : ex->body.n / 4);
 	ex->user = px;
@@ -1354,6 +1521,7 @@ static const struct router_model *request_route(struct pipeline *pl, struct exch
 						struct slice *model)
 {
 	if (!model_val.p || !json_plain_string(model_val, model) || model->n == 0) {
+		observe_early(ex, d, 400, "no_model");
 		respond_error(ex, d, 400, NULL,
 			      d == DIALECT_ANTHROPIC ? "model: Field required"
 						     : "you must provide a model parameter",
@@ -1366,6 +1534,7 @@ static const struct router_model *request_route(struct pipeline *pl, struct exch
 		snprintf(msg, sizeof(msg),
 			 "The model `%.*s` does not exist or you do not have access to it.",
 			 (int)(model->n > 100 ? 100 : model->n), model->p);
+		observe_early(ex, d, 404, "model_not_found");
 		respond_error(ex, d, 404, "model_not_found", msg, NULL);
 	}
 	return m;
@@ -1373,6 +1542,7 @@ static const struct router_model *request_route(struct pipeline *pl, struct exch
 
 static void bad_json(struct exchange *ex, enum dialect d)
 {
+	observe_early(ex, d, 400, "bad_json");
 	respond_error(ex, d, 400, NULL,
 		      "We could not parse the JSON body of your request: expected a JSON object.",
 		      NULL);
@@ -1387,6 +1557,8 @@ static bool px_admit(struct px *px, const struct gov_caller *caller, uint64_t ma
 {
 	struct pipeline *pl = px->pw->pl;
 	struct exchange *ex = px->ex;
+	px->caller = *caller;
+	px->caller_p = &px->caller;
 	if (!pl->gov)
 		return true;
 	const struct config_model *m = &pl->cfg->models[px->asked->index];
@@ -1414,6 +1586,11 @@ static bool px_admit(struct px *px, const struct gov_caller *caller, uint64_t ma
 		      &px->ticket, &r))
 		return true;
 	enum dialect d = px->in;
+	px->sent = r.status;
+	px->error = r.code;
+	if (pl->metrics && r.status == 429)
+		metrics_refused(pl->metrics, px->pw->id, team_index(pl, caller),
+				r.kind == XERR_BUDGET ? METRICS_REFUSED_BUDGET : METRICS_REFUSED_RATELIMIT);
 	px_free(px);
 	struct buf b = { 0 };
 	xlat_error_body(d, r.kind, r.status, r.code, r.message, &b);
@@ -1483,6 +1660,8 @@ static void handle_embeddings(struct pl_worker *pw, struct exchange *ex,
 	if (!any) {
 		char msg[256];
 		snprintf(msg, sizeof(msg), "The model `%s` does not support embeddings.", m->name);
+		px->sent = 400;
+		px->error = "model_not_supported";
 		px_free(px);
 		respond_error(ex, DIALECT_OPENAI, 400, "model_not_supported", msg, NULL);
 		return;
@@ -1578,10 +1757,12 @@ static void pl_on_request(struct exchange *ex)
 		snprintf(msg, sizeof(msg), "Unknown request URL: %.*s %.*s",
 			 (int)(ex->req.method.n > 16 ? 16 : ex->req.method.n), ex->req.method.p,
 			 (int)(path.n > 128 ? 128 : path.n), path.p);
+		observe_early(ex, d, 404, "unknown_url");
 		respond_error(ex, d, 404, "unknown_url", msg, NULL);
 		return;
 	}
 	if (ep == EP_MODELS ? !get : !post) {
+		observe_early(ex, d, 405, "method_not_allowed");
 		respond_error(ex, d, 405, NULL, "method not allowed",
 			      ep == EP_MODELS ? "Allow: GET\r\n" : "Allow: POST\r\n");
 		return;
@@ -1613,6 +1794,8 @@ static void pl_on_abort(struct exchange *ex)
 	if (!px)
 		return;
 	upstream_cancel(&px->call);
+	px->sent = 499;
+	px->error = "client_gone";
 	px_free(px);
 }
 
@@ -1645,6 +1828,27 @@ static void *pl_worker_init(struct worker *w, void *ctx)
 	return pw;
 }
 
+/* Access log lines wait at most ACCESSLOG_FLUSH_MS, also when no request comes to push them. */
+static uint32_t pl_worker_tick(struct worker *w, void *state)
+{
+	struct pl_worker *pw = state;
+	struct accesslog *al = pw ? pw->pl->alog : NULL;
+	if (!al || !accesslog_pending(al, pw->id)) {
+		if (pw)
+			pw->alog_since_ms = 0;
+		return UINT32_MAX;
+	}
+	uint64_t now = worker_now_ms(w);
+	if (!pw->alog_since_ms)
+		pw->alog_since_ms = now;
+	if (now - pw->alog_since_ms >= ACCESSLOG_FLUSH_MS) {
+		accesslog_flush(al, pw->id);
+		pw->alog_since_ms = 0;
+		return UINT32_MAX;
+	}
+	return (uint32_t)(ACCESSLOG_FLUSH_MS - (now - pw->alog_since_ms));
+}
+
 static void pl_worker_stop(struct worker *w, void *state)
 {
 	struct pl_worker *pw = state;
@@ -1657,6 +1861,8 @@ static void pl_worker_fini(struct worker *w, void *state)
 	struct pl_worker *pw = state;
 	if (!pw)
 		return;
+	if (pw->pl->alog)
+		accesslog_flush(pw->pl->alog, pw->id);
 	for (size_t i = 0; i < pw->pl->nproviders; i++)
 		upstream_pool_free(pw->pools[i]);
 	free(pw->pools);
@@ -1749,6 +1955,7 @@ struct pipeline *pipeline_new(const struct config *cfg, struct gov *gov, char *e
 		.worker_init = pl_worker_init,
 		.worker_fini = pl_worker_fini,
 		.worker_stop = pl_worker_stop,
+		.worker_tick = pl_worker_tick,
 		.on_request = pl_on_request,
 		.on_abort = pl_on_abort,
 		.on_reject = pl_on_reject,
@@ -1761,6 +1968,12 @@ fail:
 }
 
 const struct engine_handler *pipeline_handler(struct pipeline *p) { return &p->handler; }
+
+void pipeline_observe(struct pipeline *p, struct metrics *m, struct accesslog *al)
+{
+	p->metrics = m;
+	p->alog = al;
+}
 
 void pipeline_free(struct pipeline *pl)
 {

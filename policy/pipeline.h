@@ -18,6 +18,12 @@ struct gov;
 struct pipeline *pipeline_new(const struct config *cfg, struct gov *gov, char *err,
 			      size_t errlen);
 const struct engine_handler *pipeline_handler(struct pipeline *p);
+
+struct metrics;
+struct accesslog;
+/* Where each request's figures go (policy/metrics, policy/accesslog); either may be NULL.
+ * Before the engine starts. */
+void pipeline_observe(struct pipeline *p, struct metrics *m, struct accesslog *al);
 void pipeline_free(struct pipeline *p);
 
 #endif
