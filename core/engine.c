@@ -867,6 +867,25 @@ const struct http1_header *ex_header(const struct exchange *ex, const char *name
 	return http1_find_header(ex->req.headers, ex->req.nheaders, name);
 }
 
+void ex_peer(const struct exchange *ex, char *out, size_t cap)
+{
+	struct sockaddr_storage ss;
+	socklen_t sl = sizeof(ss);
+	char ip[INET6_ADDRSTRLEN];
+	out[0] = 0;
+	if (getpeername(ex->conn->fd, (struct sockaddr *)&ss, &sl) != 0)
+		return;
+	if (ss.ss_family == AF_INET) {
+		const struct sockaddr_in *in = (const struct sockaddr_in *)&ss;
+		if (inet_ntop(AF_INET, &in->sin_addr, ip, sizeof(ip)))
+			snprintf(out, cap, "%s:%u", ip, ntohs(in->sin_port));
+	} else if (ss.ss_family == AF_INET6) {
+		const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)&ss;
+		if (inet_ntop(AF_INET6, &in6->sin6_addr, ip, sizeof(ip)))
+			snprintf(out, cap, "[%s]:%u", ip, ntohs(in6->sin6_port));
+	}
+}
+
 const char *http_reason(int status)
 {
 	switch (status) {

@@ -181,6 +181,10 @@ void ex_close(struct exchange *ex);
  * Cancelled when the exchange ends. */
 void ex_after(struct exchange *ex, uint32_t ms, void (*fn)(struct exchange *ex));
 
+/* The client's address as "ip:port" ("[ip6]:port"), for the audit trail; "" if the
+ * socket cannot tell (one getpeername). */
+void ex_peer(const struct exchange *ex, char *out, size_t cap);
+
 /* Find a request header (case-insensitive). */
 const struct http1_header *ex_header(const struct exchange *ex, const char *name);
 

@@ -210,11 +210,13 @@ static void pl_on_reject(struct exchange *ex, int status, const char *why)
 static void px_unpick(struct px *px);
 
 static uint64_t mono_us(void);
-static void px_settle(struct px *px);
+static const char *error_token(enum upstream_error e);
+static void px_settle(struct px *px, int status);
 
-static void px_free(struct px *px)
+/* status: what the client is about to get (499: it went away first), for the audit. */
+static void px_free(struct px *px, int status)
 {
-	px_settle(px);
+	px_settle(px, status);
 	px_unpick(px);
 	px->ex->user = NULL;
 	free(px->head);
@@ -233,16 +235,93 @@ static void px_free(struct px *px)
 	free(px);
 }
 
-/* The usage to bill: the provider's figures where it gave them, else the gateway's own
- * (the prompt counted at admission, the completion counted as the stream passed). */
-static void px_settle(struct px *px)
+/* What every audit record says of its exchange: when, who from, which dialect. */
+static void audit_base(struct exchange *ex, enum dialect d, int status, struct audit_rec *a,
+		       char *client, size_t client_cap)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	uint64_t now_us = mono_us(), start_us = ex->start_ms * 1000;
+	uint64_t total = now_us > start_us ? now_us - start_us : 0;
+	*a = (struct audit_rec){
+		.time_ns = (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec - (int64_t)total * 1000,
+		.request_id = slice_cstr(ex->id),
+		.dialect = d == DIALECT_ANTHROPIC ? AUDIT_DIALECT_ANTHROPIC : AUDIT_DIALECT_OPENAI,
+		.status = (uint16_t)status,
+		.total_us = total,
+	};
+	ex_peer(ex, client, client_cap);
+	a->client = slice_cstr(client);
+}
+
+/* The request's audit record from its state: who called, what was asked, each attempt and
+ * who served. Tokens and cost are gov_settle's. Strings point into px (or its config). */
+static void px_audit_rec(const struct px *px, int status, struct audit_rec *a, char *client,
+			 size_t client_cap)
+{
+	const struct pipeline *pl = px->pw->pl;
+	audit_base(px->ex, px->in, status, a, client, client_cap);
+	const struct gov_caller *c = &px->ticket.caller;
+	if (c->key)
+		a->key_id = slice_cstr(c->key->id);
+	if (c->team)
+		a->team = slice_cstr(c->team->name);
+	a->model = px->model_name;
+	a->stream = px->stream;
+	for (unsigned i = 0; i < px->nattempts && i < AUDIT_ATTEMPTS_MAX; i++) {
+		const struct attempt *at = &px->attempts[i];
+		const struct router_target *t = &at->model->targets[at->target];
+		a->attempts[i] = (struct audit_attempt){
+			.provider = slice_cstr(pl->providers[t->provider].cfg->name),
+			.model = slice_cstr(t->upstream_model),
+			.status = (uint16_t)at->status,
+			.error = slice_cstr(at->skipped ? "untranslatable"
+					    : at->err   ? error_token(at->err)
+							: ""),
+		};
+		a->nattempts = i + 1;
+	}
+	const struct attempt *last = px->nattempts ? &px->attempts[px->nattempts - 1] : NULL;
+	if (last && last->status && px->nsent) { /* the provider that answered */
+		a->provider = a->attempts[a->nattempts - 1].provider;
+		a->upstream_model = a->attempts[a->nattempts - 1].model;
+		uint64_t now = mono_us(), start = px->ex->start_ms * 1000;
+		if (px->attempt_us > start)
+			a->first_byte_us = px->attempt_us - start + (uint64_t)last->ms * 1000;
+		if (now > px->attempt_us)
+			a->upstream_us = now - px->attempt_us;
+	}
+}
+
+/* The record of a request refused before it had a state (no or a bad key). */
+static void audit_refusal(struct pipeline *pl, struct exchange *ex, enum dialect d, int status)
+{
+	struct audit_rec a;
+	char client[64];
+	uint64_t seq;
+	if (!pl->gov)
+		return;
+	audit_base(ex, d, status, &a, client, sizeof(client));
+	gov_audit(pl->gov, worker_id(ex_worker(ex)), &a, &seq);
+}
+
+/* The request ends: its audit record goes to the store, with its spend when a provider
+ * served it (one unit). The usage to bill: the provider's figures where it gave them,
+ * else the gateway's own (the prompt counted at admission, the completion counted as the
+ * stream passed). */
+static void px_settle(struct px *px, int status)
 {
 	struct gov *g = px->pw->pl->gov;
-	if (!g || !px->ticket.held)
+	if (!g)
 		return;
+	struct audit_rec a;
+	char client[64];
+	uint64_t seq;
+	px_audit_rec(px, status, &a, client, sizeof(client));
 	int64_t now_ns = (int64_t)mono_us() * 1000;
-	if (!px->served) {
+	if (!px->ticket.held || !px->served) {
 		gov_release(g, px->pw->id, &px->ticket, now_ns);
+		gov_audit(g, px->pw->id, &a, &seq);
 		return;
 	}
 	struct usage u = px->usage;
@@ -264,7 +343,10 @@ static void px_settle(struct px *px)
 		if (!u.completion_tokens || (!px->stream_done && counted > u.completion_tokens))
 			gu.completion_tokens = counted;
 	}
-	gov_settle(g, px->pw->id, &px->ticket, &gu, now_ns, (int64_t)time(NULL));
+	bool provider = u.present && gu.prompt_tokens == u.prompt_tokens &&
+			gu.completion_tokens == u.completion_tokens;
+	a.usage = provider ? AUDIT_USAGE_PROVIDER : AUDIT_USAGE_GATEWAY;
+	gov_settle(g, px->pw->id, &px->ticket, &gu, now_ns, (int64_t)time(NULL), &a, &seq);
 }
 
 static void release_buffer(void *arg, uint64_t bid)
@@ -344,7 +426,7 @@ static void px_stream_close(struct px *px)
 	struct exchange *ex = px->ex;
 	struct buf out = px->out;
 	px->out = (struct buf){ 0 };
-	px_free(px);
+	px_free(px, 200);
 	if (write_buf(ex, &out))
 		ex_finish(ex);
 }
@@ -400,7 +482,7 @@ static void px_on_head(void *arg, const struct http1_response *res)
 			if (!px->xs) {
 				upstream_cancel(&px->call);
 				struct exchange *ex = px->ex;
-				px_free(px);
+				px_free(px, 503);
 				respond_error(ex, dialect_of(ex), 503, NULL, "gateway out of memory", NULL);
 				return;
 			}
@@ -510,7 +592,7 @@ static void px_respond_body(struct px *px, int status, struct buf *body)
 	char extra[1024];
 	px_extra_headers(px, extra, sizeof(extra));
 	struct exchange *ex = px->ex;
-	px_free(px);
+	px_free(px, status);
 	ex_begin(ex, status, "application/json", extra, (int64_t)body->len);
 	if (write_buf(ex, body))
 		ex_finish(ex);
@@ -559,7 +641,7 @@ static void px_on_end(void *arg)
 					       : "response could not be translated");
 			buf_free(&body);
 			enum dialect d = px->in;
-			px_free(px);
+			px_free(px, 502);
 			respond_error(ex, d, 502, "upstream_bad_response",
 				      "the provider's response could not be read", NULL);
 			return;
@@ -574,7 +656,7 @@ static void px_on_end(void *arg)
 		return;
 	}
 	}
-	px_free(px);
+	px_free(px, px->status);
 	ex_finish(ex);
 }
 
@@ -590,7 +672,7 @@ static void px_on_error(void *arg, enum upstream_error err, bool head_seen)
 	if (head_seen && px->relay == RELAY_RAW) {
 		/* The status line is out: relay what came, then cut the connection so the
 		 * client cannot mistake the response for complete. */
-		px_free(px);
+		px_free(px, px->status);
 		ex_truncate(ex);
 		return;
 	}
@@ -603,7 +685,7 @@ static void px_on_error(void *arg, enum upstream_error err, bool head_seen)
 	bool timeout = err == UP_E_CONNECT_TIMEOUT || err == UP_E_FIRST_BYTE_TIMEOUT ||
 		       err == UP_E_IDLE_TIMEOUT;
 	enum dialect d = px->in;
-	px_free(px);
+	px_free(px, timeout ? 504 : 502);
 	respond_error(ex, d, timeout ? 504 : 502, timeout ? "upstream_timeout" : "upstream_unavailable",
 		      upstream_error_text(err), NULL);
 }
@@ -658,6 +740,7 @@ static bool authenticate(struct pipeline *pl, struct exchange *ex, enum dialect 
 			break;
 		}
 	}
+	audit_refusal(pl, ex, d, 401);
 	respond_error(ex, d, 401, "invalid_api_key", msg, NULL);
 	return false;
 }
@@ -920,7 +1003,7 @@ static bool px_relay_sse(struct px *px, struct slice data, uint16_t bid)
 		if (!ok) { /* out of memory: the rest of this event is lost; cut the stream */
 			struct exchange *ex = px->ex;
 			upstream_cancel(&px->call);
-			px_free(px);
+			px_free(px, px->status);
 			ex_truncate(ex);
 			return false;
 		}
@@ -962,7 +1045,7 @@ static void px_sse_end(struct px *px, enum xlat_err_kind kind, const char *why)
 		xlat_stream_error(xs, kind, why, &out);
 		xlat_stream_free(xs);
 	}
-	px_free(px);
+	px_free(px, px->status);
 	if (!out.len) {
 		buf_free(&out);
 		ex_truncate(ex);
@@ -1217,7 +1300,7 @@ static void px_answer_last_error(struct px *px)
 	int status = px->last_status;
 	body = px->last_err;
 	px->last_err = (struct buf){ 0 };
-	px_free(px);
+	px_free(px, status);
 	ex_begin(ex, status, ctype, extra, (int64_t)body.len);
 	if (write_buf(ex, &body))
 		ex_finish(ex);
@@ -1235,7 +1318,7 @@ static void px_give_up(struct px *px)
 	}
 	if (!px->nsent && px->why[0]) { /* nothing could take this body: the client's to fix */
 		snprintf(msg, sizeof(msg), "%s", px->why);
-		px_free(px);
+		px_free(px, 400);
 		respond_error(ex, d, 400, NULL, msg, NULL);
 		return;
 	}
@@ -1245,7 +1328,7 @@ static void px_give_up(struct px *px)
 		snprintf(msg, sizeof(msg), "no healthy upstream for model %.100s: every target's "
 			 "circuit breaker is open", px->asked->name);
 		snprintf(extra, sizeof(extra), "retry-after: %llu\r\n", (unsigned long long)secs);
-		px_free(px);
+		px_free(px, 503);
 		respond_error(ex, d, 503, "upstream_unavailable", msg, extra);
 		return;
 	}
@@ -1254,7 +1337,7 @@ static void px_give_up(struct px *px)
 	snprintf(msg, sizeof(msg), "%s (%u attempt%s)", upstream_error_text(err), px->nsent,
 		 px->nsent == 1 ? "" : "s");
 	px_extra_headers(px, extra, sizeof(extra));
-	px_free(px);
+	px_free(px, timeout ? 504 : 502);
 	respond_error(ex, d, timeout ? 504 : 502, timeout ? "upstream_timeout" : "upstream_unavailable",
 		      msg, extra);
 }
@@ -1286,7 +1369,7 @@ static void px_next(struct px *px)
 		int niov = px_build(px);
 		if (niov < 0) {
 			enum dialect d = px->in;
-			px_free(px);
+			px_free(px, 503);
 			respond_error(ex, d, 503, NULL, "gateway out of memory", NULL);
 			return;
 		}
@@ -1401,7 +1484,7 @@ static bool px_admit(struct px *px, const struct gov_caller *caller, uint64_t ma
 		      &px->ticket, &r))
 		return true;
 	enum dialect d = px->in;
-	px_free(px);
+	px_free(px, r.status);
 	struct buf b = { 0 };
 	xlat_error_body(d, r.kind, r.status, r.code, r.message, &b);
 	ex_respond(ex, r.status, "application/json", r.headers[0] ? r.headers : NULL,
@@ -1470,7 +1553,7 @@ static void handle_embeddings(struct pl_worker *pw, struct exchange *ex,
 	if (!any) {
 		char msg[256];
 		snprintf(msg, sizeof(msg), "The model `%s` does not support embeddings.", m->name);
-		px_free(px);
+		px_free(px, 400);
 		respond_error(ex, DIALECT_OPENAI, 400, "model_not_supported", msg, NULL);
 		return;
 	}
@@ -1600,7 +1683,7 @@ static void pl_on_abort(struct exchange *ex)
 	if (!px)
 		return;
 	upstream_cancel(&px->call);
-	px_free(px);
+	px_free(px, 499);
 }
 
 /* ---------------------------------------------------------------- workers */
