@@ -20,6 +20,7 @@
 #include "pipeline.h"
 
 #include <errno.h>
+#include <stddef.h>
 #include <time.h>
 #include <stdio.h>
 #include <time.h>
@@ -81,11 +82,20 @@ struct pipeline {
 
 struct pl_worker {
 	struct pipeline *pl;
+	struct worker *w;
 	struct upstream_pool **pools; /* one per provider */
 	struct router_worker *rw;
 	uint64_t rng;                 /* backoff jitter */
 	struct tokcount_ctx *tc;      /* this worker's tokenizer state */
 	unsigned id;
+	/* Strict audit durability: responses whose last byte waits for their record's commit,
+	 * in store sequence order (one producer per worker), and the read armed on the store's
+	 * eventfd for this worker that says when to look again. */
+	struct held { struct ex_hold *h; uint64_t seq; } *held;
+	size_t held_head, held_len, held_cap; /* a ring; cap a power of two */
+	struct ev ev_store;
+	uint64_t store_count;
+	bool store_armed;
 };
 
 /* How the answer reaches the client. */
@@ -163,6 +173,7 @@ struct px {
 	bool strip_usage;        /* the gateway asked for include_usage; the client did not */
 	bool has_stream_options; /* the client's body has stream_options */
 	size_t drop_start, drop_end; /* this fragment's usage-only event, to leave out */
+	struct ex_hold *hold;    /* strict audit: the response's end waits for the record */
 };
 
 /* ---------------------------------------------------------------- errors */
@@ -235,6 +246,78 @@ static void px_free(struct px *px, int status)
 	free(px);
 }
 
+/* ---- strict audit durability (docs/audit.md) ----
+ * The response's last byte is held (ex_hold) from before it is queued until the store
+ * reports the request's record committed: the worker never waits, the client never sees
+ * a complete response for a request whose record could still be lost. */
+
+static void strict_arm(struct pl_worker *pw)
+{
+	if (pw->store_armed)
+		return;
+	struct io_uring_sqe *sqe = worker_sqe(pw->w);
+	io_uring_prep_read(sqe, store_notify_fd(gov_store(pw->pl->gov), pw->id), &pw->store_count,
+			   sizeof(pw->store_count), 0);
+	io_uring_sqe_set_data(sqe, &pw->ev_store);
+	pw->store_armed = true;
+}
+
+/* The store decided a batch with records of this worker: release the responses whose
+ * record is decided, in order; a record that failed cuts its response short. */
+static void strict_done(struct worker *w, struct ev *ev, struct io_uring_cqe *cqe)
+{
+	struct pl_worker *pw = (struct pl_worker *)((char *)ev - offsetof(struct pl_worker, ev_store));
+	struct store *st = gov_store(pw->pl->gov);
+	pw->store_armed = false;
+	while (pw->held_len) {
+		struct held *h = &pw->held[pw->held_head];
+		int rc = store_outcome(st, pw->id, h->seq);
+		if (rc == -EINPROGRESS)
+			break;
+		if (rc && rc != -ESTALE)
+			log_error("audit: a record failed to commit (%s): its response is cut short",
+				  store_strerror(rc));
+		ex_unhold(h->h, rc == 0 || rc == -ESTALE);
+		pw->held_head = (pw->held_head + 1) & (pw->held_cap - 1);
+		pw->held_len--;
+	}
+	if (pw->held_len)
+		strict_arm(pw);
+}
+
+/* A held response waits for seq (0: nothing could be queued; it goes at once). */
+static void strict_wait(struct pl_worker *pw, struct ex_hold *h, uint64_t seq)
+{
+	if (!h)
+		return;
+	if (pw->held_len == pw->held_cap) {
+		size_t cap = pw->held_cap ? pw->held_cap * 2 : 64;
+		struct held *n = malloc(cap * sizeof(*n));
+		if (!n)
+			seq = 0;
+		for (size_t i = 0; n && i < pw->held_len; i++)
+			n[i] = pw->held[(pw->held_head + i) & (pw->held_cap - 1)];
+		if (n) {
+			free(pw->held);
+			pw->held = n;
+			pw->held_cap = cap;
+			pw->held_head = 0;
+		}
+	}
+	if (!seq) {
+		ex_unhold(h, true);
+		return;
+	}
+	pw->held[(pw->held_head + pw->held_len++) & (pw->held_cap - 1)] = (struct held){ h, seq };
+	strict_arm(pw);
+}
+
+static void px_hold(struct px *px)
+{
+	if (!px->hold && px->pw->pl->gov && gov_audit_strict(px->pw->pl->gov))
+		px->hold = ex_hold(px->ex);
+}
+
 /* What every audit record says of its exchange: when, who from, which dialect. */
 static void audit_base(struct exchange *ex, enum dialect d, int status, struct audit_rec *a,
 		       char *client, size_t client_cap)
@@ -303,6 +386,8 @@ static void audit_refusal(struct pipeline *pl, struct exchange *ex, enum dialect
 		return;
 	audit_base(ex, d, status, &a, client, sizeof(client));
 	gov_audit(pl->gov, worker_id(ex_worker(ex)), &a, &seq);
+	if (gov_audit_strict(pl->gov))
+		strict_wait(worker_state(ex_worker(ex)), ex_hold(ex), seq);
 }
 
 /* The request ends: its audit record goes to the store, with its spend when a provider
@@ -319,9 +404,12 @@ static void px_settle(struct px *px, int status)
 	uint64_t seq;
 	px_audit_rec(px, status, &a, client, sizeof(client));
 	int64_t now_ns = (int64_t)mono_us() * 1000;
+	px_hold(px);
 	if (!px->ticket.held || !px->served) {
 		gov_release(g, px->pw->id, &px->ticket, now_ns);
 		gov_audit(g, px->pw->id, &a, &seq);
+		strict_wait(px->pw, px->hold, seq);
+		px->hold = NULL;
 		return;
 	}
 	struct usage u = px->usage;
@@ -347,6 +435,8 @@ static void px_settle(struct px *px, int status)
 			gu.completion_tokens == u.completion_tokens;
 	a.usage = provider ? AUDIT_USAGE_PROVIDER : AUDIT_USAGE_GATEWAY;
 	gov_settle(g, px->pw->id, &px->ticket, &gu, now_ns, (int64_t)time(NULL), &a, &seq);
+	strict_wait(px->pw, px->hold, seq);
+	px->hold = NULL;
 }
 
 static void release_buffer(void *arg, uint64_t bid)
@@ -464,6 +554,7 @@ static void px_on_head(void *arg, const struct http1_response *res)
 	buf_free(&px->req); /* sent: the upstream call no longer needs it */
 	if (px_head_routes(px, res, ct))
 		return;
+	px_hold(px); /* before any of the response is queued */
 	px->served = res->status >= 200 && res->status < 300;
 	if (px->served && px->ticket.held && (px->raw_sse || (px->in != px->up && is_sse(ct))))
 		px_count_start(px);
@@ -1695,7 +1786,9 @@ static void *pl_worker_init(struct worker *w, void *ctx)
 	if (!pw)
 		return NULL;
 	pw->pl = pl;
+	pw->w = w;
 	pw->id = worker_id(w);
+	pw->ev_store.fn = strict_done;
 	pw->rw = router_worker_new(pl->router);
 	pw->rng = 0x9E3779B97F4A7C15ull ^ ((uint64_t)worker_id(w) + 1) * mono_us();
 	pw->tc = pl->tok ? tokcount_ctx_new(pl->tok) : NULL;
@@ -1731,6 +1824,7 @@ static void pl_worker_fini(struct worker *w, void *state)
 		upstream_pool_free(pw->pools[i]);
 	free(pw->pools);
 	router_worker_free(pw->rw);
+	free(pw->held); /* empty: held responses keep their connections, so the worker waited */
 	if (pw->tc)
 		tokcount_ctx_free(pw->tc);
 	free(pw);

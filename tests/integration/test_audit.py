@@ -278,10 +278,12 @@ def test_kill_9_strict_loses_no_answered_request(env):
     s = audit_stack(env.stack, durability="strict")
     key = create_key(s.admin_port, name="strict", team="acct")
     answered = []
-    for _ in range(40):
+    for i in range(60):  # plain, streamed, translated (whole and streamed), refused
+        model = "claude-acct" if i % 3 == 2 else "gpt-acct"
         r = request(s.gw.port, "POST", "/v1/chat/completions",
-                    chat_body("gpt-acct", max_tokens=5), key=key["key"])
-        assert r.status == 200
+                    chat_body(model, max_tokens=5, stream=i % 2 == 1),
+                    key="sk-wrong" if i % 10 == 9 else key["key"])
+        assert r.status == (401 if i % 10 == 9 else 200) and r.complete, r
         answered.append(rid(r))
     s.gw.proc.signal(signal.SIGKILL)
     s.gw.proc.wait(10)
