@@ -276,6 +276,9 @@ static bool rec_valid(const struct store_rec *r)
 {
 	if (!db_writable(r->db) || r->key_len == 0 || r->key_len > STORE_KEY_MAX)
 		return false;
+	/* the audit database is the chain's: only the store thread keys and links it */
+	if ((r->db == STORE_DB_AUDIT) != (r->op == STORE_OP_AUDIT))
+		return false;
 	bool blob = r->flags & STORE_REC_BLOB;
 	switch (r->op) {
 	case STORE_OP_PUT:
