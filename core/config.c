@@ -1461,6 +1461,28 @@ static const struct field audit_fields[] = {
 };
 static const struct schema audit_schema = SCHEMA("audit", audit_fields, NULL);
 
+static int check_access_log(struct loader *ld, yaml_node_t *map, char *base);
+
+static const struct field access_log_fields[] = {
+	FIELD(struct config, access_log.destination, "destination", .type = &type_str,
+	      .def = "stdout"),
+};
+static const struct schema access_log_schema =
+	SCHEMA("access_log", access_log_fields, check_access_log);
+
+/* A relative path would depend on the directory the daemon happens to start in. */
+static int check_access_log(struct loader *ld, yaml_node_t *map, char *base)
+{
+	const struct config *cfg = (const struct config *)(const void *)base;
+	const char *d = cfg->access_log.destination;
+
+	if (strcmp(d, "stdout") == 0 || strcmp(d, "off") == 0 || d[0] == '/')
+		return 0;
+	return fail_at(ld, map_get(ld, map, "destination")->start_mark,
+		       "bad value '%s' for 'destination' (expected stdout, off or an absolute "
+		       "file path)", show(d).s);
+}
+
 #define LIST_OF(T, item_schema, count, min)                                                 \
 	{ .item = &(item_schema), .item_size = sizeof(T),                                   \
 	  .count_offset = offsetof(struct config, count), .min_items = (min),               \
@@ -1531,6 +1553,7 @@ static const struct field top_fields[] = {
 	FIELD(struct config, teams, "teams", .type = &type_list, .spec = &teams_spec),
 	FIELD(struct config, keys, "keys", .type = &type_list, .spec = &keys_spec),
 	{ .key = "audit", .type = &type_map, .spec = &audit_schema },
+	{ .key = "access_log", .type = &type_map, .spec = &access_log_schema },
 	FIELD(struct config, forward_headers, "forward_headers", .type = &type_names,
 	      .spec = &forward_headers_spec),
 	FIELD(struct config, egress_proxy, "egress_proxy", .type = &type_proxy),

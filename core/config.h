@@ -170,6 +170,10 @@ struct config {
 	struct config_proxy egress_proxy;
 	/* durability batch | strict (default batch); retention_days default 90, 0 = forever */
 	struct { char *durability; uint32_t retention_days; } audit;
+	/* Access log (policy/accesslog): "stdout" (journald under systemd), "off", or the
+	 * absolute path of a file opened O_APPEND and reopened on SIGHUP; default stdout.
+	 * A reload does not move it: a new destination takes a restart. */
+	struct { char *destination; } access_log;
 };
 
 /* Load and validate. On error returns -1 and writes "file:line:col: message" to err.

@@ -162,7 +162,8 @@ struct px {
 	char *head;              /* upstream request head, per attempt */
 	/* governance and accounting */
 	struct gov_ticket ticket;
-	uint64_t prompt_estimate; /* the gateway's prompt count (or estimate) */
+	uint64_t prompt_estimate; /* the gateway's prompt estimate at admission */
+	struct tokcount_tokenizer prompt_tk; /* to count the prompt if the provider does not */
 	bool served;             /* a provider answered 2xx: the request is billed */
 	struct usage usage;      /* what the provider reported (non-streamed answers) */
 	struct tokcount_stream *tcs; /* completion tokens counted as the stream passes */
@@ -419,8 +420,17 @@ static void px_settle(struct px *px, int status)
 	su = px->tcs ? tokcount_stream_usage(px->tcs) : NULL;
 	if (!u.present && su && su->present)
 		u = *su;
+	uint64_t prompt = u.prompt_tokens;
+	if (!prompt) { /* no usage from the provider: the gateway counts the prompt itself */
+		struct tokcount_prompt p;
+		prompt = px->kind == PX_CHAT && tokcount_prompt(px->pw->tc, px->prompt_tk, px->in,
+								px->ex->body, TOKCOUNT_PROMPT_COUNT,
+								&p) == 0
+				 ? (uint64_t)p.tokens
+				 : px->prompt_estimate;
+	}
 	struct gov_usage gu = {
-		.prompt_tokens = u.prompt_tokens ? u.prompt_tokens : px->prompt_estimate,
+		.prompt_tokens = prompt,
 		.completion_tokens = u.completion_tokens,
 		.cached_tokens = u.cached_tokens,
 	};
@@ -469,7 +479,7 @@ static void px_count_event(struct px *px, const struct sse_event *ev)
 	if (!px->tcs || tokcount_stream_event(px->tcs, px->up, ev->type, ev->data, &te) < 0)
 		return;
 	if (px->ticket.held && px->ticket.resv.n &&
-	    (uint64_t)tokcount_stream_so_far(px->tcs) > px->ticket.completion_allowance)
+	    tokcount_stream_past(px->tcs, px->ticket.completion_allowance))
 		px->cut = true;
 	/* The usage chunk the gateway asked for is left out of a stream whose client did not
 	 * ask (when it lies in one fragment; one split across two reaches the client). */
@@ -1543,8 +1553,10 @@ static void bad_json(struct exchange *ex, enum dialect d)
 }
 
 /* Admission (policy/gov): the model allowed, rate limits, the budget's reservation. The
- * prompt is counted (small ones exactly, large ones bounded by their bytes) with the
- * tokenizer of the model's first target. False: refused (answered) and px freed. */
+ * prompt is bounded by the bytes of its text (a token is at least one byte) for the budget,
+ * and estimated for TPM; it is counted exactly only if the provider reports no usage
+ * (px_settle): a tokenizer pass costs microseconds per KB, the bound a fraction of one.
+ * False: refused (answered) and px freed. */
 static bool px_admit(struct px *px, const struct gov_caller *caller, uint64_t max_tokens)
 {
 	struct pipeline *pl = px->pw->pl;
@@ -1558,7 +1570,8 @@ static bool px_admit(struct px *px, const struct gov_caller *caller, uint64_t ma
 		struct tokcount_tokenizer tk = tokcount_pick(pl->tok, m->tokenizer,
 							     pl->providers[t->provider].cfg->kind,
 							     t->upstream_model);
-		if (tokcount_prompt(px->pw->tc, tk, px->in, ex->body, TOKCOUNT_PROMPT_AUTO, &p) < 0)
+		px->prompt_tk = tk;
+		if (tokcount_prompt(px->pw->tc, tk, px->in, ex->body, TOKCOUNT_PROMPT_BOUND, &p) < 0)
 			p.upper_bound = p.tokens = (int64_t)ex->body.n;
 	} else { /* embeddings: the input's bytes bound its tokens */
 		p.upper_bound = (int64_t)ex->body.n;

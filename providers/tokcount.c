@@ -6,6 +6,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
+
 #include "core/buf.h"
 #include "core/json.h"
 #include "core/log.h"
@@ -782,25 +786,347 @@ static int scan_anthropic(struct slice data, struct tokcount_event *ev)
 	return 0;
 }
 
-int tokcount_scan_event(enum dialect d, struct slice type, struct slice data,
-			struct tokcount_event *ev)
+/* ---- the usual event shapes, in one pass ----
+ *
+ * Nearly every event of a stream has one of a few shapes: an OpenAI chunk whose choices hold a
+ * delta of strings, an Anthropic content_block_delta. The general scan above walks such an
+ * event four times (the object, the choices, the choice, the delta) and matches each key
+ * against each wanted name. The reader below walks it once and gives up (false) at anything
+ * the usual shapes do not have: an object or array where it expects a string or a scalar
+ * (usage, tool calls, an Anthropic message), choices given twice, bad JSON. Such an event goes
+ * to the general scan, so the answers stay the general scan's: where the reader answers, it
+ * answers the same (a repeated key's last value, keys compared as sent, escapes and all). */
+
+struct rd {
+	const char *p, *end;
+};
+
+static void rd_ws(struct rd *r)
 {
-	(void)type; /* both dialects say in the data what the event is */
+	while (r->p < r->end && (*r->p == ' ' || *r->p == '\t' || *r->p == '\n' || *r->p == '\r'))
+		r->p++;
+}
+
+/* After blanks, c: consumed. */
+static bool rd_char(struct rd *r, char c)
+{
+	rd_ws(r);
+	if (r->p < r->end && *r->p == c) {
+		r->p++;
+		return true;
+	}
+	return false;
+}
+
+/* The first byte in [p, end) that is '"', '\\' or a control character, or end: core/json's
+ * string loop (16 bytes a step with SSE2, x86-64's baseline). */
+static const char *str_stop(const char *p, const char *end)
+{
+#ifdef __SSE2__
+	const __m128i quote = _mm_set1_epi8('"'), bslash = _mm_set1_epi8('\\');
+	const __m128i ctl = _mm_set1_epi8(0x1f);
+	while (end - p >= 16) {
+		__m128i v = _mm_loadu_si128((const __m128i *)(const void *)p);
+		__m128i hit = _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(v, quote),
+							_mm_cmpeq_epi8(v, bslash)),
+					   _mm_cmpeq_epi8(_mm_min_epu8(v, ctl), v));
+		int mask = _mm_movemask_epi8(hit);
+		if (mask)
+			return p + __builtin_ctz((unsigned)mask);
+		p += 16;
+	}
+#endif
+	for (; p < end; p++)
+		if (*p == '"' || *p == '\\' || (unsigned char)*p < 0x20)
+			return p;
+	return end;
+}
+
+/* A string at r->p (its opening quote): *v is the whole value, quotes included. */
+static bool rd_string(struct rd *r, struct slice *v)
+{
+	const char *p = r->p + 1;
+	for (;;) {
+		p = str_stop(p, r->end);
+		if (p >= r->end || (unsigned char)*p < 0x20)
+			return false;
+		if (*p == '"')
+			break;
+		p += 2; /* a backslash and the byte it escapes */
+	}
+	*v = (struct slice){ r->p, (size_t)(p + 1 - r->p) };
+	r->p = p + 1;
+	return true;
+}
+
+/* After blanks, a string or a scalar (number, true, false, null: the bytes core/json takes
+ * for one), not an object or array: *v is its text. */
+static bool rd_flat(struct rd *r, struct slice *v)
+{
+	rd_ws(r);
+	if (r->p < r->end && *r->p == '"')
+		return rd_string(r, v);
+	const char *p = r->p;
+	while (p < r->end && ((*p >= '0' && *p <= '9') || (*p >= 'a' && *p <= 'z') || *p == '-' ||
+			      *p == '+' || *p == '.' || *p == 'E'))
+		p++;
+	*v = (struct slice){ r->p, (size_t)(p - r->p) };
+	r->p = p;
+	return v->n > 0;
+}
+
+/* The next member of an object whose '{' was read (*first: none read yet): 1 and its key as
+ * sent (no quotes), r after the colon; 0 at the closing brace; -1 for anything else. */
+static int rd_member(struct rd *r, bool *first, struct slice *k)
+{
+	if (rd_char(r, '}'))
+		return 0;
+	if (!*first && !rd_char(r, ','))
+		return -1;
+	*first = false;
+	struct slice v;
+	rd_ws(r);
+	if (r->p >= r->end || *r->p != '"' || !rd_string(r, &v) || !rd_char(r, ':'))
+		return -1;
+	*k = (struct slice){ v.p + 1, v.n - 2 };
+	return 1;
+}
+
+/* k is the literal lit (a key as sent). */
+#define KEY_IS(k, lit) ((k).n == sizeof(lit) - 1 && memcmp((k).p, lit, sizeof(lit) - 1) == 0)
+
+/* The slots of the delta keys that matter, -1 for others. */
+static int openai_delta_slot(struct slice k)
+{
+	return KEY_IS(k, "content") ? 0 : KEY_IS(k, "refusal") ? 1
+	       : KEY_IS(k, "reasoning_content") ? 2 : -1;
+}
+
+static int anthropic_delta_slot(struct slice k)
+{
+	return KEY_IS(k, "type") ? 0 : KEY_IS(k, "text") ? 1 : KEY_IS(k, "partial_json") ? 2
+	       : KEY_IS(k, "thinking") ? 3 : -1;
+}
+
+/* A delta object of flat values: vals[slot(key)] gets each (a repeated key: its last value),
+ * the slices the general scan would give. */
+static bool rd_flat_object(struct rd *r, int (*slot)(struct slice), struct slice *vals,
+			   unsigned nvals)
+{
+	struct slice k, v;
+	bool first = true;
+	int m;
+	for (unsigned i = 0; i < nvals; i++)
+		vals[i] = (struct slice){ NULL, 0 };
+	if (!rd_char(r, '{'))
+		return false;
+	while ((m = rd_member(r, &first, &k)) == 1) {
+		if (!rd_flat(r, &v))
+			return false;
+		int i = slot(k);
+		if (i >= 0)
+			vals[i] = v;
+	}
+	return m == 0;
+}
+
+/* One element of OpenAI's choices, the i-th: {"index", "delta": {strings} or null, flat
+ * others}. */
+static bool fast_openai_choice(struct rd *r, uint32_t i, struct tokcount_event *ev)
+{
+	struct slice idx = { NULL, 0 }, dv[3] = { { NULL, 0 } }, k, v;
+	bool first = true;
+	int m;
+	if (!rd_char(r, '{'))
+		return false;
+	while ((m = rd_member(r, &first, &k)) == 1) {
+		rd_ws(r);
+		if (KEY_IS(k, "delta") && r->p < r->end && *r->p == '{') {
+			if (!rd_flat_object(r, openai_delta_slot, dv, 3))
+				return false;
+		} else if (KEY_IS(k, "delta")) { /* null, or not an object: the general scan */
+			if (!rd_flat(r, &v) || !json_is_null(v))
+				return false;
+			memset(dv, 0, sizeof(dv));
+		} else {
+			if (!rd_flat(r, &v))
+				return false;
+			if (KEY_IS(k, "index"))
+				idx = v;
+		}
+	}
+	if (m < 0)
+		return false;
+	uint64_t index = i;
+	uint_of(idx, &index);
+	uint32_t base = (uint32_t)(index & 0xFFFF) << 16;
+	for (uint32_t j = 0; j < 3; j++)
+		add_delta(ev, dv[j], base | j);
+	return true;
+}
+
+/* {"choices": [choice...], "usage": null, flat others} */
+static bool fast_openai(struct slice data, struct tokcount_event *ev)
+{
+	struct rd r = { data.p, data.p + data.n };
+	struct slice k;
+	bool first = true, choices = false;
+	int m;
+	if (!rd_char(&r, '{'))
+		return false;
+	while ((m = rd_member(&r, &first, &k)) == 1) {
+		if (KEY_IS(k, "choices")) {
+			if (choices || !rd_char(&r, '['))
+				return false;
+			choices = true;
+			if (rd_char(&r, ']'))
+				continue;
+			uint32_t i = 0;
+			do {
+				if (!fast_openai_choice(&r, i++, ev))
+					return false;
+			} while (rd_char(&r, ','));
+			if (!rd_char(&r, ']'))
+				return false;
+		} else {
+			struct slice v;
+			if (!rd_flat(&r, &v) || (KEY_IS(k, "usage") && !json_is_null(v)))
+				return false;
+		}
+	}
+	rd_ws(&r);
+	return m == 0 && r.p == r.end;
+}
+
+/* {"type", "index", "delta": {flat}, flat others}: content_block_delta, content_block_stop,
+ * message_stop, ping. */
+static bool fast_anthropic(struct slice data, struct tokcount_event *ev)
+{
+	struct rd r = { data.p, data.p + data.n };
+	struct slice v[2] = { { NULL, 0 } }, dv[4] = { { NULL, 0 } }, k, x;
+	bool first = true, delta = false;
+	int m;
+	if (!rd_char(&r, '{'))
+		return false;
+	while ((m = rd_member(&r, &first, &k)) == 1) {
+		if (KEY_IS(k, "delta")) {
+			if (!rd_flat_object(&r, anthropic_delta_slot, dv, 4))
+				return false;
+			delta = true;
+			continue;
+		}
+		if (!rd_flat(&r, &x))
+			return false;
+		if (KEY_IS(k, "type"))
+			v[0] = x;
+		else if (KEY_IS(k, "index"))
+			v[1] = x;
+	}
+	rd_ws(&r);
+	if (m != 0 || r.p != r.end)
+		return false;
+	if (is_type(v[0], "content_block_delta")) {
+		uint64_t idx = 0;
+		if (!delta)
+			return false;
+		uint_of(v[1], &idx);
+		uint32_t part = (uint32_t)(idx > UINT32_MAX ? UINT32_MAX : idx);
+		if (is_type(dv[0], "text_delta"))
+			add_delta(ev, dv[1], part);
+		else if (is_type(dv[0], "input_json_delta"))
+			add_delta(ev, dv[2], part);
+		else if (is_type(dv[0], "thinking_delta"))
+			add_delta(ev, dv[3], part);
+	} else if (is_type(v[0], "message_stop")) {
+		ev->done = true;
+	}
+	return true;
+}
+
+static void event_clear(struct tokcount_event *ev)
+{
 	ev->ndelta = 0;
 	ev->extra_bytes = 0;
 	ev->usage = (struct usage){ 0 };
 	ev->has_prompt = ev->has_completion = ev->usage_only = ev->done = false;
+}
+
+int tokcount_scan_event(enum dialect d, struct slice type, struct slice data,
+			struct tokcount_event *ev)
+{
+	(void)type; /* both dialects say in the data what the event is */
+	event_clear(ev);
+	if (d == DIALECT_OPENAI ? fast_openai(data, ev) : fast_anthropic(data, ev))
+		return 0;
+	event_clear(ev);
 	int rc = d == DIALECT_OPENAI ? scan_openai(data, ev) : scan_anthropic(data, ev);
-	if (rc < 0) {
-		ev->ndelta = 0;
-		ev->extra_bytes = 0;
-		ev->usage = (struct usage){ 0 };
-		ev->has_prompt = ev->has_completion = ev->usage_only = ev->done = false;
-	}
+	if (rc < 0)
+		event_clear(ev);
 	return rc;
 }
 
 /* ---- the stream counter ---- */
+
+/* ---- a stream's repeated shape ----
+ *
+ * The events of one stream differ in little but their text: the same id, model and
+ * fingerprint, the same keys around one delta string. An event that gave exactly one delta and
+ * nothing else (no usage, not the end) is remembered as its bytes before that string and after
+ * it. A later event with the same bytes around a string of its own parses the same way (a
+ * string's content changes nothing in how JSON around it parses, and that string is only
+ * the delta's text here): its delta is its string, in the same part. Two memcmp and a string
+ * scan instead of a walk. */
+
+#define SHAPE_MAX 512 /* bytes of an event around its string (OpenAI's chunks: ~150-250) */
+
+struct shape {
+	uint16_t before, after; /* after: from the string's closing quote to the end */
+	uint32_t part;
+	enum dialect d;
+	bool known;
+	char bytes[SHAPE_MAX];
+};
+
+static void shape_learn(struct shape *sh, enum dialect d, struct slice data, int rc,
+			const struct tokcount_event *ev)
+{
+	sh->known = false;
+	if (rc != 0 || ev->ndelta != 1 || ev->extra_bytes || ev->usage.present || ev->done)
+		return;
+	struct slice raw = ev->delta[0].raw;
+	size_t before = (size_t)(raw.p - data.p), after = data.n - before - raw.n;
+	if (before + after > SHAPE_MAX)
+		return;
+	memcpy(sh->bytes, data.p, before);
+	memcpy(sh->bytes + before, raw.p + raw.n, after);
+	sh->before = (uint16_t)before;
+	sh->after = (uint16_t)after;
+	sh->part = ev->delta[0].part;
+	sh->d = d;
+	sh->known = true;
+}
+
+/* data has the remembered shape: *raw is its string's body. */
+static bool shape_match(const struct shape *sh, enum dialect d, struct slice data,
+			struct slice *raw)
+{
+	if (!sh->known || d != sh->d || data.n < (size_t)sh->before + sh->after ||
+	    memcmp(data.p, sh->bytes, sh->before) != 0)
+		return false;
+	const char *p = data.p + sh->before, *end = data.p + data.n;
+	for (;;) {
+		p = str_stop(p, end);
+		if (p >= end || (unsigned char)*p < 0x20)
+			return false;
+		if (*p == '"')
+			break;
+		p += 2; /* a backslash and the byte it escapes */
+	}
+	if ((size_t)(end - p) != sh->after || memcmp(p, sh->bytes + sh->before, sh->after) != 0)
+		return false;
+	*raw = (struct slice){ data.p + sh->before, (size_t)(p - data.p) - sh->before };
+	return true;
+}
 
 struct tokcount_stream {
 	struct tokcount_tokenizer t;
@@ -817,6 +1143,7 @@ struct tokcount_stream {
 	bool by_bytes;         /* no tokenizer, or it failed: every byte is a token */
 	bool cut;              /* a piece longer than TOKCOUNT_MAX_TAIL was cut */
 	struct usage usage;
+	struct shape shape;
 };
 
 struct tokcount_stream *tokcount_stream_new(struct tokcount_ctx *c, struct tokcount_tokenizer t)
@@ -852,8 +1179,9 @@ static void to_bytes(struct tokcount_stream *s)
 }
 
 /* Count the new text: re-count from the first unfinished piece, drop the final ones. With
- * !force, a long unfinished tail is re-counted only once it has grown by a quarter, so a
- * piece of n bytes costs O(n) re-counting in all rather than O(n^2). */
+ * !force, only once TOKCOUNT_BATCH new bytes wait (one tokenizer call per batch, not per
+ * delta), and a long unfinished tail only once it has grown by a quarter, so a piece of n
+ * bytes costs O(n) re-counting in all rather than O(n^2). */
 static void advance(struct tokcount_stream *s, bool force)
 {
 	struct buf *b = &s->text;
@@ -863,7 +1191,7 @@ static void advance(struct tokcount_stream *s, bool force)
 		return;
 	}
 	size_t fresh = b->len - s->counted;
-	if (!force && (fresh == 0 || (b->len > 256 && fresh * 4 < s->counted)))
+	if (!force && (fresh < TOKCOUNT_BATCH || (b->len > 256 && fresh * 4 < s->counted)))
 		return;
 	size_t final_off;
 	int64_t final_n;
@@ -959,7 +1287,16 @@ int tokcount_stream_event(struct tokcount_stream *s, enum dialect d, struct slic
 	struct tokcount_event local;
 	if (!ev)
 		ev = &local;
-	int rc = tokcount_scan_event(d, type, data, ev);
+	struct slice raw;
+	int rc = 0;
+	if (shape_match(&s->shape, d, data, &raw)) {
+		event_clear(ev);
+		if (raw.n)
+			ev->delta[ev->ndelta++] = (struct tokcount_delta){ raw, s->shape.part };
+	} else {
+		rc = tokcount_scan_event(d, type, data, ev);
+		shape_learn(&s->shape, d, data, rc, ev);
+	}
 	for (unsigned i = 0; i < ev->ndelta; i++)
 		tokcount_stream_feed(s, ev->delta[i].part, ev->delta[i].raw);
 	if (ev->extra_bytes) { /* more deltas than one event should carry: bytes >= tokens */
@@ -981,7 +1318,16 @@ int tokcount_stream_event(struct tokcount_stream *s, enum dialect d, struct slic
 int64_t tokcount_stream_so_far(const struct tokcount_stream *s)
 {
 	int64_t n = s->committed + s->tail, fresh = (int64_t)(s->text.len - s->counted);
-	return scale(s->t, false, n) + scale(s->t, true, s->as_bytes) + fresh;
+	return scale(s->t, false, n + fresh) + scale(s->t, true, s->as_bytes);
+}
+
+bool tokcount_stream_past(struct tokcount_stream *s, uint64_t limit)
+{
+	if ((uint64_t)tokcount_stream_so_far(s) <= limit)
+		return false;
+	if (s->text.len > s->counted)
+		advance(s, true);
+	return (uint64_t)tokcount_stream_so_far(s) > limit;
 }
 
 int64_t tokcount_stream_end(struct tokcount_stream *s)

@@ -173,9 +173,18 @@ void tokcount_stream_feed(struct tokcount_stream *s, uint32_t part, struct slice
 int tokcount_stream_event(struct tokcount_stream *s, enum dialect d, struct slice type,
 			  struct slice data, struct tokcount_event *ev);
 
-/* Completion tokens so far, for mid-stream enforcement: exact except for a piece still
- * growing, whose newest bytes (at most a quarter of it) count one token per byte. */
+/* The text is counted once TOKCOUNT_BATCH decoded bytes wait (and at the end, and when
+ * tokcount_stream_past needs it), not at every delta. */
+#define TOKCOUNT_BATCH 256u
+
+/* Completion tokens so far: the exact count of the text up to the last count, plus one token
+ * per byte decoded since (fewer than TOKCOUNT_BATCH bytes, or a quarter of a long growing
+ * piece; scaled for an estimate). An upper bound, short of a retokenized last piece. */
 int64_t tokcount_stream_so_far(const struct tokcount_stream *s);
+
+/* Mid-stream enforcement: so_far > limit, counting the waiting text first when the bound
+ * alone is past limit, so that a stream is cut on its count, not on the bound. */
+bool tokcount_stream_past(struct tokcount_stream *s, uint64_t limit);
 
 /* End the text: the final count, tiktoken's count of the decoded text of each part (summed),
  * scaled for an estimate. Feeding after this starts a new part. */

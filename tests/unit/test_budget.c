@@ -25,6 +25,8 @@
 
 #include <cmocka.h>
 
+#include "scratch.h"
+
 #include "policy/budget.h"
 
 #define WAIT_MS 30000
@@ -486,29 +488,6 @@ static void test_threads_few_cents(void **state)
 }
 
 /* ---- persistence: restart and kill -9 with LMDB on disk ---- */
-
-struct scratch {
-	char root[64];
-	char dir[96];
-};
-
-static void scratch_make(struct scratch *t)
-{
-	const char *tmp = getenv("TMPDIR");
-	snprintf(t->root, sizeof(t->root), "%s/penstock-budget-XXXXXX", tmp ? tmp : "/tmp");
-	assert_non_null(mkdtemp(t->root));
-	snprintf(t->dir, sizeof(t->dir), "%s/data", t->root);
-}
-
-static int rm_one(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-	return remove(path);
-}
-
-static void scratch_remove(struct scratch *t)
-{
-	nftw(t->root, rm_one, 8, FTW_DEPTH | FTW_PHYS);
-}
 
 static struct store *store_at(const char *dir)
 {

@@ -63,6 +63,7 @@ static void assert_defaults_except_path(const struct config *c)
 	assert_int_equal(c->nkeys, 0);
 	assert_string_equal(c->audit.durability, "batch");
 	assert_int_equal(c->audit.retention_days, 90);
+	assert_string_equal(c->access_log.destination, "stdout");
 }
 
 /* ---- whole configs that load ---- */
@@ -247,7 +248,7 @@ static void test_defaults(void **state)
 	static const char *const empty_docs[] = {
 		"", "\n\n", "# comment only\n", "---\n", "--- ~\n", "{}\n", "---\n...\n",
 		/* empty sections keep their defaults */
-		"admin:\ntimeouts:\nlimits:\nproviders:\nmodels:\nteams:\nkeys:\naudit:\n",
+		"admin:\ntimeouts:\nlimits:\nproviders:\nmodels:\nteams:\nkeys:\naudit:\naccess_log:\n",
 		"timeouts: {}\nlimits: {}\nproviders: []\nmodels: []\nteams: []\nkeys: []\n",
 	};
 	char err[CONFIG_ERR_MAX];
@@ -293,6 +294,27 @@ static void test_tokenizer_dir(void **state)
 	assert_string_equal(err, "t.yaml:1:16: 'tokenizer_dir' must not be empty");
 	assert_int_equal(load("tokenizer_dir: [a]\n", &c, err), -1);
 	assert_string_equal(err, "t.yaml:1:16: 'tokenizer_dir' must be a string, got a list");
+}
+
+/* access_log.destination: stdout (journald) unless it names off or an absolute file. */
+static void test_access_log_destination(void **state)
+{
+	static const char *const ok[][2] = {
+		{ "access_log: { destination: stdout }\n", "stdout" },
+		{ "access_log: { destination: \"off\" }\n", "off" },
+		{ "access_log:\n  destination: /var/log/penstock/access.log\n",
+		  "/var/log/penstock/access.log" },
+		{ "access_log: {}\n", "stdout" },
+	};
+	struct config c;
+
+	(void)state;
+	for (size_t i = 0; i < sizeof ok / sizeof ok[0]; i++) {
+		load_ok(ok[i][0], &c);
+		assert_string_equal(c.access_log.destination, ok[i][1]);
+		config_free(&c);
+		assert_null(c.access_log.destination);
+	}
 }
 
 /* Setting one timeout leaves its siblings at their defaults. */
@@ -554,7 +576,8 @@ static const struct error_case error_cases[] = {
 	{ "lisen: 127.0.0.1:80\n",
 	  "t.yaml:1:1: unknown key 'lisen' in top level (expected one of: listen, admin, workers, "
 	  "busy_poll_us, data_dir, tokenizer_dir, log_level, timeouts, limits, retry, breaker, "
-	  "latency, providers, models, teams, keys, audit, forward_headers, egress_proxy)" },
+	  "latency, providers, models, teams, keys, audit, access_log, forward_headers, "
+	  "egress_proxy)" },
 	{ "workers: 2\n\n  # comment\nLogLevel: info\n",
 	  "t.yaml:4:1: unknown key 'LogLevel' in top level" },
 	{ "admin: { listen: 127.0.0.1:1, tokn: x }\n",
@@ -811,6 +834,19 @@ static const struct error_case error_cases[] = {
 	  "t.yaml:1:36: 'token_file' conflicts with another source of the same secret (give one of "
 	  "token_env, token_file or token)" },
 	{ "admin: { token: [a] }\n", "t.yaml:1:17: 'token' must be a string, got a list" },
+
+	/* access log */
+	{ "access_log: { destination: var/log/penstock.log }\n",
+	  "t.yaml:1:28: bad value 'var/log/penstock.log' for 'destination' (expected stdout, off "
+	  "or an absolute file path)" },
+	{ "access_log: { destination: '' }\n",
+	  "t.yaml:1:28: 'destination' must not be empty" },
+	{ "access_log: { destination: stderr }\n",
+	  "t.yaml:1:28: bad value 'stderr' for 'destination' (expected stdout, off or an absolute "
+	  "file path)" },
+	{ "access_log: { file: /var/log/p.log }\n",
+	  "t.yaml:1:15: unknown key 'file' in access_log (expected one of: destination)" },
+	{ "access_log: /var/log/p.log\n", "t.yaml:1:13: 'access_log' must be" },
 };
 
 static void test_errors_table(void **state)
@@ -917,7 +953,7 @@ static void test_error_shows_values_safely(void **state)
 	assert_string_equal(err, "t.yaml:1:1: unknown key 'a?[31mb' in top level (expected one of: "
 				 "listen, admin, workers, busy_poll_us, data_dir, tokenizer_dir, log_level, "
 				 "timeouts, limits, retry, breaker, latency, providers, models, teams, keys, "
-				 "audit, forward_headers, egress_proxy)");
+				 "audit, access_log, forward_headers, egress_proxy)");
 	snprintf(yaml, sizeof yaml, "%0200d: 1\n", 7);
 	assert_int_equal(load(yaml, &c, err), -1);
 	assert_non_null(strstr(err, "unknown key '0000"));
@@ -1053,6 +1089,7 @@ int main(void)
 		cmocka_unit_test(test_every_key_block_style),
 		cmocka_unit_test(test_defaults),
 		cmocka_unit_test(test_tokenizer_dir),
+		cmocka_unit_test(test_access_log_destination),
 		cmocka_unit_test(test_partial_sections_keep_defaults),
 		cmocka_unit_test(test_durations_sizes_numbers),
 		cmocka_unit_test(test_listen_forms),

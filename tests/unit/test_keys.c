@@ -22,6 +22,8 @@
 
 #include <cmocka.h>
 
+#include "scratch.h"
+
 #include "core/log.h"
 #include "policy/keys.h"
 
@@ -29,29 +31,6 @@
 #define NOW 1720000000 /* 2024-07-03 */
 
 /* ---- scratch store ---- */
-
-struct scratch {
-	char root[64];
-	char dir[96];
-};
-
-static void scratch_make(struct scratch *t)
-{
-	const char *tmp = getenv("TMPDIR");
-	snprintf(t->root, sizeof(t->root), "%s/penstock-keys-XXXXXX", tmp ? tmp : "/tmp");
-	assert_non_null(mkdtemp(t->root));
-	snprintf(t->dir, sizeof(t->dir), "%s/data", t->root);
-}
-
-static int rm_one(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-	return remove(path);
-}
-
-static void scratch_remove(struct scratch *t)
-{
-	nftw(t->root, rm_one, 8, FTW_DEPTH | FTW_PHYS);
-}
 
 static struct store *store_at(const char *dir)
 {

@@ -27,35 +27,14 @@
 
 #include <cmocka.h>
 
+#include "scratch.h"
+
 #include "core/log.h"
 #include "policy/store.h"
 
 #define WAIT_MS 30000 /* a bound for hangs only: outcomes come within milliseconds */
 
 /* ---- scratch directories ---- */
-
-struct scratch {
-	char root[64];
-	char dir[96]; /* root/data: does not exist until the store makes it */
-};
-
-static void scratch_make(struct scratch *t)
-{
-	const char *tmp = getenv("TMPDIR");
-	snprintf(t->root, sizeof(t->root), "%s/penstock-store-XXXXXX", tmp ? tmp : "/tmp");
-	assert_non_null(mkdtemp(t->root));
-	snprintf(t->dir, sizeof(t->dir), "%s/data", t->root);
-}
-
-static int rm_one(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-	return remove(path);
-}
-
-static void scratch_remove(struct scratch *t)
-{
-	nftw(t->root, rm_one, 8, FTW_DEPTH | FTW_PHYS);
-}
 
 static struct store_options options(const struct scratch *t, unsigned producers)
 {

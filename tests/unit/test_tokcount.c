@@ -209,8 +209,14 @@ static void test_stream_steps(void **state)
 		struct tokcount_stream *s = tokcount_stream_new(ctx, t);
 		for (size_t i = 0; i < sizeof(plain) - 1; i++) {
 			tokcount_stream_feed(s, 0, slice_of(plain + i, 1));
-			assert_int_equal(tokcount_stream_so_far(s),
-					 tokcount_text(ctx, t, plain, i + 1));
+			int64_t exact = tokcount_text(ctx, t, plain, i + 1);
+			/* between counts, a bound: one token per byte since the last count */
+			int64_t bound = tokcount_stream_so_far(s);
+			assert_true(bound >= exact && bound <= exact + (int64_t)TOKCOUNT_BATCH);
+			/* a limit decision counts first: cut on the count, not the bound */
+			assert_true(tokcount_stream_past(s, (uint64_t)exact - 1));
+			assert_false(tokcount_stream_past(s, (uint64_t)exact));
+			assert_int_equal(tokcount_stream_so_far(s), exact);
 		}
 		tokcount_stream_free(s);
 		if (t.method == TOKCOUNT_CL100K)

@@ -1,0 +1,106 @@
+/* metrics.h - the gateway's counters and latency histograms, served at /metrics in the
+ * Prometheus text format (version 0.0.4).
+ *
+ * Every worker owns a block of counters that only it writes (a relaxed load and store: no
+ * read-modify-write, no lock, no shared cache line); the admin thread sums the blocks when
+ * it renders a scrape. Each value a reader sees for one worker only grows, so the sums do
+ * too.
+ *
+ * Labels are bounded by construction: they are indexes into the config's models,
+ * providers and teams as metrics_new() saw them (plus "none"), a fixed set of status
+ * classes and a fixed set of upstream error kinds. No request id, key or free text ever
+ * becomes a label. Families are cut along one dimension each ({model,status},
+ * {team,status}, {provider,status}) rather than as a cross product, so 100 models x 20
+ * providers x 100 teams x 32 workers stays in a few MiB. docs/observability.md lists them.
+ */
+#ifndef PENSTOCK_METRICS_H
+#define PENSTOCK_METRICS_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "core/buf.h"
+#include "core/config.h"
+#include "core/upstream.h"
+
+struct metrics;
+struct engine_stats; /* core/engine.h */
+struct store_stats;  /* policy/store.h */
+
+/* Sized from cfg's models, providers and teams; the names are copied (and escaped), so
+ * cfg may be freed afterwards. NULL when memory ran out. */
+struct metrics *metrics_new(const struct config *cfg, unsigned workers);
+void metrics_free(struct metrics *m);
+
+/* Where a request's billed usage came from. */
+enum metrics_usage {
+	METRICS_USAGE_NONE,     /* not billed (refused, failed before a provider answered) */
+	METRICS_USAGE_PROVIDER, /* the provider's usage figures */
+	METRICS_USAGE_GATEWAY,  /* the gateway's own count (the provider gave none, or a
+				 * stream ended before its final usage) */
+};
+
+/* One finished request, as the worker saw it at its end. Indexes outside the config's
+ * range (or -1) count under "none". */
+struct metrics_request {
+	int model;               /* index into cfg->models of the model asked; -1: none */
+	int provider;            /* index into cfg->providers of the last attempt's; -1: none */
+	int team;                /* index into cfg->teams; -1: no team */
+	int status;              /* HTTP status sent; 499 when the client went away first */
+	uint64_t input_tokens, output_tokens, cached_tokens;
+	int64_t cost_micro_usd;  /* as settled; negative values count as 0 */
+	int64_t total_us;        /* arrival to the last byte sent */
+	int64_t first_byte_us;   /* arrival to the first byte sent to the client; -1: none */
+	int64_t upstream_us;     /* the last attempt, sent to its end; -1: never went upstream */
+	unsigned fallbacks;      /* attempts on a fallback model (not the model asked) */
+	enum metrics_usage usage;
+	bool usage_disagreed;    /* see metrics_usage_disagrees() */
+};
+
+/* The provider's count and the gateway's differ by more than 10% and more than 16 tokens
+ * (the rule behind penstock_token_count_disagreements_total). */
+bool metrics_usage_disagrees(uint64_t provider_tokens, uint64_t gateway_tokens);
+
+/* All the recording calls below: worker is the caller's own index (< workers); each
+ * worker's counters have that one writer. An out-of-range worker is ignored. */
+void metrics_request_done(struct metrics *m, unsigned worker, const struct metrics_request *r);
+
+enum metrics_refusal { METRICS_REFUSED_RATELIMIT, METRICS_REFUSED_BUDGET };
+/* A request refused at admission (team -1: a key without a team). */
+void metrics_refused(struct metrics *m, unsigned worker, int team, enum metrics_refusal why);
+
+enum metrics_upstream_kind {
+	METRICS_UP_CONNECT,
+	METRICS_UP_TIMEOUT,    /* connect, first byte or idle */
+	METRICS_UP_RESET,
+	METRICS_UP_TLS,
+	METRICS_UP_PROXY,
+	METRICS_UP_PROTOCOL,
+	METRICS_UP_RESOURCES,  /* the gateway's own: out of memory or descriptors */
+	METRICS_UP_STATUS_5XX,
+	METRICS_UP_STATUS_429,
+	METRICS_UP_KIND_COUNT
+};
+/* The kind of a failed attempt: a transport error (err != 0) or the provider's status.
+ * -1 when it is neither (a 2xx or 4xx other than 429 is not an upstream error). */
+int metrics_upstream_kind(enum upstream_error err, int status);
+/* One failed attempt (each attempt counts, retried or not). */
+void metrics_upstream_error(struct metrics *m, unsigned worker, int provider,
+			    enum metrics_upstream_kind kind);
+
+/* +1 when a request is admitted into the pipeline, -1 when it ends, on the same worker. */
+void metrics_in_flight(struct metrics *m, unsigned worker, int delta);
+
+/* The largest scrape metrics_render() writes. */
+#define METRICS_RENDER_MAX (16u << 20)
+
+/* Append a whole scrape to out (the admin thread; any thread, concurrently with the
+ * workers). es and ss may be NULL: their families are then left out. 0, or -ENOMEM when
+ * out could not grow (out->len is then back where it was). */
+int metrics_render(const struct metrics *m, const struct engine_stats *es,
+		   const struct store_stats *ss, struct buf *out);
+
+/* The Content-Type of what metrics_render() writes. */
+#define METRICS_CONTENT_TYPE "text/plain; version=0.0.4; charset=utf-8"
+
+#endif
