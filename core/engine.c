@@ -76,6 +76,7 @@ struct conn {
 	enum conn_state state;
 	bool recv_armed, sending, finished, close_after, rejecting, starved, head_seen;
 	bool continue_sent, timeout_armed, drain_wanted, flush_queued;
+	unsigned holds;    /* ex_hold: the response's last byte waits */
 	struct conn *next_flush;
 	uint8_t timer_q;   /* which queue the connection timer is in */
 	int8_t framing;    /* response body: 0 length-delimited, -1 chunked, -2 close */
@@ -772,7 +773,8 @@ static void out_flush(struct conn *c)
 	struct busy *b = c->busy;
 	unsigned niov = 0;
 	size_t skip = b->seg_off;
-	for (unsigned i = 0; i < b->seg_count && niov + 3 <= SEND_IOV_MAX; i++) {
+	unsigned i;
+	for (i = 0; i < b->seg_count && niov + 3 <= SEND_IOV_MAX; i++) {
 		struct outseg *s = &b->segs[(b->seg_head + i) % b->seg_cap];
 		struct iovec parts[3] = {
 			{ s->pre, s->pre_n }, { (void *)s->p, s->n }, { "\r\n", s->crlf ? 2 : 0 } };
@@ -786,6 +788,12 @@ static void out_flush(struct conn *c)
 			skip = 0;
 			niov++;
 		}
+	}
+	if (c->holds && i == b->seg_count) { /* all of it is here: the last byte waits */
+		while (niov && b->iov[niov - 1].iov_len == 0)
+			niov--;
+		if (niov && --b->iov[niov - 1].iov_len == 0)
+			niov--;
 	}
 	if (!niov)
 		return;
@@ -865,6 +873,25 @@ struct worker *ex_worker(const struct exchange *ex) { return ex->conn->w; }
 const struct http1_header *ex_header(const struct exchange *ex, const char *name)
 {
 	return http1_find_header(ex->req.headers, ex->req.nheaders, name);
+}
+
+void ex_peer(const struct exchange *ex, char *out, size_t cap)
+{
+	struct sockaddr_storage ss;
+	socklen_t sl = sizeof(ss);
+	char ip[INET6_ADDRSTRLEN];
+	out[0] = 0;
+	if (getpeername(ex->conn->fd, (struct sockaddr *)&ss, &sl) != 0)
+		return;
+	if (ss.ss_family == AF_INET) {
+		const struct sockaddr_in *in = (const struct sockaddr_in *)&ss;
+		if (inet_ntop(AF_INET, &in->sin_addr, ip, sizeof(ip)))
+			snprintf(out, cap, "%s:%u", ip, ntohs(in->sin_port));
+	} else if (ss.ss_family == AF_INET6) {
+		const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)&ss;
+		if (inet_ntop(AF_INET6, &in6->sin6_addr, ip, sizeof(ip)))
+			snprintf(out, cap, "[%s]:%u", ip, ntohs(in6->sin6_port));
+	}
 }
 
 const char *http_reason(int status)
@@ -1050,6 +1077,31 @@ void ex_close(struct exchange *ex)
 	setsockopt(c->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
 	c->rejecting = true; /* the handler asked for it: no on_abort */
 	conn_close(c);
+}
+
+struct ex_hold *ex_hold(struct exchange *ex)
+{
+	struct conn *c = ex->conn;
+	if (c->state == C_CLOSING)
+		return NULL;
+	c->holds++;
+	c->refs++;
+	return (struct ex_hold *)c;
+}
+
+void ex_unhold(struct ex_hold *h, bool ok)
+{
+	struct conn *c = (struct conn *)h;
+	c->holds--;
+	if (c->state != C_CLOSING && !ok) {
+		struct linger lg = { .l_onoff = 1, .l_linger = 0 };
+		setsockopt(c->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+		c->rejecting = true; /* the handler let go of the exchange: no on_abort */
+		conn_close(c);
+	} else if (c->state != C_CLOSING && !c->holds && c->busy && c->busy->seg_count) {
+		out_kick(c);
+	}
+	conn_unref(c);
 }
 
 static void ex_timeout_done(struct worker *w, struct ev *ev, struct io_uring_cqe *cqe)

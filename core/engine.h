@@ -185,6 +185,21 @@ void ex_close(struct exchange *ex);
  * Cancelled when the exchange ends. */
 void ex_after(struct exchange *ex, uint32_t ms, void (*fn)(struct exchange *ex));
 
+/* The client's address as "ip:port" ("[ip6]:port"), for the audit trail; "" if the
+ * socket cannot tell (one getpeername). */
+void ex_peer(const struct exchange *ex, char *out, size_t cap);
+
+/* Hold back the end of the response (its last byte) until ex_unhold(): everything else is
+ * sent as usual, so the client cannot see the response complete before the handler says
+ * so (strict audit durability: not before the request's record is on disk). Take it before
+ * the response's last bytes are queued. The hold keeps the connection's memory alive and
+ * outlives the exchange; NULL if the connection is already closing. */
+struct ex_hold;
+struct ex_hold *ex_hold(struct exchange *ex);
+/* Let the response end (ok), or reset the connection so that the client sees it cut
+ * short (!ok; no on_abort). Either way the hold is gone. */
+void ex_unhold(struct ex_hold *h, bool ok);
+
 /* Find a request header (case-insensitive). */
 const struct http1_header *ex_header(const struct exchange *ex, const char *name);
 

@@ -2,6 +2,7 @@
 #include "policy/admin.h"
 
 #include <errno.h>
+#include <inttypes.h>
 #include <jansson.h>
 #include <math.h>
 #include <stdarg.h>
@@ -17,11 +18,16 @@
 
 #include "core/engine.h"
 #include "core/log.h"
+#include "policy/audit.h"
 #include "policy/metrics.h"
 #include "policy/report.h"
 
 #define ADMIN_BODY_MAX (1024 * 1024)  /* a key request is a few hundred bytes */
 #define ADMIN_CONNECTIONS_MAX 256     /* operators and scripts, not clients */
+#define AUDIT_LIMIT_DEFAULT 100       /* records per /admin/audit answer */
+#define AUDIT_LIMIT_MAX 1000
+#define AUDIT_READ_CHUNK 1000         /* records one read looks at */
+#define AUDIT_SCAN_MAX 100000         /* records one answer looks at: a page, then "next" */
 
 /* gov's budgets alert at these percents; alerts_fired bit d * 8 + i is dimension d,
  * threshold i (policy/budget). */
@@ -680,6 +686,106 @@ static void spend(struct admin *a, struct exchange *ex, struct slice query)
 	free(text);
 }
 
+/* GET /admin/audit?since&until&key&team&model&status&limit&after: matching records in
+ * commit order, as penstockctl audit exports them, a page at a time ("next": pass it as
+ * after= for the rest; null at the end). Reads are short: a chunk each. */
+struct audit_page {
+	struct buf b;
+	unsigned n, limit;
+	bool oom;
+};
+
+static int audit_page_add(void *arg, const struct audit_entry *e)
+{
+	struct audit_page *pg = arg;
+	if ((pg->n && !buf_append(&pg->b, ",", 1, SIZE_MAX)) || !audit_json(e, &pg->b, SIZE_MAX)) {
+		pg->oom = true;
+		return 3;
+	}
+	pg->b.len--; /* the newline */
+	return ++pg->n == pg->limit ? 2 : 0; /* the cursor stays on this one: "next" follows it */
+}
+
+static void audit_query_api(struct admin *a, struct exchange *ex, struct slice query)
+{
+	struct audit_filter f = { 0 };
+	char key[80] = "", team[80] = "", model[128] = "";
+	uint64_t after = 0;
+	long limit = AUDIT_LIMIT_DEFAULT;
+	struct slice name, value;
+	while (query_next(&query, &name, &value)) {
+		char v[128];
+		if (value.n >= sizeof(v)) {
+			reply_error(ex, 400, NULL, "query value too long");
+			return;
+		}
+		memcpy(v, value.p, value.n);
+		v[value.n] = 0;
+		bool ok = true;
+		if (slice_eq_cstr(name, "since"))
+			ok = audit_time_parse(v, &f.since_ns) == 0;
+		else if (slice_eq_cstr(name, "until"))
+			ok = audit_time_parse(v, &f.until_ns) == 0;
+		else if (slice_eq_cstr(name, "after"))
+			ok = audit_time_parse(v, &after) == 0 && strspn(v, "0123456789") == value.n;
+		else if (slice_eq_cstr(name, "status"))
+			ok = audit_status_parse(v, &f) == 0;
+		else if (slice_eq_cstr(name, "limit"))
+			ok = strspn(v, "0123456789") == value.n && value.n && value.n < 6 &&
+			     (limit = atol(v)) >= 1 && limit <= AUDIT_LIMIT_MAX;
+		else if (slice_eq_cstr(name, "key") && value.n < sizeof(key))
+			memcpy(key, v, value.n + 1);
+		else if (slice_eq_cstr(name, "team") && value.n < sizeof(team))
+			memcpy(team, v, value.n + 1);
+		else if (slice_eq_cstr(name, "model") && value.n < sizeof(model))
+			memcpy(model, v, value.n + 1);
+		else {
+			reply_error(ex, 400, NULL, "unknown query parameter '%.*s' (since, until, key, "
+				    "team, model, status, limit, after)",
+				    (int)(name.n > 32 ? 32 : name.n), name.p);
+			return;
+		}
+		if (!ok) {
+			reply_error(ex, 400, NULL, "'%.*s': %s", (int)name.n, name.p,
+				    slice_eq_cstr(name, "status") ? "a status (429) or a class (4xx)"
+				    : slice_eq_cstr(name, "limit") ? "1 to 1000"
+				    : "a date (YYYY-MM-DD), an RFC 3339 time or UTC nanoseconds");
+			return;
+		}
+	}
+	f.key_id = key[0] ? key : NULL;
+	f.team = team[0] ? team : NULL;
+	f.model = model[0] ? model : NULL;
+	struct audit_page pg = { .limit = (unsigned)limit };
+	buf_append(&pg.b, "{\"data\":[", 9, SIZE_MAX);
+	uint64_t cursor = after;
+	int rc = 1;
+	for (size_t looked = 0; rc == 1 && looked < AUDIT_SCAN_MAX; looked += AUDIT_READ_CHUNK) {
+		rc = store_read_begin(a->reader);
+		if (rc)
+			break;
+		rc = audit_query(a->reader, &f, &cursor, AUDIT_READ_CHUNK, audit_page_add, &pg);
+		store_read_end(a->reader);
+	}
+	if (pg.oom || (rc < 0 && rc != -ENOENT)) {
+		buf_free(&pg.b);
+		reply_error(ex, pg.oom ? 500 : 503, NULL, "the audit trail cannot be read: %s",
+			    pg.oom ? "out of memory" : store_strerror(rc));
+		return;
+	}
+	char tail[64];
+	bool more = rc == 1 || rc == 2;
+	int n = more ? snprintf(tail, sizeof(tail), "],\"next\":%" PRIu64 "}\n", cursor)
+		     : snprintf(tail, sizeof(tail), "],\"next\":null}\n");
+	if (!buf_append(&pg.b, tail, (size_t)n, SIZE_MAX)) {
+		buf_free(&pg.b);
+		reply_error(ex, 500, NULL, "out of memory");
+		return;
+	}
+	ex_respond(ex, 200, "application/json", NULL, slice_of(pg.b.p, pg.b.len));
+	buf_free(&pg.b);
+}
+
 /* ---------------------------------------------------------------- routing */
 
 static bool token_ok(const struct admin *a, const struct exchange *ex)
@@ -809,6 +915,8 @@ static void admin_on_request(struct exchange *ex)
 		get ? list_teams(a, ex) : not_allowed(ex, "GET");
 	} else if (slice_eq_cstr(path, "/admin/spend")) {
 		get ? spend(a, ex, query) : not_allowed(ex, "GET");
+	} else if (slice_eq_cstr(path, "/admin/audit")) {
+		get ? audit_query_api(a, ex, query) : not_allowed(ex, "GET");
 	} else if (slice_eq_cstr(path, "/admin/alerts")) {
 		get ? list_alerts(a, ex) : not_allowed(ex, "GET");
 	} else {

@@ -2,6 +2,7 @@
  * and the admin plane. The modules do the work; this file decides who holds what. */
 #include "gov.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -29,6 +30,8 @@ struct gov {
 	size_t nteams;
 	struct budget_prices *prices; /* per catalog model, by index */
 	_Atomic uint64_t ledger_dropped; /* settlements the store ring had no room for */
+	_Atomic uint64_t audit_dropped;  /* audit records without spend the ring refused */
+	bool strict;
 };
 
 static const uint16_t alert_thresholds[] = { 50, 80, 100 };
@@ -195,11 +198,12 @@ struct gov *gov_open(const struct config *cfg, unsigned workers, char *err, size
 	g->workers = workers;
 	int rc = 0;
 	const char *durability = cfg->audit.durability ? cfg->audit.durability : "batch";
+	g->strict = strcmp(durability, "strict") == 0;
 	struct store_options so = {
 		.dir = cfg->data_dir,
 		.producers = workers + 1,
-		.durability = strcmp(durability, "strict") == 0 ? STORE_DURABILITY_STRICT
-								: STORE_DURABILITY_BATCH,
+		.durability = g->strict ? STORE_DURABILITY_STRICT : STORE_DURABILITY_BATCH,
+		.audit_retention_ms = (uint64_t)cfg->audit.retention_days * 86400000u,
 	};
 	int64_t now_s = now_realtime_s();
 	g->store = store_open(&so, &rc);
@@ -434,9 +438,37 @@ static unsigned ledger_records(const struct gov_ticket *t, const struct store_sp
 	return n;
 }
 
-int64_t gov_settle(struct gov *g, unsigned worker, struct gov_ticket *t,
-		   const struct gov_usage *u, int64_t now_ns, int64_t now_s)
+/* The audit record's content, as the unit's last record. False if it cannot be made. */
+static bool audit_record(const struct audit_rec *a, struct store_rec *r)
 {
+	uint8_t content[AUDIT_CONTENT_MAX];
+	size_t len = audit_encode(a, content, sizeof(content));
+	return len && store_rec_audit(r, content, len) == 0;
+}
+
+bool gov_audit_strict(const struct gov *g) { return g->strict; }
+
+int gov_audit(struct gov *g, unsigned worker, const struct audit_rec *a, uint64_t *seq)
+{
+	struct store_rec r;
+	*seq = 0;
+	if (!audit_record(a, &r))
+		return -EINVAL;
+	int rc = store_submit(g->store, worker, &r, 1, seq);
+	if (rc) {
+		store_rec_release(&r);
+		if (atomic_fetch_add(&g->audit_dropped, 1) % 1000 == 0)
+			log_warn("the store's ring is full: an audit record was not persisted");
+	}
+	return rc;
+}
+
+int64_t gov_settle(struct gov *g, unsigned worker, struct gov_ticket *t,
+		   const struct gov_usage *u, int64_t now_ns, int64_t now_s, struct audit_rec *a,
+		   uint64_t *seq)
+{
+	if (seq)
+		*seq = 0;
 	if (!t->held)
 		return 0;
 	t->held = false;
@@ -445,7 +477,8 @@ int64_t gov_settle(struct gov *g, unsigned worker, struct gov_ticket *t,
 		ratelimit_settle(g->rl, worker, t->subjects[i], t->tokens_estimate, actual, now_ns);
 	int64_t cost = cost_micro_usd(u->prompt_tokens, u->completion_tokens, u->cached_tokens,
 				      &t->prices);
-	struct store_rec recs[BUDGET_RESV_MAX + 3];
+	struct store_rec recs[BUDGET_RESV_MAX + 4];
+	static_assert(BUDGET_RESV_MAX + 4 <= STORE_UNIT_MAX, "a settlement is one store unit");
 	struct budget_alert alerts[BUDGET_RESV_MAX * 2 * BUDGET_THRESHOLDS_MAX];
 	unsigned nalerts = 0, n = 0;
 	if (t->resv.n) {
@@ -457,7 +490,15 @@ int64_t gov_settle(struct gov *g, unsigned worker, struct gov_ticket *t,
 	struct store_spend d = { .micro_usd = cost, .input_tokens = (int64_t)u->prompt_tokens,
 				 .output_tokens = (int64_t)u->completion_tokens, .requests = 1 };
 	n += ledger_records(t, &d, now_s, recs + n);
-	if (store_submit(g->store, worker, recs, n, NULL) != 0) {
+	if (a) {
+		a->prompt_tokens = u->prompt_tokens;
+		a->completion_tokens = u->completion_tokens;
+		a->cached_tokens = u->cached_tokens;
+		a->cost_micro_usd = cost;
+		if (audit_record(a, &recs[n]))
+			n++;
+	}
+	if (store_submit(g->store, worker, recs, n, seq) != 0) {
 		for (unsigned i = 0; i < n; i++)
 			store_rec_release(&recs[i]);
 		if (atomic_fetch_add(&g->ledger_dropped, 1) % 1000 == 0)

@@ -22,6 +22,7 @@
 
 #include "core/config.h"
 #include "core/str.h"
+#include "policy/audit.h"
 #include "policy/budget.h"
 #include "policy/keys.h"
 #include "policy/store.h"
@@ -101,9 +102,20 @@ struct gov_usage {
 
 /* The request ended: TPM corrected, budgets settled with the real cost, the ledger and
  * budget records handed to the store thread. Returns the cost in micro-USD. A ticket that
- * is not held is ignored (0). */
+ * is not held is ignored (0).
+ * a (may be NULL): the request's audit record; its tokens and cost are filled in here and
+ * it joins the spend records in ONE store unit, so the audit trail and the ledger commit
+ * together or not at all. *seq (may be NULL): the unit's last store sequence number, for
+ * store_outcome(); 0 if nothing was queued (ring full: counted and logged). */
 int64_t gov_settle(struct gov *g, unsigned worker, struct gov_ticket *t,
-		   const struct gov_usage *u, int64_t now_ns, int64_t now_s);
+		   const struct gov_usage *u, int64_t now_ns, int64_t now_s, struct audit_rec *a,
+		   uint64_t *seq);
+
+/* An audit record with nothing to spend (refused, or no provider served it). 0 and *seq,
+ * or -EAGAIN (ring full: counted and logged) or -EINVAL. */
+int gov_audit(struct gov *g, unsigned worker, const struct audit_rec *a, uint64_t *seq);
+/* audit.durability is strict: a response may complete only once its record committed. */
+bool gov_audit_strict(const struct gov *g);
 
 /* The request never reached a provider: nothing is charged, its TPM and budget
  * reservation are given back. A ticket that is not held is ignored. */

@@ -20,6 +20,7 @@
 #include "pipeline.h"
 
 #include <errno.h>
+#include <stddef.h>
 #include <time.h>
 #include <stdio.h>
 #include <time.h>
@@ -85,12 +86,21 @@ struct pipeline {
 
 struct pl_worker {
 	struct pipeline *pl;
+	struct worker *w;
 	struct upstream_pool **pools; /* one per provider */
 	struct router_worker *rw;
 	uint64_t rng;                 /* backoff jitter */
 	struct tokcount_ctx *tc;      /* this worker's tokenizer state */
 	unsigned id;
 	uint64_t alog_since_ms;       /* access log lines have waited since (0: none) */
+	/* Strict audit durability: responses whose last byte waits for their record's commit,
+	 * in store sequence order (one producer per worker), and the read armed on the store's
+	 * eventfd for this worker that says when to look again. */
+	struct held { struct ex_hold *h; uint64_t seq; } *held;
+	size_t held_head, held_len, held_cap; /* a ring; cap a power of two */
+	struct ev ev_store;
+	uint64_t store_count;
+	bool store_armed;
 };
 
 /* How the answer reaches the client. */
@@ -180,6 +190,7 @@ struct px {
 	int64_t cost;
 	enum metrics_usage usage_src;
 	bool disagreed;
+	struct ex_hold *hold;    /* strict audit: the response's end waits for the record */
 };
 
 /* ---------------------------------------------------------------- errors */
@@ -230,14 +241,19 @@ static void pl_on_reject(struct exchange *ex, int status, const char *why)
 static void px_unpick(struct px *px);
 
 static uint64_t mono_us(void);
-static void px_settle(struct px *px);
+static const char *error_token(enum upstream_error e);
+static void px_settle(struct px *px, int status);
 
 static void px_observe(struct px *px);
 static int team_index(const struct pipeline *pl, const struct gov_caller *c);
 
-static void px_free(struct px *px)
+/* status: what the client is about to get (499: it went away first), for the audit,
+ * the metrics and the access log. */
+static void px_free(struct px *px, int status)
 {
-	px_settle(px);
+	if (status)
+		px->sent = status;
+	px_settle(px, status);
 	px_observe(px);
 	px_unpick(px);
 	px->ex->user = NULL;
@@ -257,16 +273,170 @@ static void px_free(struct px *px)
 	free(px);
 }
 
-/* The usage to bill: the provider's figures where it gave them, else the gateway's own
- * (the prompt counted at admission, the completion counted as the stream passed). */
-static void px_settle(struct px *px)
+/* ---- strict audit durability (docs/audit.md) ----
+ * The response's last byte is held (ex_hold) from before it is queued until the store
+ * reports the request's record committed: the worker never waits, the client never sees
+ * a complete response for a request whose record could still be lost. */
+
+static void strict_arm(struct pl_worker *pw)
+{
+	if (pw->store_armed)
+		return;
+	struct io_uring_sqe *sqe = worker_sqe(pw->w);
+	io_uring_prep_read(sqe, store_notify_fd(gov_store(pw->pl->gov), pw->id), &pw->store_count,
+			   sizeof(pw->store_count), 0);
+	io_uring_sqe_set_data(sqe, &pw->ev_store);
+	pw->store_armed = true;
+}
+
+/* The store decided a batch with records of this worker: release the responses whose
+ * record is decided, in order; a record that failed cuts its response short. */
+static void strict_done(struct worker *w, struct ev *ev, struct io_uring_cqe *cqe)
+{
+	struct pl_worker *pw = (struct pl_worker *)((char *)ev - offsetof(struct pl_worker, ev_store));
+	struct store *st = gov_store(pw->pl->gov);
+	pw->store_armed = false;
+	while (pw->held_len) {
+		struct held *h = &pw->held[pw->held_head];
+		int rc = store_outcome(st, pw->id, h->seq);
+		if (rc == -EINPROGRESS)
+			break;
+		if (rc && rc != -ESTALE)
+			log_error("audit: a record failed to commit (%s): its response is cut short",
+				  store_strerror(rc));
+		ex_unhold(h->h, rc == 0 || rc == -ESTALE);
+		pw->held_head = (pw->held_head + 1) & (pw->held_cap - 1);
+		pw->held_len--;
+	}
+	if (pw->held_len)
+		strict_arm(pw);
+}
+
+/* A held response waits for seq (0: nothing could be queued; it goes at once). */
+static void strict_wait(struct pl_worker *pw, struct ex_hold *h, uint64_t seq)
+{
+	if (!h)
+		return;
+	if (pw->held_len == pw->held_cap) {
+		size_t cap = pw->held_cap ? pw->held_cap * 2 : 64;
+		struct held *n = malloc(cap * sizeof(*n));
+		if (!n)
+			seq = 0;
+		for (size_t i = 0; n && i < pw->held_len; i++)
+			n[i] = pw->held[(pw->held_head + i) & (pw->held_cap - 1)];
+		if (n) {
+			free(pw->held);
+			pw->held = n;
+			pw->held_cap = cap;
+			pw->held_head = 0;
+		}
+	}
+	if (!seq) {
+		ex_unhold(h, true);
+		return;
+	}
+	pw->held[(pw->held_head + pw->held_len++) & (pw->held_cap - 1)] = (struct held){ h, seq };
+	strict_arm(pw);
+}
+
+static void px_hold(struct px *px)
+{
+	if (!px->hold && px->pw->pl->gov && gov_audit_strict(px->pw->pl->gov))
+		px->hold = ex_hold(px->ex);
+}
+
+/* What every audit record says of its exchange: when, who from, which dialect. */
+static void audit_base(struct exchange *ex, enum dialect d, int status, struct audit_rec *a,
+		       char *client, size_t client_cap)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	uint64_t now_us = mono_us(), start_us = ex->start_ms * 1000;
+	uint64_t total = now_us > start_us ? now_us - start_us : 0;
+	*a = (struct audit_rec){
+		.time_ns = (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec - (int64_t)total * 1000,
+		.request_id = slice_cstr(ex->id),
+		.dialect = d == DIALECT_ANTHROPIC ? AUDIT_DIALECT_ANTHROPIC : AUDIT_DIALECT_OPENAI,
+		.status = (uint16_t)status,
+		.total_us = total,
+	};
+	ex_peer(ex, client, client_cap);
+	a->client = slice_cstr(client);
+}
+
+/* The request's audit record from its state: who called, what was asked, each attempt and
+ * who served. Tokens and cost are gov_settle's. Strings point into px (or its config). */
+static void px_audit_rec(const struct px *px, int status, struct audit_rec *a, char *client,
+			 size_t client_cap)
+{
+	const struct pipeline *pl = px->pw->pl;
+	audit_base(px->ex, px->in, status, a, client, client_cap);
+	const struct gov_caller *c = &px->ticket.caller;
+	if (c->key)
+		a->key_id = slice_cstr(c->key->id);
+	if (c->team)
+		a->team = slice_cstr(c->team->name);
+	a->model = px->model_name;
+	a->stream = px->stream;
+	for (unsigned i = 0; i < px->nattempts && i < AUDIT_ATTEMPTS_MAX; i++) {
+		const struct attempt *at = &px->attempts[i];
+		const struct router_target *t = &at->model->targets[at->target];
+		a->attempts[i] = (struct audit_attempt){
+			.provider = slice_cstr(pl->providers[t->provider].cfg->name),
+			.model = slice_cstr(t->upstream_model),
+			.status = (uint16_t)at->status,
+			.error = slice_cstr(at->skipped ? "untranslatable"
+					    : at->err   ? error_token(at->err)
+							: ""),
+		};
+		a->nattempts = i + 1;
+	}
+	const struct attempt *last = px->nattempts ? &px->attempts[px->nattempts - 1] : NULL;
+	if (last && last->status && px->nsent) { /* the provider that answered */
+		a->provider = a->attempts[a->nattempts - 1].provider;
+		a->upstream_model = a->attempts[a->nattempts - 1].model;
+		uint64_t now = mono_us(), start = px->ex->start_ms * 1000;
+		if (px->attempt_us > start)
+			a->first_byte_us = px->attempt_us - start + (uint64_t)last->ms * 1000;
+		if (now > px->attempt_us)
+			a->upstream_us = now - px->attempt_us;
+	}
+}
+
+/* The record of a request refused before it had a state (no or a bad key). */
+static void audit_refusal(struct pipeline *pl, struct exchange *ex, enum dialect d, int status)
+{
+	struct audit_rec a;
+	char client[64];
+	uint64_t seq;
+	if (!pl->gov)
+		return;
+	audit_base(ex, d, status, &a, client, sizeof(client));
+	gov_audit(pl->gov, worker_id(ex_worker(ex)), &a, &seq);
+	if (gov_audit_strict(pl->gov))
+		strict_wait(worker_state(ex_worker(ex)), ex_hold(ex), seq);
+}
+
+/* The request ends: its audit record goes to the store, with its spend when a provider
+ * served it (one unit). The usage to bill: the provider's figures where it gave them,
+ * else the gateway's own (the prompt counted at admission, the completion counted as the
+ * stream passed). */
+static void px_settle(struct px *px, int status)
 {
 	struct gov *g = px->pw->pl->gov;
-	if (!g || !px->ticket.held)
+	if (!g)
 		return;
+	struct audit_rec a;
+	char client[64];
+	uint64_t seq;
+	px_audit_rec(px, status, &a, client, sizeof(client));
 	int64_t now_ns = (int64_t)mono_us() * 1000;
-	if (!px->served) {
+	px_hold(px);
+	if (!px->ticket.held || !px->served) {
 		gov_release(g, px->pw->id, &px->ticket, now_ns);
+		gov_audit(g, px->pw->id, &a, &seq);
+		strict_wait(px->pw, px->hold, seq);
+		px->hold = NULL;
 		return;
 	}
 	px->usage_src = METRICS_USAGE_PROVIDER;
@@ -304,7 +474,12 @@ static void px_settle(struct px *px)
 		}
 	}
 	px->billed = gu;
-	px->cost = gov_settle(g, px->pw->id, &px->ticket, &gu, now_ns, (int64_t)time(NULL));
+	a.usage = px->usage_src == METRICS_USAGE_PROVIDER ? AUDIT_USAGE_PROVIDER
+							  : AUDIT_USAGE_GATEWAY;
+	px->cost = gov_settle(g, px->pw->id, &px->ticket, &gu, now_ns, (int64_t)time(NULL), &a,
+			      &seq);
+	strict_wait(px->pw, px->hold, seq);
+	px->hold = NULL;
 }
 
 static int team_index(const struct pipeline *pl, const struct gov_caller *c)
@@ -482,7 +657,7 @@ static void px_stream_close(struct px *px)
 	struct exchange *ex = px->ex;
 	struct buf out = px->out;
 	px->out = (struct buf){ 0 };
-	px_free(px);
+	px_free(px, 200);
 	if (write_buf(ex, &out))
 		ex_finish(ex);
 }
@@ -524,6 +699,7 @@ static void px_on_head(void *arg, const struct http1_response *res)
 	buf_free(&px->req); /* sent: the upstream call no longer needs it */
 	if (px_head_routes(px, res, ct))
 		return;
+	px_hold(px); /* before any of the response is queued */
 	px->served = res->status >= 200 && res->status < 300;
 	if (px->served && px->ticket.held && (px->raw_sse || (px->in != px->up && is_sse(ct))))
 		px_count_start(px);
@@ -544,7 +720,7 @@ static void px_on_head(void *arg, const struct http1_response *res)
 				struct exchange *ex = px->ex;
 				px->sent = 503;
 				px->error = "resources";
-				px_free(px);
+				px_free(px, 503);
 				respond_error(ex, dialect_of(ex), 503, NULL, "gateway out of memory", NULL);
 				return;
 			}
@@ -662,7 +838,7 @@ static void px_respond_body(struct px *px, int status, struct buf *body)
 	px->first_byte_us = mono_us();
 	if (status >= 400 && !px->error)
 		px->error = "upstream_status";
-	px_free(px);
+	px_free(px, status);
 	ex_begin(ex, status, "application/json", extra, (int64_t)body->len);
 	if (write_buf(ex, body))
 		ex_finish(ex);
@@ -713,7 +889,7 @@ static void px_on_end(void *arg)
 			enum dialect d = px->in;
 			px->sent = 502;
 			px->error = "upstream_bad_response";
-			px_free(px);
+			px_free(px, 502);
 			respond_error(ex, d, 502, "upstream_bad_response",
 				      "the provider's response could not be read", NULL);
 			return;
@@ -728,7 +904,7 @@ static void px_on_end(void *arg)
 		return;
 	}
 	}
-	px_free(px);
+	px_free(px, px->status);
 	ex_finish(ex);
 }
 
@@ -749,7 +925,7 @@ static void px_on_error(void *arg, enum upstream_error err, bool head_seen)
 		/* The status line is out: relay what came, then cut the connection so the
 		 * client cannot mistake the response for complete. */
 		px->error = "upstream_broke";
-		px_free(px);
+		px_free(px, px->status);
 		ex_truncate(ex);
 		return;
 	}
@@ -764,7 +940,7 @@ static void px_on_error(void *arg, enum upstream_error err, bool head_seen)
 	enum dialect d = px->in;
 	px->sent = timeout ? 504 : 502;
 	px->error = timeout ? "upstream_timeout" : "upstream_unavailable";
-	px_free(px);
+	px_free(px, timeout ? 504 : 502);
 	respond_error(ex, d, timeout ? 504 : 502, timeout ? "upstream_timeout" : "upstream_unavailable",
 		      upstream_error_text(err), NULL);
 }
@@ -820,6 +996,7 @@ static bool authenticate(struct pipeline *pl, struct exchange *ex, enum dialect 
 		}
 	}
 	observe_early(ex, d, 401, "invalid_api_key");
+	audit_refusal(pl, ex, d, 401);
 	respond_error(ex, d, 401, "invalid_api_key", msg, NULL);
 	return false;
 }
@@ -1083,7 +1260,7 @@ static bool px_relay_sse(struct px *px, struct slice data, uint16_t bid)
 			struct exchange *ex = px->ex;
 			upstream_cancel(&px->call);
 			px->error = "resources";
-			px_free(px);
+			px_free(px, px->status);
 			ex_truncate(ex);
 			return false;
 		}
@@ -1126,7 +1303,7 @@ static void px_sse_end(struct px *px, enum xlat_err_kind kind, const char *why)
 		xlat_stream_free(xs);
 	}
 	px->error = kind == XERR_BUDGET ? "budget_exceeded" : "upstream_broke";
-	px_free(px);
+	px_free(px, px->status);
 	if (!out.len) {
 		buf_free(&out);
 		ex_truncate(ex);
@@ -1384,7 +1561,7 @@ static void px_answer_last_error(struct px *px)
 	px->sent = status;
 	px->first_byte_us = mono_us();
 	px->error = "upstream_status";
-	px_free(px);
+	px_free(px, status);
 	ex_begin(ex, status, ctype, extra, (int64_t)body.len);
 	if (write_buf(ex, &body))
 		ex_finish(ex);
@@ -1404,7 +1581,7 @@ static void px_give_up(struct px *px)
 		snprintf(msg, sizeof(msg), "%s", px->why);
 		px->sent = 400;
 		px->error = "untranslatable";
-		px_free(px);
+		px_free(px, 400);
 		respond_error(ex, d, 400, NULL, msg, NULL);
 		return;
 	}
@@ -1416,7 +1593,7 @@ static void px_give_up(struct px *px)
 		snprintf(extra, sizeof(extra), "retry-after: %llu\r\n", (unsigned long long)secs);
 		px->sent = 503;
 		px->error = "breaker_open";
-		px_free(px);
+		px_free(px, 503);
 		respond_error(ex, d, 503, "upstream_unavailable", msg, extra);
 		return;
 	}
@@ -1427,7 +1604,7 @@ static void px_give_up(struct px *px)
 	px_extra_headers(px, extra, sizeof(extra));
 	px->sent = timeout ? 504 : 502;
 	px->error = timeout ? "upstream_timeout" : "upstream_unavailable";
-	px_free(px);
+	px_free(px, timeout ? 504 : 502);
 	respond_error(ex, d, timeout ? 504 : 502, timeout ? "upstream_timeout" : "upstream_unavailable",
 		      msg, extra);
 }
@@ -1461,7 +1638,7 @@ static void px_next(struct px *px)
 			enum dialect d = px->in;
 			px->sent = 503;
 			px->error = "resources";
-			px_free(px);
+			px_free(px, 503);
 			respond_error(ex, d, 503, NULL, "gateway out of memory", NULL);
 			return;
 		}
@@ -1591,7 +1768,7 @@ static bool px_admit(struct px *px, const struct gov_caller *caller, uint64_t ma
 	if (pl->metrics && r.status == 429)
 		metrics_refused(pl->metrics, px->pw->id, team_index(pl, caller),
 				r.kind == XERR_BUDGET ? METRICS_REFUSED_BUDGET : METRICS_REFUSED_RATELIMIT);
-	px_free(px);
+	px_free(px, r.status);
 	struct buf b = { 0 };
 	xlat_error_body(d, r.kind, r.status, r.code, r.message, &b);
 	ex_respond(ex, r.status, "application/json", r.headers[0] ? r.headers : NULL,
@@ -1662,7 +1839,7 @@ static void handle_embeddings(struct pl_worker *pw, struct exchange *ex,
 		snprintf(msg, sizeof(msg), "The model `%s` does not support embeddings.", m->name);
 		px->sent = 400;
 		px->error = "model_not_supported";
-		px_free(px);
+		px_free(px, 400);
 		respond_error(ex, DIALECT_OPENAI, 400, "model_not_supported", msg, NULL);
 		return;
 	}
@@ -1796,7 +1973,7 @@ static void pl_on_abort(struct exchange *ex)
 	upstream_cancel(&px->call);
 	px->sent = 499;
 	px->error = "client_gone";
-	px_free(px);
+	px_free(px, 499);
 }
 
 /* ---------------------------------------------------------------- workers */
@@ -1808,7 +1985,9 @@ static void *pl_worker_init(struct worker *w, void *ctx)
 	if (!pw)
 		return NULL;
 	pw->pl = pl;
+	pw->w = w;
 	pw->id = worker_id(w);
+	pw->ev_store.fn = strict_done;
 	pw->rw = router_worker_new(pl->router);
 	pw->rng = 0x9E3779B97F4A7C15ull ^ ((uint64_t)worker_id(w) + 1) * mono_us();
 	pw->tc = pl->tok ? tokcount_ctx_new(pl->tok) : NULL;
@@ -1867,6 +2046,7 @@ static void pl_worker_fini(struct worker *w, void *state)
 		upstream_pool_free(pw->pools[i]);
 	free(pw->pools);
 	router_worker_free(pw->rw);
+	free(pw->held); /* empty: held responses keep their connections, so the worker waited */
 	if (pw->tc)
 		tokcount_ctx_free(pw->tc);
 	free(pw);

@@ -23,6 +23,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <openssl/sha.h>
+
 #include "core/log.h"
 #include "core/spsc.h"
 #include "policy/store.h"
@@ -40,6 +42,8 @@
 #define OUTCOME_PER_RING_RECORD 4   /* how far back store_outcome() can still tell */
 #define OUTCOME_SEQ_BITS 48         /* an outcome slot: seq << 16 | -error */
 #define FAILURE_LOG_EVERY_MS 1000
+#define PRUNE_BATCH 256             /* audit records one pruning transaction deletes */
+#define PRUNE_EVERY_MS 1000         /* how often retention looks when nothing is due */
 
 static_assert(sizeof(struct store_rec) == 128, "a ring slot is two cache lines");
 static_assert(sizeof(struct store_spend) == 4 * sizeof(int64_t), "ADD carries the whole counter");
@@ -77,7 +81,7 @@ struct store_reader {
 
 struct store_counters {
 	_Atomic uint64_t commits, records, batches_failed, records_failed;
-	_Atomic uint64_t map_full, map_grows, add_saturated;
+	_Atomic uint64_t map_full, map_grows, add_saturated, audit_pruned;
 	_Atomic size_t map_size;
 };
 
@@ -104,6 +108,11 @@ struct store {
 	bool dirty;                 /* NONE: committed since the last mdb_env_sync */
 	uint64_t last_sync_ms;
 	uint64_t failure_logged_ms, failed_unlogged;
+	/* The audit chain: the last committed record's stamp and hash, and the working copy
+	 * a batch advances (dropped if the batch fails). */
+	uint64_t chain_stamp, work_stamp;
+	uint8_t chain_hash[STORE_AUDIT_HASH_LEN], work_hash[STORE_AUDIT_HASH_LEN];
+	uint64_t retention_ms, prune_due_ms;
 
 	alignas(SPSC_CACHE_LINE) _Atomic uint32_t bell; /* futex: bumped to wake the thread */
 	_Atomic uint32_t sleep_state;
@@ -238,6 +247,17 @@ int store_rec_spend_add(struct store_rec *r, const struct store_spend_key *k,
 	return 0;
 }
 
+int store_rec_audit(struct store_rec *r, const void *content, size_t len)
+{
+	if (len == 0 || len > STORE_VAL_MAX - STORE_AUDIT_HASH_LEN || !content)
+		return -EINVAL;
+	static const uint8_t none = 0; /* the store chooses the key */
+	int rc = store_rec_put(r, STORE_DB_AUDIT, &none, 1, content, len);
+	if (rc == 0)
+		r->op = STORE_OP_AUDIT;
+	return rc;
+}
+
 void store_rec_release(struct store_rec *r)
 {
 	if (!(r->flags & STORE_REC_BLOB))
@@ -256,6 +276,9 @@ static bool rec_valid(const struct store_rec *r)
 {
 	if (!db_writable(r->db) || r->key_len == 0 || r->key_len > STORE_KEY_MAX)
 		return false;
+	/* the audit database is the chain's: only the store thread keys and links it */
+	if ((r->db == STORE_DB_AUDIT) != (r->op == STORE_OP_AUDIT))
+		return false;
 	bool blob = r->flags & STORE_REC_BLOB;
 	switch (r->op) {
 	case STORE_OP_PUT:
@@ -266,6 +289,10 @@ static bool rec_valid(const struct store_rec *r)
 		return !blob && r->val_len == 0;
 	case STORE_OP_ADD:
 		return !blob && r->db == STORE_DB_SPEND;
+	case STORE_OP_AUDIT:
+		return r->db == STORE_DB_AUDIT && r->val_len > 0 &&
+		       r->val_len <= STORE_VAL_MAX - STORE_AUDIT_HASH_LEN &&
+		       blob == (r->val_len > STORE_INLINE_MAX) && (!blob || r->v.blob);
 	}
 	return false;
 }
@@ -282,6 +309,22 @@ static uint64_t get_be64(const uint8_t *p)
 	for (int i = 0; i < 8; i++)
 		v = v << 8 | p[i];
 	return v;
+}
+
+void store_audit_key(uint64_t stamp, uint8_t out[STORE_AUDIT_KEY_LEN]) { put_be64(out, stamp); }
+uint64_t store_audit_stamp(const void *key) { return get_be64(key); }
+
+void store_audit_hash(const uint8_t prev[STORE_AUDIT_HASH_LEN], uint64_t stamp,
+		      const void *content, size_t len, uint8_t out[STORE_AUDIT_HASH_LEN])
+{
+	uint8_t key[STORE_AUDIT_KEY_LEN];
+	put_be64(key, stamp);
+	SHA256_CTX c;
+	SHA256_Init(&c);
+	SHA256_Update(&c, prev, STORE_AUDIT_HASH_LEN);
+	SHA256_Update(&c, key, sizeof(key));
+	SHA256_Update(&c, content, len);
+	SHA256_Final(out, &c);
 }
 
 size_t store_spend_key_encode(const struct store_spend_key *k, uint8_t out[STORE_KEY_MAX])
@@ -444,6 +487,35 @@ static int apply_add(MDB_txn *txn, MDB_dbi dbi, MDB_val *k, const struct store_r
 	return mdb_put(txn, dbi, k, &nv, 0);
 }
 
+static uint64_t realtime_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* The next link of the chain: a stamp after the last one (the wall clock, or one past the
+ * last stamp if the clock went back), written with its hash straight into the map. */
+static int apply_audit(struct store *s, MDB_txn *txn, const struct store_rec *r)
+{
+	uint64_t stamp = realtime_ns();
+	if (stamp <= s->work_stamp)
+		stamp = s->work_stamp + 1;
+	uint8_t key[STORE_AUDIT_KEY_LEN];
+	put_be64(key, stamp);
+	MDB_val k = { .mv_size = sizeof(key), .mv_data = key };
+	MDB_val v = { .mv_size = STORE_AUDIT_HASH_LEN + r->val_len };
+	int rc = mdb_put(txn, s->dbi[STORE_DB_AUDIT], &k, &v, MDB_APPEND | MDB_RESERVE);
+	if (rc)
+		return rc;
+	uint8_t *out = v.mv_data;
+	store_audit_hash(s->work_hash, stamp, rec_val(r), r->val_len, out);
+	memcpy(out + STORE_AUDIT_HASH_LEN, rec_val(r), r->val_len);
+	memcpy(s->work_hash, out, STORE_AUDIT_HASH_LEN);
+	s->work_stamp = stamp;
+	return 0;
+}
+
 static int apply_rec(struct store *s, MDB_txn *txn, const struct store_rec *r,
 		     uint64_t *saturated)
 {
@@ -460,6 +532,8 @@ static int apply_rec(struct store *s, MDB_txn *txn, const struct store_rec *r,
 	}
 	case STORE_OP_ADD:
 		return apply_add(txn, dbi, &k, r, saturated);
+	case STORE_OP_AUDIT:
+		return apply_audit(s, txn, r);
 	}
 	return EINVAL;
 }
@@ -471,6 +545,8 @@ static int apply_batch(struct store *s, uint64_t *saturated)
 	int rc = mdb_txn_begin(s->env, NULL, 0, &txn);
 	if (rc)
 		return mdb_err(rc);
+	s->work_stamp = s->chain_stamp;
+	memcpy(s->work_hash, s->chain_hash, STORE_AUDIT_HASH_LEN);
 	for (size_t i = 0; i < s->batch_len; i++) {
 		rc = apply_rec(s, txn, &s->batch[i], saturated);
 		if (rc) {
@@ -540,6 +616,8 @@ static void commit_batch(struct store *s)
 		break;
 	}
 	if (rc == 0) {
+		s->chain_stamp = s->work_stamp; /* the chain moves only with a commit */
+		memcpy(s->chain_hash, s->work_hash, STORE_AUDIT_HASH_LEN);
 		stat_add(&s->c.commits, 1);
 		stat_add(&s->c.records, s->batch_len);
 		stat_add(&s->c.add_saturated, saturated);
@@ -563,6 +641,58 @@ static void sync_if_due(struct store *s, uint64_t now)
 		log_error("store: sync: %s", store_strerror(rc));
 	s->dirty = false;
 	s->last_sync_ms = now;
+}
+
+/* Retention: delete the oldest audit records past the limit, PRUNE_BATCH per transaction
+ * so that a commit never waits long behind a prune, and keep the last one deleted as the
+ * chain's anchor. Runs between batches on the store thread. */
+static void prune_if_due(struct store *s, uint64_t now)
+{
+	if (!s->retention_ms || now < s->prune_due_ms)
+		return;
+	uint64_t cutoff = realtime_ns() - s->retention_ms * 1000000u;
+	MDB_txn *txn = NULL;
+	MDB_cursor *cur = NULL;
+	MDB_val k, v;
+	uint8_t anchor[STORE_AUDIT_KEY_LEN + STORE_AUDIT_HASH_LEN];
+	unsigned n = 0;
+	int rc = mdb_txn_begin(s->env, NULL, 0, &txn);
+	if (rc)
+		txn = NULL;
+	if (rc == 0)
+		rc = mdb_cursor_open(txn, s->dbi[STORE_DB_AUDIT], &cur);
+	while (rc == 0 && n < PRUNE_BATCH) {
+		rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST);
+		if (rc || k.mv_size != STORE_AUDIT_KEY_LEN || get_be64(k.mv_data) >= cutoff ||
+		    v.mv_size < STORE_AUDIT_HASH_LEN)
+			break;
+		memcpy(anchor, k.mv_data, STORE_AUDIT_KEY_LEN);
+		memcpy(anchor + STORE_AUDIT_KEY_LEN, v.mv_data, STORE_AUDIT_HASH_LEN);
+		rc = mdb_cursor_del(cur, 0);
+		if (rc == 0)
+			n++;
+	}
+	if (rc == MDB_NOTFOUND)
+		rc = 0;
+	if (cur)
+		mdb_cursor_close(cur);
+	if (rc == 0 && n) {
+		MDB_val ak = { .mv_size = strlen(STORE_AUDIT_ANCHOR), .mv_data = STORE_AUDIT_ANCHOR };
+		MDB_val av = { .mv_size = sizeof(anchor), .mv_data = anchor };
+		rc = mdb_put(txn, s->dbi[STORE_DB_META], &ak, &av, 0);
+	}
+	if (txn && rc == 0 && n)
+		rc = mdb_txn_commit(txn);
+	else if (txn)
+		mdb_txn_abort(txn);
+	if (rc) {
+		log_error("store: pruning audit records: %s", store_strerror(mdb_err(rc)));
+		n = 0;
+	} else if (n) {
+		stat_add(&s->c.audit_pruned, n);
+		s->dirty = true;
+	}
+	s->prune_due_ms = n == PRUNE_BATCH ? now : now + PRUNE_EVERY_MS;
 }
 
 static bool work_waiting(struct store *s, uint32_t state)
@@ -592,9 +722,13 @@ static void store_sleep(struct store *s, uint32_t state, int64_t timeout_ms)
 
 static int64_t idle_timeout(struct store *s, uint64_t now)
 {
-	if (s->durability != STORE_DURABILITY_NONE || !s->dirty)
+	uint64_t due = UINT64_MAX;
+	if (s->durability == STORE_DURABILITY_NONE && s->dirty)
+		due = s->last_sync_ms + s->sync_interval_ms;
+	if (s->retention_ms && s->prune_due_ms < due)
+		due = s->prune_due_ms;
+	if (due == UINT64_MAX)
 		return -1;
-	uint64_t due = s->last_sync_ms + s->sync_interval_ms;
 	return due > now ? (int64_t)(due - now) : 0;
 }
 
@@ -611,6 +745,7 @@ static void *store_main(void *arg)
 		else if (stopping)
 			break;
 		uint64_t now = now_ms();
+		prune_if_due(s, now);
 		sync_if_due(s, now);
 		if (n >= s->batch_records || stopping)
 			continue;
@@ -838,6 +973,44 @@ int store_spend_get(struct store_reader *r, const struct store_spend_key *k,
 	return 0;
 }
 
+int store_scan_from(struct store_reader *r, enum store_db db, const void *from, size_t from_len,
+		    store_scan_fn fn, void *arg)
+{
+	if (!r->reading || (unsigned)db >= STORE_DB_COUNT || from_len > 511)
+		return -EINVAL;
+	MDB_cursor *cur;
+	int rc = mdb_cursor_open(r->txn, r->store->dbi[db], &cur);
+	if (rc)
+		return mdb_err(rc);
+	MDB_val k = { .mv_size = from_len, .mv_data = (void *)from }, v;
+	rc = mdb_cursor_get(cur, &k, &v, from_len ? MDB_SET_RANGE : MDB_FIRST);
+	int out = 0;
+	while (rc == 0 && !(out = fn(arg, k.mv_data, k.mv_size, v.mv_data, v.mv_size)))
+		rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
+	mdb_cursor_close(cur);
+	if (out)
+		return out;
+	return rc == 0 || rc == MDB_NOTFOUND ? 0 : mdb_err(rc);
+}
+
+int store_audit_anchor(struct store_reader *r, uint64_t *stamp,
+		       uint8_t hash[STORE_AUDIT_HASH_LEN])
+{
+	struct store_val v;
+	*stamp = 0;
+	memset(hash, 0, STORE_AUDIT_HASH_LEN);
+	int rc = store_get(r, STORE_DB_META, STORE_AUDIT_ANCHOR, strlen(STORE_AUDIT_ANCHOR), &v);
+	if (rc == -ENOENT)
+		return 0;
+	if (rc)
+		return rc;
+	if (v.len != STORE_AUDIT_KEY_LEN + STORE_AUDIT_HASH_LEN)
+		return -EBADMSG;
+	*stamp = get_be64(v.p);
+	memcpy(hash, (const uint8_t *)v.p + STORE_AUDIT_KEY_LEN, STORE_AUDIT_HASH_LEN);
+	return 0;
+}
+
 int store_scan(struct store_reader *r, enum store_db db, const void *prefix, size_t prefix_len,
 	       store_scan_fn fn, void *arg)
 {
@@ -933,6 +1106,39 @@ static int check_schema(struct store *s, MDB_txn *txn)
 	return 0;
 }
 
+/* Where the audit chain goes on: its last record, else the anchor, else nothing. */
+static int load_chain(struct store *s, MDB_txn *txn)
+{
+	MDB_cursor *cur;
+	MDB_val k, v;
+	int rc = mdb_cursor_open(txn, s->dbi[STORE_DB_AUDIT], &cur);
+	if (rc)
+		return rc;
+	rc = mdb_cursor_get(cur, &k, &v, MDB_LAST);
+	mdb_cursor_close(cur);
+	if (rc == MDB_NOTFOUND) {
+		MDB_val ak = { .mv_size = strlen(STORE_AUDIT_ANCHOR), .mv_data = STORE_AUDIT_ANCHOR };
+		rc = mdb_get(txn, s->dbi[STORE_DB_META], &ak, &v);
+		if (rc == MDB_NOTFOUND)
+			return 0;
+		if (rc)
+			return rc;
+		if (v.mv_size != STORE_AUDIT_KEY_LEN + STORE_AUDIT_HASH_LEN)
+			return -EBADMSG;
+		s->chain_stamp = get_be64(v.mv_data);
+		memcpy(s->chain_hash, (uint8_t *)v.mv_data + STORE_AUDIT_KEY_LEN,
+		       STORE_AUDIT_HASH_LEN);
+		return 0;
+	}
+	if (rc)
+		return rc;
+	if (k.mv_size != STORE_AUDIT_KEY_LEN || v.mv_size < STORE_AUDIT_HASH_LEN)
+		return -EBADMSG;
+	s->chain_stamp = get_be64(k.mv_data);
+	memcpy(s->chain_hash, v.mv_data, STORE_AUDIT_HASH_LEN);
+	return 0;
+}
+
 /* Open every database (creating them unless read-only) and check the schema. An
  * environment whose main database has entries but no "meta" is someone else's. */
 static int open_dbs(struct store *s)
@@ -958,6 +1164,8 @@ static int open_dbs(struct store *s)
 		rc = STORE_ENOTSTORE;
 	if (rc == 0)
 		rc = check_schema(s, txn);
+	if (rc == 0 && !s->read_only)
+		rc = load_chain(s, txn);
 	if (rc) {
 		mdb_txn_abort(txn);
 		return mdb_err(rc);
@@ -1124,6 +1332,7 @@ struct store *store_open(const struct store_options *opt, int *err)
 	s->sync_interval_ms = opt->sync_interval_ms ? opt->sync_interval_ms
 						    : SYNC_INTERVAL_MS_DEFAULT;
 	s->map_size_max = opt->map_size_max ? opt->map_size_max : MAP_SIZE_MAX_DEFAULT;
+	s->retention_ms = opt->audit_retention_ms;
 	s->map_size_max -= s->map_size_max % (size_t)sysconf(_SC_PAGESIZE);
 	int rc = store_setup(s, opt);
 	if (rc) {
@@ -1166,6 +1375,7 @@ void store_stats(struct store *s, struct store_stats *out)
 	out->map_full = atomic_load_explicit(&s->c.map_full, memory_order_relaxed);
 	out->map_grows = atomic_load_explicit(&s->c.map_grows, memory_order_relaxed);
 	out->add_saturated = atomic_load_explicit(&s->c.add_saturated, memory_order_relaxed);
+	out->audit_pruned = atomic_load_explicit(&s->c.audit_pruned, memory_order_relaxed);
 	out->map_size = atomic_load_explicit(&s->c.map_size, memory_order_relaxed);
 	for (unsigned i = 0; i < s->nproducers; i++)
 		out->submit_full += atomic_load_explicit(&s->producers[i].submit_full,

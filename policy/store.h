@@ -22,6 +22,9 @@
 /* The on-disk layout this build reads and writes; kept in meta under "schema". */
 #define STORE_SCHEMA_VERSION 1
 
+struct store;
+struct store_reader;
+
 #define STORE_ESCHEMA   (-30600) /* the environment's schema version is not ours */
 #define STORE_ENOTSTORE (-30601) /* data_dir holds an LMDB environment that is not a store */
 
@@ -30,7 +33,7 @@ enum store_db {
 	STORE_DB_KEYS,  /* SHA-256 of a client key (32 bytes) -> key record (policy/keys) */
 	STORE_DB_TEAMS, /* team name -> team record */
 	STORE_DB_SPEND, /* store_spend_key_encode() -> struct store_spend */
-	STORE_DB_AUDIT, /* request id -> audit record (policy/audit) */
+	STORE_DB_AUDIT, /* commit stamp (8, BE) -> chain hash (32) | audit record (policy/audit) */
 	STORE_DB_COUNT
 };
 
@@ -59,6 +62,7 @@ struct store_options {
 	enum store_durability durability;
 	uint32_t sync_interval_ms;    /* NONE only; 0: 1000 */
 	size_t map_size;              /* initial map; 0: 256 MiB. An existing larger map wins */
+	uint64_t audit_retention_ms;  /* audit records older than this are pruned; 0: kept */
 	size_t map_size_max;          /* growth stops here; 0: 64 GiB; below map_size: no growth */
 	unsigned max_readers;         /* LMDB reader slots, all processes; 0: 126 */
 };
@@ -80,7 +84,7 @@ const char *store_strerror(int err);
 #define STORE_UNIT_MAX 16       /* records one store_submit() call commits together */
 #define STORE_ID_MAX 64
 
-enum store_op { STORE_OP_PUT = 1, STORE_OP_DEL, STORE_OP_ADD };
+enum store_op { STORE_OP_PUT = 1, STORE_OP_DEL, STORE_OP_ADD, STORE_OP_AUDIT };
 
 /* One ring slot (128 bytes). Fill it with a store_rec_* constructor; the fields are the
  * store's. A PUT whose value is over STORE_INLINE_MAX points at a malloc'd copy (blob):
@@ -144,6 +148,27 @@ int store_rec_spend_add(struct store_rec *r, const struct store_spend_key *k,
 			const struct store_spend *delta);
 void store_rec_release(struct store_rec *r);
 
+/* ---- the audit chain (docs/audit.md) ----
+ *
+ * An AUDIT record carries only its content: the store thread keys it by its commit stamp
+ * (UTC nanoseconds, strictly increasing, 8 bytes big-endian) and stores
+ * hash | content, hash = SHA-256(previous record's hash | stamp | content), in commit
+ * order. The first record after an empty log chains from 32 zero bytes; pruning keeps the
+ * last pruned record's stamp and hash in meta "audit_anchor", so the chain stays
+ * verifiable from there. */
+#define STORE_AUDIT_HASH_LEN 32
+#define STORE_AUDIT_KEY_LEN 8
+#define STORE_AUDIT_ANCHOR "audit_anchor" /* meta: stamp (8, BE) | hash (32) */
+
+int store_rec_audit(struct store_rec *r, const void *content, size_t len);
+void store_audit_hash(const uint8_t prev[STORE_AUDIT_HASH_LEN], uint64_t stamp,
+		      const void *content, size_t len, uint8_t out[STORE_AUDIT_HASH_LEN]);
+void store_audit_key(uint64_t stamp, uint8_t out[STORE_AUDIT_KEY_LEN]);
+uint64_t store_audit_stamp(const void *key); /* the 8 key bytes back to the stamp */
+/* Within a read: the anchor (stamp 0 and zero hash when nothing was ever pruned). */
+int store_audit_anchor(struct store_reader *r, uint64_t *stamp,
+		       uint8_t hash[STORE_AUDIT_HASH_LEN]);
+
 /* Key layout in STORE_DB_SPEND: scope, period, start (big-endian, so a scan walks time in
  * order), id. The encoded length (at most STORE_KEY_MAX), or 0 if k is out of range. */
 size_t store_spend_key_encode(const struct store_spend_key *k, uint8_t out[STORE_KEY_MAX]);
@@ -204,6 +229,11 @@ typedef int (*store_scan_fn)(void *arg, const void *key, size_t key_len, const v
 int store_scan(struct store_reader *r, enum store_db db, const void *prefix, size_t prefix_len,
 	       store_scan_fn fn, void *arg);
 
+/* Within a read: like store_scan, over the entries whose key is >= from (all if from_len
+ * is 0), in key order, until fn returns non-zero. */
+int store_scan_from(struct store_reader *r, enum store_db db, const void *from, size_t from_len,
+		    store_scan_fn fn, void *arg);
+
 /* ---- operator's view ---- */
 
 struct store_stats {
@@ -215,6 +245,7 @@ struct store_stats {
 	uint64_t map_grows;        /* successful map resizes */
 	uint64_t submit_full;      /* store_submit() calls refused because a ring was full */
 	uint64_t add_saturated;    /* counter additions clamped at the int64 limits */
+	uint64_t audit_pruned;     /* audit records removed by retention */
 	size_t map_size;           /* bytes mapped now */
 };
 

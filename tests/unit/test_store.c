@@ -314,7 +314,7 @@ static void test_put_del_add_roundtrip(void **state)
 	put_str(s, 0, STORE_DB_TEAMS, "search", "inline");
 	put_str(s, 0, STORE_DB_TEAMS, "gone", "soon");
 	struct store_rec big;
-	assert_int_equal(store_rec_put(&big, STORE_DB_AUDIT, "req-1", 5, blob, sizeof(blob)), 0);
+	assert_int_equal(store_rec_put(&big, STORE_DB_TEAMS, "req-1", 5, blob, sizeof(blob)), 0);
 	submit_unit(s, 0, &big, 1);
 	store_rec_release(&big); /* harmless: the store owns the blob now */
 	struct store_rec unit[3];
@@ -335,7 +335,7 @@ static void test_put_del_add_roundtrip(void **state)
 	assert_int_equal(get_str(r, STORE_DB_TEAMS, "search", out, sizeof(out)), 0);
 	assert_string_equal(out, "inline");
 	assert_int_equal(get_str(r, STORE_DB_TEAMS, "gone", out, sizeof(out)), -ENOENT);
-	assert_int_equal(get_str(r, STORE_DB_AUDIT, "req-1", out, sizeof(out)), 0);
+	assert_int_equal(get_str(r, STORE_DB_TEAMS, "req-1", out, sizeof(out)), 0);
 	assert_string_equal(out, blob);
 	struct store_spend got;
 	assert_int_equal(store_spend_get(r, &k, &got), 0);
@@ -485,7 +485,7 @@ static int produce_units(struct store *s, unsigned id, unsigned units)
 		char key[24];
 		audit_key(key, id, i);
 		struct store_spend one = { .requests = 1 }, cost = { .micro_usd = (int64_t)i };
-		if (store_rec_put(&unit[0], STORE_DB_AUDIT, key, strlen(key), key, strlen(key)) ||
+		if (store_rec_put(&unit[0], STORE_DB_TEAMS, key, strlen(key), key, strlen(key)) ||
 		    store_rec_spend_add(&unit[1], &mine, &one) ||
 		    store_rec_spend_add(&unit[2], &shared, &cost))
 			return -1;
@@ -529,7 +529,7 @@ static void check_produced(struct store *s, unsigned n, unsigned units)
 		for (uint64_t i = 1; i <= units; i++) {
 			char key[24], out[32];
 			audit_key(key, p, i);
-			assert_int_equal(get_str(r, STORE_DB_AUDIT, key, out, sizeof(out)), 0);
+			assert_int_equal(get_str(r, STORE_DB_TEAMS, key, out, sizeof(out)), 0);
 			assert_string_equal(out, key);
 		}
 		char name[16];
@@ -585,7 +585,7 @@ static void *stream_main(void *arg)
 		struct store_rec r;
 		char key[24];
 		audit_key(key, a->id, i);
-		if (store_rec_put(&r, STORE_DB_AUDIT, key, strlen(key), "v", 1))
+		if (store_rec_put(&r, STORE_DB_TEAMS, key, strlen(key), "v", 1))
 			return NULL;
 		while (store_submit(a->s, a->id, &r, 1, NULL) == -EAGAIN)
 			sched_yield();
@@ -633,7 +633,7 @@ static void test_group_commit_batches(void **state)
 		for (unsigned p = 0; p < 2; p++) {
 			char key[24], out[8];
 			audit_key(key, p, i);
-			assert_int_equal(get_str(r, STORE_DB_AUDIT, key, out, sizeof(out)), 0);
+			assert_int_equal(get_str(r, STORE_DB_TEAMS, key, out, sizeof(out)), 0);
 		}
 	}
 	store_read_end(r);
@@ -670,7 +670,7 @@ static void *strict_main(void *arg)
 		char key[24];
 		audit_key(key, a->id, i);
 		struct store_spend one = { .requests = 1 };
-		store_rec_put(&unit[0], STORE_DB_AUDIT, key, strlen(key), "s", 1);
+		store_rec_put(&unit[0], STORE_DB_TEAMS, key, strlen(key), "s", 1);
 		store_rec_spend_add(&unit[1], &k, &one);
 		uint64_t seq;
 		int rc;
@@ -690,7 +690,7 @@ static void *strict_main(void *arg)
 		}
 		struct store_val v;
 		struct store_spend got;
-		if (store_get(r, STORE_DB_AUDIT, key, strlen(key), &v) != 0 ||
+		if (store_get(r, STORE_DB_TEAMS, key, strlen(key), &v) != 0 ||
 		    store_spend_get(r, &k, &got) != 0 || got.requests != (int64_t)i)
 			a->not_visible++;
 		store_read_end(r);
@@ -790,7 +790,7 @@ static void test_map_full_keeps_reads(void **state)
 		char key[24];
 		audit_key(key, 0, i);
 		fill_value(val, sizeof(val), i);
-		rc = store_wait(s, 0, put_str(s, 0, STORE_DB_AUDIT, key, val), WAIT_MS);
+		rc = store_wait(s, 0, put_str(s, 0, STORE_DB_TEAMS, key, val), WAIT_MS);
 		if (rc)
 			break;
 		committed = i;
@@ -810,7 +810,7 @@ static void test_map_full_keeps_reads(void **state)
 		char key[24], out[1100];
 		audit_key(key, 0, j);
 		fill_value(val, sizeof(val), j);
-		assert_int_equal(get_str(r, STORE_DB_AUDIT, key, out, sizeof(out)), 0);
+		assert_int_equal(get_str(r, STORE_DB_TEAMS, key, out, sizeof(out)), 0);
 		assert_string_equal(out, val);
 	}
 	store_read_end(r);
@@ -818,7 +818,7 @@ static void test_map_full_keeps_reads(void **state)
 	/* Writes keep failing cleanly, and a small one that fits still commits. */
 	char key[24];
 	audit_key(key, 0, 999999);
-	assert_int_equal(store_wait(s, 0, put_str(s, 0, STORE_DB_AUDIT, key, val), WAIT_MS),
+	assert_int_equal(store_wait(s, 0, put_str(s, 0, STORE_DB_TEAMS, key, val), WAIT_MS),
 			 MDB_MAP_FULL);
 	assert_int_equal(store_wait(s, 0, put_str(s, 0, STORE_DB_TEAMS, "t", "1"), WAIT_MS), 0);
 	store_reader_free(r);
@@ -827,12 +827,12 @@ static void test_map_full_keeps_reads(void **state)
 	/* Reopened with room to grow, the failed writes go through. */
 	o.map_size_max = 64 << 20;
 	s = open_ok(&o);
-	assert_int_equal(store_wait(s, 0, put_str(s, 0, STORE_DB_AUDIT, key, val), WAIT_MS), 0);
+	assert_int_equal(store_wait(s, 0, put_str(s, 0, STORE_DB_TEAMS, key, val), WAIT_MS), 0);
 	r = store_reader_new(s, &err);
 	assert_int_equal(store_read_begin(r), 0);
 	char out[1100];
 	audit_key(key, 0, committed);
-	assert_int_equal(get_str(r, STORE_DB_AUDIT, key, out, sizeof(out)), 0);
+	assert_int_equal(get_str(r, STORE_DB_TEAMS, key, out, sizeof(out)), 0);
 	store_read_end(r);
 	store_reader_free(r);
 	store_close(s);
@@ -865,7 +865,7 @@ static void *reader_main(void *arg)
 		char key[24];
 		audit_key(key, 0, i);
 		struct store_val v;
-		int rc = store_get(r, STORE_DB_AUDIT, key, strlen(key), &v);
+		int rc = store_get(r, STORE_DB_TEAMS, key, strlen(key), &v);
 		if (rc == 0 && (v.len != 2047 || ((const char *)v.p)[0] != (char)('A' + i % 26)))
 			a->errors++;
 		else if (rc == 0)
@@ -900,7 +900,7 @@ static void test_map_grows_under_readers(void **state)
 		char key[24];
 		audit_key(key, 0, i);
 		fill_value(val, sizeof(val), i);
-		seq = put_str(s, 0, STORE_DB_AUDIT, key, val);
+		seq = put_str(s, 0, STORE_DB_TEAMS, key, val);
 		if (i % 500 == 0)
 			assert_int_equal(store_wait(s, 0, seq, WAIT_MS), 0);
 	}
@@ -932,7 +932,7 @@ static void test_map_grows_under_readers(void **state)
 		char key[24], out[2100];
 		audit_key(key, 0, i);
 		fill_value(val, sizeof(val), i);
-		assert_int_equal(get_str(r, STORE_DB_AUDIT, key, out, sizeof(out)), 0);
+		assert_int_equal(get_str(r, STORE_DB_TEAMS, key, out, sizeof(out)), 0);
 		assert_string_equal(out, val);
 	}
 	store_read_end(r);
@@ -1002,7 +1002,7 @@ static void crash_child(const char *dir, enum store_durability durability, int r
 		char key[24];
 		audit_key(key, 0, i);
 		struct store_spend d = { .micro_usd = (int64_t)i, .requests = 1 };
-		store_rec_put(&unit[0], STORE_DB_AUDIT, key, strlen(key), key, strlen(key));
+		store_rec_put(&unit[0], STORE_DB_TEAMS, key, strlen(key), key, strlen(key));
 		store_rec_spend_add(&unit[1], &k, &d);
 		uint64_t seq;
 		while (store_submit(s, 0, unit, 2, &seq) == -EAGAIN) {
@@ -1065,9 +1065,9 @@ static void run_crash(enum store_durability durability, uint64_t kill_after,
 			assert_int_equal(store_read_begin(r), 0);
 			char key[24], out[24];
 			audit_key(key, 0, confirmed);
-			assert_int_equal(get_str(r, STORE_DB_AUDIT, key, out, sizeof(out)), 0);
+			assert_int_equal(get_str(r, STORE_DB_TEAMS, key, out, sizeof(out)), 0);
 			struct crash_count c = { 0 };
-			assert_int_equal(store_scan(r, STORE_DB_AUDIT, NULL, 0, crash_scan, &c), 0);
+			assert_int_equal(store_scan(r, STORE_DB_TEAMS, NULL, 0, crash_scan, &c), 0);
 			struct store_spend_key k = spend_key(STORE_SCOPE_TEAM, "crash");
 			struct store_spend got;
 			assert_int_equal(store_spend_get(r, &k, &got), 0);
@@ -1094,7 +1094,7 @@ static void run_crash(enum store_durability durability, uint64_t kill_after,
 	struct store_reader *r = store_reader_new(s, &err);
 	assert_int_equal(store_read_begin(r), 0);
 	struct crash_count c = { 0 };
-	assert_int_equal(store_scan(r, STORE_DB_AUDIT, NULL, 0, crash_scan, &c), 0);
+	assert_int_equal(store_scan(r, STORE_DB_TEAMS, NULL, 0, crash_scan, &c), 0);
 	/* Units commit in order and whole: what is there is 1..max, every confirmed one. */
 	assert_true(c.max >= confirmed);
 	assert_int_equal(c.present, c.max);

@@ -1,12 +1,14 @@
 /* penstockctl.c - the operator's command line: keys through the admin API (a small
  * blocking HTTP/1.1 client), spend reports straight from the LMDB store (read-only, while
- * the gateway runs) or, with --via-admin, through the admin API.
+ * the gateway runs) or, with --via-admin, through the admin API; the audit trail (query,
+ * export, verify) from the store, streamed in short reads.
  *
  * Exit codes: 0 done; 1 the operation failed (the gateway said no, the store could not be
  * read); 2 bad usage; 3 the admin API could not be reached.
  */
 #include <errno.h>
 #include <getopt.h>
+#include <inttypes.h>
 #include <jansson.h>
 #include <netdb.h>
 #include <stdbool.h>
@@ -24,6 +26,7 @@
 
 #include "core/buf.h"
 #include "core/log.h"
+#include "policy/audit.h"
 #include "policy/report.h"
 #include "policy/store.h"
 
@@ -39,6 +42,9 @@
 #define HTTP_RESPONSE_MAX (64u << 20)
 #define TOKEN_MAX 4096
 #define MODELS_MAX 256
+#define AUDIT_CHUNK 1000         /* records looked at per read transaction */
+#define AUDIT_OUT_MAX (64u << 20) /* one chunk's output, bounded */
+#define AUDIT_QUERY_LIMIT 1000   /* query's default --limit */
 
 struct opts {
 	const char *admin, *token_file, *data_dir, *env_file;
@@ -48,8 +54,11 @@ struct opts {
 	const char *models[MODELS_MAX];
 	size_t nmodels;
 	long long rpm, tpm; /* -1: not given */
-	/* spend */
+	/* spend; audit */
 	const char *by, *since, *until;
+	/* audit */
+	const char *key, *status, *format;
+	long long limit; /* -1: not given */
 };
 
 static void usage(FILE *f)
@@ -69,6 +78,12 @@ static void usage(FILE *f)
 		"  alerts                 budget alerts fired this period\n"
 		"commands (reading the store in --data-dir directly, unless --via-admin):\n"
 		"  spend --by team|key|model [--since YYYY-MM-DD] [--until YYYY-MM-DD]\n"
+		"  audit query [FILTERS] [--limit N]   matching records, newest last (default\n"
+		"                         limit 1000; --json: one JSON object a line)\n"
+		"  audit export --format jsonl|csv [FILTERS]   every matching record, streamed\n"
+		"  audit verify           walk the hash chain; exit 1 at the first broken link\n"
+		"    FILTERS: --since T --until T (YYYY-MM-DD, RFC 3339 or UTC ns; by commit time)\n"
+		"             --key ID --team T --model M --status 429|4xx\n"
 		"\n"
 		"options:\n"
 		"  --admin URL        admin API (default " DEFAULT_ADMIN ")\n"
@@ -766,27 +781,242 @@ static int spend_cmd(const struct opts *o)
 	return 0;
 }
 
-/* An option given to a command it does not apply to, or NULL: say so rather than ignore it. */
-static const char *misplaced(const struct opts *o, bool create, bool spend)
+/* ---------------------------------------------------------------- audit */
+
+static struct store *open_local(const struct opts *o, struct store_reader **r)
 {
+	int err = 0;
+	struct store_options so = { .dir = o->data_dir, .read_only = true };
+	struct store *s = store_open(&so, &err);
+	*r = s ? store_reader_new(s, &err) : NULL;
+	if (!*r) {
+		fprintf(stderr, "penstockctl: cannot open the store in %s: %s\n", o->data_dir,
+			store_strerror(err));
+		store_close(s);
+		return NULL;
+	}
+	return s;
+}
+
+enum audit_out { OUT_TABLE, OUT_JSONL, OUT_CSV };
+
+struct audit_sink {
+	enum audit_out out;
+	struct buf b;
+	uint64_t left; /* records still wanted */
+	bool failed;
+};
+
+static void audit_table_row(const struct audit_entry *e, struct buf *b)
+{
+	const struct audit_rec *a = &e->rec;
+	time_t t = (time_t)(a->time_ns / 1000000000);
+	struct tm tm;
+	char when[32] = "-", u[32], line[1024];
+	if (gmtime_r(&t, &tm))
+		strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", &tm);
+	usd(u, sizeof(u), a->cost_micro_usd);
+#define COL(s) (s).n ? (int)((s).n > 40 ? 40 : (s).n) : 1, (s).n ? (s).p : "-"
+	int n = snprintf(line, sizeof(line), "%-20s %3u %-22.*s %-12.*s %-20.*s %-24.*s %8" PRIu64
+			 " %8" PRIu64 " %12s %.*s\n", when, a->status, COL(a->key_id),
+			 COL(a->team), COL(a->model), COL(a->provider), a->prompt_tokens,
+			 a->completion_tokens, u, COL(a->request_id));
+#undef COL
+	if (n > 0 && (size_t)n < sizeof(line))
+		buf_append(b, line, (size_t)n, AUDIT_OUT_MAX);
+}
+
+static int audit_emit(void *arg, const struct audit_entry *e)
+{
+	struct audit_sink *k = arg;
+	if (!k->left)
+		return 2;
+	k->left--;
+	bool ok = true;
+	if (k->out == OUT_JSONL)
+		ok = audit_json(e, &k->b, AUDIT_OUT_MAX);
+	else if (k->out == OUT_CSV)
+		ok = audit_csv(e, &k->b, AUDIT_OUT_MAX);
+	else
+		audit_table_row(e, &k->b);
+	if (!ok) {
+		k->failed = true;
+		return 3;
+	}
+	return 0;
+}
+
+static bool audit_filter_from(const struct opts *o, struct audit_filter *f)
+{
+	memset(f, 0, sizeof(*f));
+	if ((o->since && audit_time_parse(o->since, &f->since_ns)) ||
+	    (o->until && audit_time_parse(o->until, &f->until_ns))) {
+		fprintf(stderr, "penstockctl: --since and --until take YYYY-MM-DD, an RFC 3339 time "
+			"or UTC nanoseconds\n");
+		return false;
+	}
+	if (f->since_ns && f->until_ns && f->since_ns >= f->until_ns) {
+		fprintf(stderr, "penstockctl: --since is not before --until\n");
+		return false;
+	}
+	if (o->status && audit_status_parse(o->status, f)) {
+		fprintf(stderr, "penstockctl: --status takes a status (429) or a class (4xx)\n");
+		return false;
+	}
+	f->key_id = o->key;
+	f->team = o->team;
+	f->model = o->nmodels ? o->models[0] : NULL;
+	if (o->nmodels > 1) {
+		fprintf(stderr, "penstockctl: audit takes one --model\n");
+		return false;
+	}
+	return true;
+}
+
+/* Records in chunks: each read is short (the gateway's writer is never held up by old
+ * pages pinned for long) and each chunk is written out before the next is read, so an
+ * export of any size takes the memory of one chunk. */
+static int audit_stream(const struct opts *o, const struct audit_filter *f, struct audit_sink *k)
+{
+	struct store_reader *r;
+	struct store *s = open_local(o, &r);
+	if (!s)
+		return EXIT_FAIL;
+	if (k->out == OUT_CSV)
+		fputs(audit_csv_header(), stdout);
+	else if (k->out == OUT_TABLE)
+		printf("%-20s %3s %-22s %-12s %-20s %-24s %8s %8s %12s %s\n", "time", "st", "key",
+		       "team", "model", "provider", "in", "out", "usd", "request id");
+	uint64_t cursor = 0;
+	int rc;
+	do {
+		rc = store_read_begin(r);
+		if (rc)
+			break;
+		rc = audit_query(r, f, &cursor, AUDIT_CHUNK, audit_emit, k);
+		store_read_end(r);
+		if (k->b.len && fwrite(k->b.p, 1, k->b.len, stdout) != k->b.len)
+			rc = -EIO;
+		k->b.len = 0;
+	} while (rc == 1);
+	buf_free(&k->b);
+	store_reader_free(r);
+	store_close(s);
+	if (rc == 2)
+		rc = 0; /* the limit was reached */
+	if (rc || k->failed || fflush(stdout)) {
+		fprintf(stderr, "penstockctl: reading the audit trail in %s: %s\n", o->data_dir,
+			k->failed ? "out of memory" : store_strerror(rc ? rc : -EIO));
+		return EXIT_FAIL;
+	}
+	return 0;
+}
+
+static int audit_verify_cmd(const struct opts *o)
+{
+	struct store_reader *r;
+	struct store *s = open_local(o, &r);
+	if (!s)
+		return EXIT_FAIL;
+	struct audit_verify v;
+	int rc = audit_verify_chain(r, &v);
+	store_reader_free(r);
+	store_close(s);
+	if (rc) {
+		fprintf(stderr, "penstockctl: reading the audit trail in %s: %s\n", o->data_dir,
+			store_strerror(rc));
+		return EXIT_FAIL;
+	}
+	if (o->json)
+		printf("{\"ok\":%s,\"checked\":%" PRIu64 ",\"anchor\":%" PRIu64
+		       ",\"broken_at\":%" PRIu64 "}\n", v.bad_stamp ? "false" : "true", v.checked,
+		       v.anchor_stamp, v.bad_stamp);
+	if (v.bad_stamp) {
+		fprintf(stderr, "audit chain BROKEN at record seq %" PRIu64 " (after %" PRIu64
+			" good records): %s\n", v.bad_stamp, v.checked, v.why);
+		return EXIT_FAIL;
+	}
+	if (!o->json)
+		printf("audit chain ok: %" PRIu64 " records%s\n", v.checked,
+		       v.anchor_stamp ? " from the retention anchor" : "");
+	return 0;
+}
+
+static int audit_cmd(const struct opts *o, int argc, char **argv)
+{
+	if (argc != 1) {
+		usage(stderr);
+		return EXIT_USAGE;
+	}
+	struct audit_filter f;
+	struct audit_sink k = { .out = o->json ? OUT_JSONL : OUT_TABLE, .left = UINT64_MAX };
+	if (!strcmp(argv[0], "verify")) {
+		if (o->since || o->until || o->key || o->team || o->nmodels || o->status ||
+		    o->format || o->limit >= 0) {
+			fprintf(stderr, "penstockctl: audit verify walks the whole chain: it takes "
+				"no filters\n");
+			return EXIT_USAGE;
+		}
+		return audit_verify_cmd(o);
+	}
+	if (!audit_filter_from(o, &f))
+		return EXIT_USAGE;
+	if (!strcmp(argv[0], "query")) {
+		if (o->format) {
+			fprintf(stderr, "penstockctl: --format is for audit export\n");
+			return EXIT_USAGE;
+		}
+		k.left = o->limit >= 0 ? (uint64_t)o->limit : AUDIT_QUERY_LIMIT;
+		return audit_stream(o, &f, &k);
+	}
+	if (!strcmp(argv[0], "export")) {
+		if (!o->format || (strcmp(o->format, "jsonl") && strcmp(o->format, "csv"))) {
+			fprintf(stderr, "penstockctl: audit export needs --format jsonl or csv\n");
+			return EXIT_USAGE;
+		}
+		k.out = strcmp(o->format, "csv") ? OUT_JSONL : OUT_CSV;
+		if (o->limit >= 0)
+			k.left = (uint64_t)o->limit;
+		return audit_stream(o, &f, &k);
+	}
+	usage(stderr);
+	return EXIT_USAGE;
+}
+
+/* An option given to a command it does not apply to, or NULL: say so rather than ignore it. */
+static const char *misplaced(const struct opts *o, bool create, bool spend, bool audit)
+{
+	if (!audit) {
+		const char *given = o->key ? "key" : o->status ? "status" : o->format ? "format"
+				  : o->limit >= 0 ? "limit" : NULL;
+		if (given)
+			return given;
+	}
+	if (!create && !audit) {
+		const char *given = o->team ? "team" : o->nmodels ? "model" : NULL;
+		if (given)
+			return given;
+	}
 	if (!create) {
-		const char *given = o->name ? "name" : o->team ? "team" : o->nmodels ? "model"
+		const char *given = o->name ? "name"
 				  : o->rpm >= 0 ? "rpm" : o->tpm >= 0 ? "tpm"
 				  : o->budget_usd ? "budget-usd" : o->budget_period ? "budget-period"
 				  : o->expires_in ? "expires-in" : o->expires_at ? "expires-at" : NULL;
 		if (given)
 			return given;
 	}
+	if (!spend && !audit && (o->since || o->until))
+		return o->since ? "since" : "until";
 	if (!spend)
-		return o->by ? "by" : o->since ? "since" : o->until ? "until"
-		       : o->via_admin ? "via-admin" : NULL;
+		return o->by ? "by" : o->via_admin ? "via-admin" : NULL;
 	return NULL;
 }
 
 enum {
 	OPT_ADMIN = 256, OPT_TOKEN_FILE, OPT_DATA_DIR, OPT_JSON, OPT_VIA_ADMIN, OPT_NAME, OPT_TEAM,
 	OPT_MODEL, OPT_RPM, OPT_TPM, OPT_BUDGET_USD, OPT_BUDGET_PERIOD, OPT_EXPIRES_IN,
-	OPT_EXPIRES_AT, OPT_BY, OPT_SINCE, OPT_UNTIL, OPT_VERSION,
+	OPT_EXPIRES_AT, OPT_BY, OPT_SINCE, OPT_UNTIL, OPT_VERSION, OPT_KEY, OPT_STATUS, OPT_FORMAT,
+	OPT_LIMIT,
 };
 
 static bool count(const char *s, long long *out)
@@ -821,11 +1051,15 @@ int main(int argc, char **argv)
 		{ "since", required_argument, NULL, OPT_SINCE },
 		{ "until", required_argument, NULL, OPT_UNTIL },
 		{ "version", no_argument, NULL, OPT_VERSION },
+		{ "key", required_argument, NULL, OPT_KEY },
+		{ "status", required_argument, NULL, OPT_STATUS },
+		{ "format", required_argument, NULL, OPT_FORMAT },
+		{ "limit", required_argument, NULL, OPT_LIMIT },
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 },
 	};
 	struct opts o = { .admin = DEFAULT_ADMIN, .data_dir = DEFAULT_DATA_DIR,
-			  .env_file = DEFAULT_ENV_FILE, .rpm = -1, .tpm = -1 };
+			  .env_file = DEFAULT_ENV_FILE, .rpm = -1, .tpm = -1, .limit = -1 };
 	log_set_prefix("penstockctl");
 	int c;
 	while ((c = getopt_long(argc, argv, "h", long_opts, NULL)) != -1) {
@@ -859,6 +1093,15 @@ int main(int argc, char **argv)
 		case OPT_BY: o.by = optarg; break;
 		case OPT_SINCE: o.since = optarg; break;
 		case OPT_UNTIL: o.until = optarg; break;
+		case OPT_KEY: o.key = optarg; break;
+		case OPT_STATUS: o.status = optarg; break;
+		case OPT_FORMAT: o.format = optarg; break;
+		case OPT_LIMIT:
+			if (!count(optarg, &o.limit)) {
+				fprintf(stderr, "penstockctl: --limit %s: not a count\n", optarg);
+				return EXIT_USAGE;
+			}
+			break;
 		case OPT_VERSION: puts("penstockctl " PENSTOCK_VERSION); return 0;
 		case 'h': usage(stdout); return 0;
 		default: usage(stderr); return EXIT_USAGE;
@@ -871,13 +1114,16 @@ int main(int argc, char **argv)
 		return EXIT_USAGE;
 	}
 	bool create = argc >= 2 && !strcmp(argv[0], "keys") && !strcmp(argv[1], "create");
-	const char *stray = misplaced(&o, create, !strcmp(argv[0], "spend"));
+	const char *stray = misplaced(&o, create, !strcmp(argv[0], "spend"),
+				      !strcmp(argv[0], "audit"));
 	if (stray) {
 		fprintf(stderr, "penstockctl: --%s does not apply to '%s'\n", stray, argv[0]);
 		return EXIT_USAGE;
 	}
 	if (!strcmp(argv[0], "keys"))
 		return keys_cmd(&o, argc - 1, argv + 1);
+	if (!strcmp(argv[0], "audit"))
+		return audit_cmd(&o, argc - 1, argv + 1);
 	if (!strcmp(argv[0], "spend") && argc == 1)
 		return spend_cmd(&o);
 	if (!strcmp(argv[0], "teams") && argc == 1)
