@@ -1454,10 +1454,14 @@ static int check_key(struct loader *ld, yaml_node_t *map, char *base)
 }
 
 static const struct field audit_fields[] = {
+	FIELD(struct config, audit.enabled, "enabled", .type = &type_bool, .def = "true"),
 	FIELD(struct config, audit.durability, "durability", .type = &type_str,
 	      .spec = &durability_spec, .def = "batch"),
 	FIELD(struct config, audit.retention_days, "retention_days", .type = &type_uint,
 	      .def = "90", .max = 100 * 366),
+	/* tests drive retention in seconds, not days (docs/audit.md) */
+	FIELD(struct config, audit.test_retention_ms, "test_retention_ms", .type = &type_uint,
+	      .def = "0", .max = 86400000),
 };
 static const struct schema audit_schema = SCHEMA("audit", audit_fields, NULL);
 

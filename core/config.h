@@ -168,8 +168,15 @@ struct config {
 	size_t nforward_headers;
 	/* CONNECT proxy for HTTPS upstreams that name none themselves (HTTPS_PROXY-style). */
 	struct config_proxy egress_proxy;
-	/* durability batch | strict (default batch); retention_days default 90, 0 = forever */
-	struct { char *durability; uint32_t retention_days; } audit;
+	/* enabled (default true; off: no audit records, spend is still persisted);
+	 * durability batch | strict (default batch); retention_days default 90, 0 = forever;
+	 * test_retention_ms: for tests only, retention in milliseconds, wins when not 0 */
+	struct {
+		bool enabled;
+		char *durability;
+		uint32_t retention_days;
+		uint32_t test_retention_ms;
+	} audit;
 	/* Access log (policy/accesslog): "stdout" (journald under systemd), "off", or the
 	 * absolute path of a file opened O_APPEND and reopened on SIGHUP; default stdout.
 	 * A reload does not move it: a new destination takes a restart. */

@@ -31,7 +31,8 @@ struct gov {
 	struct budget_prices *prices; /* per catalog model, by index */
 	_Atomic uint64_t ledger_dropped; /* settlements the store ring had no room for */
 	_Atomic uint64_t audit_dropped;  /* audit records without spend the ring refused */
-	bool strict;
+	bool audit;  /* audit.enabled: records are written */
+	bool strict; /* audit.durability strict (and enabled) */
 };
 
 static const uint16_t alert_thresholds[] = { 50, 80, 100 };
@@ -198,12 +199,18 @@ struct gov *gov_open(const struct config *cfg, unsigned workers, char *err, size
 	g->workers = workers;
 	int rc = 0;
 	const char *durability = cfg->audit.durability ? cfg->audit.durability : "batch";
-	g->strict = strcmp(durability, "strict") == 0;
+	g->audit = cfg->audit.enabled;
+	g->strict = g->audit && strcmp(durability, "strict") == 0;
+	if (!g->audit)
+		log_warn("audit is disabled (audit.enabled: false): no audit records are written; "
+			 "spend is still persisted");
 	struct store_options so = {
 		.dir = cfg->data_dir,
 		.producers = workers + 1,
 		.durability = g->strict ? STORE_DURABILITY_STRICT : STORE_DURABILITY_BATCH,
-		.audit_retention_ms = (uint64_t)cfg->audit.retention_days * 86400000u,
+		.audit_retention_ms = cfg->audit.test_retention_ms
+					      ? cfg->audit.test_retention_ms
+					      : (uint64_t)cfg->audit.retention_days * 86400000u,
 	};
 	int64_t now_s = now_realtime_s();
 	g->store = store_open(&so, &rc);
@@ -452,6 +459,8 @@ int gov_audit(struct gov *g, unsigned worker, const struct audit_rec *a, uint64_
 {
 	struct store_rec r;
 	*seq = 0;
+	if (!g->audit)
+		return 0;
 	if (!audit_record(a, &r))
 		return -EINVAL;
 	int rc = store_submit(g->store, worker, &r, 1, seq);
@@ -495,10 +504,10 @@ int64_t gov_settle(struct gov *g, unsigned worker, struct gov_ticket *t,
 		a->completion_tokens = u->completion_tokens;
 		a->cached_tokens = u->cached_tokens;
 		a->cost_micro_usd = cost;
-		if (audit_record(a, &recs[n]))
+		if (g->audit && audit_record(a, &recs[n]))
 			n++;
 	}
-	if (store_submit(g->store, worker, recs, n, seq) != 0) {
+	if (n && store_submit(g->store, worker, recs, n, seq) != 0) {
 		for (unsigned i = 0; i < n; i++)
 			store_rec_release(&recs[i]);
 		if (atomic_fetch_add(&g->ledger_dropped, 1) % 1000 == 0)

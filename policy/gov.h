@@ -105,14 +105,15 @@ struct gov_usage {
  * is not held is ignored (0).
  * a (may be NULL): the request's audit record; its tokens and cost are filled in here and
  * it joins the spend records in ONE store unit, so the audit trail and the ledger commit
- * together or not at all. *seq (may be NULL): the unit's last store sequence number, for
+ * together or not at all (with audit.enabled false: filled in, not written). *seq (may be NULL): the unit's last store sequence number, for
  * store_outcome(); 0 if nothing was queued (ring full: counted and logged). */
 int64_t gov_settle(struct gov *g, unsigned worker, struct gov_ticket *t,
 		   const struct gov_usage *u, int64_t now_ns, int64_t now_s, struct audit_rec *a,
 		   uint64_t *seq);
 
 /* An audit record with nothing to spend (refused, or no provider served it). 0 and *seq,
- * or -EAGAIN (ring full: counted and logged) or -EINVAL. */
+ * or -EAGAIN (ring full: counted and logged) or -EINVAL. With audit.enabled false: 0 and
+ * *seq 0, nothing written. */
 int gov_audit(struct gov *g, unsigned worker, const struct audit_rec *a, uint64_t *seq);
 /* audit.durability is strict: a response may complete only once its record committed. */
 bool gov_audit_strict(const struct gov *g);

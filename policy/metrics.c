@@ -414,6 +414,35 @@ static void scalar(struct out *o, const char *name, const char *type, const char
 	put(o, "%s %llu\n", name, value);
 }
 
+/* The store's commit latency: its own fixed buckets, in microseconds. */
+static void store_commit_histogram(struct out *o, const struct store_stats *ss)
+{
+	const char *name = "penstock_store_commit_seconds";
+	family(o, name, "histogram",
+	       "Store batch write transactions, from begin to commit (durability's sync included).");
+	uint64_t cum = 0;
+	for (unsigned b = 0; b < STORE_COMMIT_BUCKETS; b++) {
+		cum += ss->commit_hist[b];
+		put(o, "%s_bucket{le=\"%g\"} %llu\n", name, store_commit_bucket_us[b] / 1e6,
+		    (unsigned long long)cum);
+	}
+	cum += ss->commit_hist[STORE_COMMIT_BUCKETS];
+	put(o, "%s_bucket{le=\"+Inf\"} %llu\n", name, (unsigned long long)cum);
+	put(o, "%s_sum %llu.%06llu\n", name, (unsigned long long)(ss->commit_us_sum / 1000000),
+	    (unsigned long long)(ss->commit_us_sum % 1000000));
+	put(o, "%s_count %llu\n", name, (unsigned long long)cum);
+	family(o, "penstock_store_commit_seconds_max", "gauge",
+	       "The longest store batch transaction since start.");
+	put(o, "penstock_store_commit_seconds_max %llu.%06llu\n",
+	    (unsigned long long)(ss->commit_us_max / 1000000),
+	    (unsigned long long)(ss->commit_us_max % 1000000));
+	family(o, "penstock_store_prune_seconds_max", "gauge",
+	       "The longest audit retention transaction since start (commits wait behind it).");
+	put(o, "penstock_store_prune_seconds_max %llu.%06llu\n",
+	    (unsigned long long)(ss->prune_us_max / 1000000),
+	    (unsigned long long)(ss->prune_us_max % 1000000));
+}
+
 int metrics_render(const struct metrics *m, const struct engine_stats *es,
 		   const struct store_stats *ss, struct buf *out)
 {
@@ -495,6 +524,9 @@ int metrics_render(const struct metrics *m, const struct engine_stats *es,
 		       ss->submit_full);
 		scalar(&o, "penstock_store_map_bytes", "gauge", "Bytes of the store's LMDB map.",
 		       ss->map_size);
+		store_commit_histogram(&o, ss);
+		scalar(&o, "penstock_store_audit_pruned_total", "counter",
+		       "Audit records removed by retention.", ss->audit_pruned);
 	}
 	free(v);
 	if (o.failed) {

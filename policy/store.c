@@ -44,6 +44,8 @@
 #define FAILURE_LOG_EVERY_MS 1000
 #define PRUNE_BATCH 256             /* audit records one pruning transaction deletes */
 #define PRUNE_EVERY_MS 1000         /* how often retention looks when nothing is due */
+#define ADD_SLOTS 1024              /* a batch's pending spend sums (a power of two) */
+#define ADD_FILL_MAX (ADD_SLOTS / 4 * 3) /* past this, additions go straight to the map */
 
 static_assert(sizeof(struct store_rec) == 128, "a ring slot is two cache lines");
 static_assert(sizeof(struct store_spend) == 4 * sizeof(int64_t), "ADD carries the whole counter");
@@ -81,8 +83,25 @@ struct store_reader {
 
 struct store_counters {
 	_Atomic uint64_t commits, records, batches_failed, records_failed;
-	_Atomic uint64_t map_full, map_grows, add_saturated, audit_pruned;
+	_Atomic uint64_t map_full, map_grows, add_saturated, adds_merged, audit_pruned;
+	_Atomic uint64_t commit_hist[STORE_COMMIT_BUCKETS + 1], commit_us_sum, commit_us_max;
+	_Atomic uint64_t prune_us_max;
 	_Atomic size_t map_size;
+};
+
+/* A spend counter a batch is adding to: read from the map at its first ADD of the batch,
+ * summed in memory by every later one, written back once before the commit. */
+struct add_slot {
+	bool used;
+	uint8_t key_len;
+	uint8_t key[STORE_KEY_MAX];
+	int64_t sum[4];
+};
+
+/* What a batch's transaction did, counted only if it commits. */
+struct batch_tally {
+	uint64_t saturated; /* additions clamped at the int64 limits */
+	uint64_t merged;    /* ADDs folded into a counter the batch already held */
 };
 
 struct store {
@@ -113,6 +132,11 @@ struct store {
 	uint64_t chain_stamp, work_stamp;
 	uint8_t chain_hash[STORE_AUDIT_HASH_LEN], work_hash[STORE_AUDIT_HASH_LEN];
 	uint64_t retention_ms, prune_due_ms;
+	/* Spend additions of the batch being applied (open addressing, linear probing), and
+	 * the slots in use in the order they were taken, to write back and clear. */
+	struct add_slot *adds;
+	uint16_t *adds_used;
+	unsigned adds_n;
 
 	alignas(SPSC_CACHE_LINE) _Atomic uint32_t bell; /* futex: bumped to wake the thread */
 	_Atomic uint32_t sleep_state;
@@ -464,27 +488,104 @@ static size_t drain(struct store *s)
 	return s->batch_len;
 }
 
-static int apply_add(MDB_txn *txn, MDB_dbi dbi, MDB_val *k, const struct store_rec *r,
-		     uint64_t *saturated)
+/* The counter's value in the map, zero if it was never written. */
+static int add_load(MDB_txn *txn, MDB_dbi dbi, MDB_val *k, int64_t sum[4])
 {
-	int64_t sum[4] = { 0 };
 	MDB_val v;
+	memset(sum, 0, 4 * sizeof(sum[0]));
 	int rc = mdb_get(txn, dbi, k, &v);
-	if (rc == 0 && v.mv_size == sizeof(sum))
-		memcpy(sum, v.mv_data, sizeof(sum));
+	if (rc == 0 && v.mv_size == 4 * sizeof(sum[0]))
+		memcpy(sum, v.mv_data, 4 * sizeof(sum[0]));
 	else if (rc == 0)
 		log_error("store: spend counter of %zu bytes (want %zu): restarted from zero",
-			  v.mv_size, sizeof(sum));
+			  v.mv_size, 4 * sizeof(sum[0]));
 	else if (rc != MDB_NOTFOUND)
 		return rc;
+	return 0;
+}
+
+/* One record's deltas, each clamped on its own as it comes: the order of the additions
+ * decides a clamped value, so summing in memory gives what adding in the map would. */
+static void add_deltas(int64_t sum[4], const struct store_rec *r, struct batch_tally *t)
+{
 	for (int i = 0; i < 4; i++) {
 		if (__builtin_add_overflow(sum[i], r->v.add[i], &sum[i])) {
 			sum[i] = r->v.add[i] > 0 ? INT64_MAX : INT64_MIN;
-			(*saturated)++;
+			t->saturated++;
 		}
 	}
-	MDB_val nv = { .mv_size = sizeof(sum), .mv_data = sum };
-	return mdb_put(txn, dbi, k, &nv, 0);
+}
+
+static int add_store(MDB_txn *txn, MDB_dbi dbi, MDB_val *k, int64_t sum[4])
+{
+	MDB_val v = { .mv_size = 4 * sizeof(sum[0]), .mv_data = sum };
+	return mdb_put(txn, dbi, k, &v, 0);
+}
+
+static uint32_t add_hash(const uint8_t *key, size_t len)
+{
+	uint32_t h = 2166136261u; /* FNV-1a */
+	for (size_t i = 0; i < len; i++)
+		h = (h ^ key[i]) * 16777619u;
+	return h;
+}
+
+static void adds_clear(struct store *s)
+{
+	for (unsigned i = 0; i < s->adds_n; i++)
+		s->adds[s->adds_used[i]].used = false;
+	s->adds_n = 0;
+}
+
+/* Every pending sum into the map, in the order the batch first touched them; then the
+ * table is empty for what follows (the rest of the batch, or the next one). */
+static int adds_flush(struct store *s, MDB_txn *txn)
+{
+	int rc = 0;
+	for (unsigned i = 0; i < s->adds_n && rc == 0; i++) {
+		struct add_slot *a = &s->adds[s->adds_used[i]];
+		MDB_val k = { .mv_size = a->key_len, .mv_data = a->key };
+		rc = add_store(txn, s->dbi[STORE_DB_SPEND], &k, a->sum);
+	}
+	adds_clear(s);
+	return rc;
+}
+
+/* An ADD: into the batch's table (one map read per counter per batch, one write at the
+ * end), or straight into the map when the table is full. */
+static int apply_add(struct store *s, MDB_txn *txn, MDB_val *k, const struct store_rec *r,
+		     struct batch_tally *t)
+{
+	uint32_t i = add_hash(r->key, r->key_len) & (ADD_SLOTS - 1);
+	for (;; i = (i + 1) & (ADD_SLOTS - 1)) { /* ends: the table is never full */
+		struct add_slot *a = &s->adds[i];
+		if (!a->used)
+			break;
+		if (a->key_len == r->key_len && memcmp(a->key, r->key, r->key_len) == 0) {
+			add_deltas(a->sum, r, t);
+			t->merged++;
+			return 0;
+		}
+	}
+	MDB_dbi dbi = s->dbi[STORE_DB_SPEND];
+	int64_t direct[4];
+	if (s->adds_n >= ADD_FILL_MAX) {
+		int rc = add_load(txn, dbi, k, direct);
+		if (rc)
+			return rc;
+		add_deltas(direct, r, t);
+		return add_store(txn, dbi, k, direct);
+	}
+	struct add_slot *a = &s->adds[i];
+	int rc = add_load(txn, dbi, k, a->sum);
+	if (rc)
+		return rc;
+	add_deltas(a->sum, r, t);
+	a->used = true;
+	a->key_len = r->key_len;
+	memcpy(a->key, r->key, r->key_len);
+	s->adds_used[s->adds_n++] = (uint16_t)i;
+	return 0;
 }
 
 static uint64_t realtime_ns(void)
@@ -517,10 +618,17 @@ static int apply_audit(struct store *s, MDB_txn *txn, const struct store_rec *r)
 }
 
 static int apply_rec(struct store *s, MDB_txn *txn, const struct store_rec *r,
-		     uint64_t *saturated)
+		     struct batch_tally *t)
 {
 	MDB_val k = { .mv_size = r->key_len, .mv_data = (void *)r->key };
 	MDB_dbi dbi = s->dbi[r->db];
+	/* A PUT or DEL of a spend record sees, and is seen by, the additions around it in
+	 * the order they came. */
+	if (r->db == STORE_DB_SPEND && r->op != STORE_OP_ADD && s->adds_n) {
+		int rc = adds_flush(s, txn);
+		if (rc)
+			return rc;
+	}
 	switch (r->op) {
 	case STORE_OP_PUT: {
 		MDB_val v = { .mv_size = r->val_len, .mv_data = (void *)rec_val(r) };
@@ -531,15 +639,16 @@ static int apply_rec(struct store *s, MDB_txn *txn, const struct store_rec *r,
 		return rc == MDB_NOTFOUND ? 0 : rc;
 	}
 	case STORE_OP_ADD:
-		return apply_add(txn, dbi, &k, r, saturated);
+		return apply_add(s, txn, &k, r, t);
 	case STORE_OP_AUDIT:
 		return apply_audit(s, txn, r);
 	}
 	return EINVAL;
 }
 
-/* The whole batch in one write transaction. */
-static int apply_batch(struct store *s, uint64_t *saturated)
+/* The whole batch in one write transaction: the summed additions are written inside it,
+ * so they commit with the audit records of the same units or not at all. */
+static int apply_batch(struct store *s, struct batch_tally *t)
 {
 	MDB_txn *txn;
 	int rc = mdb_txn_begin(s->env, NULL, 0, &txn);
@@ -547,12 +656,14 @@ static int apply_batch(struct store *s, uint64_t *saturated)
 		return mdb_err(rc);
 	s->work_stamp = s->chain_stamp;
 	memcpy(s->work_hash, s->chain_hash, STORE_AUDIT_HASH_LEN);
-	for (size_t i = 0; i < s->batch_len; i++) {
-		rc = apply_rec(s, txn, &s->batch[i], saturated);
-		if (rc) {
-			mdb_txn_abort(txn);
-			return mdb_err(rc);
-		}
+	for (size_t i = 0; i < s->batch_len && rc == 0; i++)
+		rc = apply_rec(s, txn, &s->batch[i], t);
+	if (rc == 0)
+		rc = adds_flush(s, txn);
+	adds_clear(s);
+	if (rc) {
+		mdb_txn_abort(txn);
+		return mdb_err(rc);
 	}
 	return mdb_err(mdb_txn_commit(txn)); /* frees txn either way */
 }
@@ -601,13 +712,42 @@ static void publish(struct store *s, int rc)
 	}
 }
 
+static uint64_t now_us(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000 + (uint64_t)ts.tv_nsec / 1000;
+}
+
+const uint32_t store_commit_bucket_us[STORE_COMMIT_BUCKETS] = {
+	100, 250, 500, 1000, 2500, 5000, 10000, 25000, 50000, 100000, 250000, 1000000,
+};
+
+/* Only the store thread writes these: a plain load and store keeps the maximum. */
+static void stat_max(_Atomic uint64_t *c, uint64_t v)
+{
+	if (v > atomic_load_explicit(c, memory_order_relaxed))
+		atomic_store_explicit(c, v, memory_order_relaxed);
+}
+
+static void commit_observe(struct store *s, uint64_t us)
+{
+	unsigned b = 0;
+	while (b < STORE_COMMIT_BUCKETS && us > store_commit_bucket_us[b])
+		b++;
+	stat_add(&s->c.commit_hist[b], 1);
+	stat_add(&s->c.commit_us_sum, us);
+	stat_max(&s->c.commit_us_max, us);
+}
+
 static void commit_batch(struct store *s)
 {
-	uint64_t saturated;
+	struct batch_tally t;
 	int rc;
+	uint64_t began = now_us();
 	for (;;) {
-		saturated = 0;
-		rc = apply_batch(s, &saturated);
+		t = (struct batch_tally){ 0 };
+		rc = apply_batch(s, &t);
 		/* No transaction is open here: the one moment LMDB allows a resize. */
 		if (rc == MDB_MAP_FULL && grow_map(s) == 0)
 			continue;
@@ -620,8 +760,10 @@ static void commit_batch(struct store *s)
 		memcpy(s->chain_hash, s->work_hash, STORE_AUDIT_HASH_LEN);
 		stat_add(&s->c.commits, 1);
 		stat_add(&s->c.records, s->batch_len);
-		stat_add(&s->c.add_saturated, saturated);
+		stat_add(&s->c.add_saturated, t.saturated);
+		stat_add(&s->c.adds_merged, t.merged);
 		s->dirty = true;
+		commit_observe(s, now_us() - began);
 	} else {
 		report_failure(s, rc);
 	}
@@ -651,6 +793,7 @@ static void prune_if_due(struct store *s, uint64_t now)
 	if (!s->retention_ms || now < s->prune_due_ms)
 		return;
 	uint64_t cutoff = realtime_ns() - s->retention_ms * 1000000u;
+	uint64_t began = now_us();
 	MDB_txn *txn = NULL;
 	MDB_cursor *cur = NULL;
 	MDB_val k, v;
@@ -690,6 +833,7 @@ static void prune_if_due(struct store *s, uint64_t now)
 		n = 0;
 	} else if (n) {
 		stat_add(&s->c.audit_pruned, n);
+		stat_max(&s->c.prune_us_max, now_us() - began);
 		s->dirty = true;
 	}
 	s->prune_due_ms = n == PRUNE_BATCH ? now : now + PRUNE_EVERY_MS;
@@ -1247,7 +1391,9 @@ static int setup_producers(struct store *s, const struct store_options *opt)
 			return -errno;
 	}
 	s->batch = calloc(s->batch_records + STORE_UNIT_MAX - 1, sizeof(*s->batch));
-	return s->batch ? 0 : -ENOMEM;
+	s->adds = calloc(ADD_SLOTS, sizeof(*s->adds));
+	s->adds_used = calloc(ADD_FILL_MAX, sizeof(*s->adds_used));
+	return s->batch && s->adds && s->adds_used ? 0 : -ENOMEM;
 }
 
 /* The store thread takes no signals: they belong to the daemon's main thread. */
@@ -1283,6 +1429,8 @@ static void store_free(struct store *s)
 		close(s->lock_fd); /* after the environment: the lock outlives every write */
 	pthread_mutex_destroy(&s->readers_lock);
 	free(s->batch);
+	free(s->adds);
+	free(s->adds_used);
 	free(s->dir);
 	free(s);
 }
@@ -1375,7 +1523,14 @@ void store_stats(struct store *s, struct store_stats *out)
 	out->map_full = atomic_load_explicit(&s->c.map_full, memory_order_relaxed);
 	out->map_grows = atomic_load_explicit(&s->c.map_grows, memory_order_relaxed);
 	out->add_saturated = atomic_load_explicit(&s->c.add_saturated, memory_order_relaxed);
+	out->adds_merged = atomic_load_explicit(&s->c.adds_merged, memory_order_relaxed);
 	out->audit_pruned = atomic_load_explicit(&s->c.audit_pruned, memory_order_relaxed);
+	for (unsigned i = 0; i <= STORE_COMMIT_BUCKETS; i++)
+		out->commit_hist[i] = atomic_load_explicit(&s->c.commit_hist[i],
+							   memory_order_relaxed);
+	out->commit_us_sum = atomic_load_explicit(&s->c.commit_us_sum, memory_order_relaxed);
+	out->commit_us_max = atomic_load_explicit(&s->c.commit_us_max, memory_order_relaxed);
+	out->prune_us_max = atomic_load_explicit(&s->c.prune_us_max, memory_order_relaxed);
 	out->map_size = atomic_load_explicit(&s->c.map_size, memory_order_relaxed);
 	for (unsigned i = 0; i < s->nproducers; i++)
 		out->submit_full += atomic_load_explicit(&s->producers[i].submit_full,

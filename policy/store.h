@@ -236,6 +236,10 @@ int store_scan_from(struct store_reader *r, enum store_db db, const void *from, 
 
 /* ---- operator's view ---- */
 
+/* Commit latency buckets: upper bounds in microseconds (100 us to 1 s). */
+#define STORE_COMMIT_BUCKETS 12
+extern const uint32_t store_commit_bucket_us[STORE_COMMIT_BUCKETS];
+
 struct store_stats {
 	uint64_t commits;          /* write transactions committed */
 	uint64_t records;          /* records committed */
@@ -245,7 +249,14 @@ struct store_stats {
 	uint64_t map_grows;        /* successful map resizes */
 	uint64_t submit_full;      /* store_submit() calls refused because a ring was full */
 	uint64_t add_saturated;    /* counter additions clamped at the int64 limits */
+	uint64_t adds_merged;      /* ADDs summed into a counter their batch already held */
 	uint64_t audit_pruned;     /* audit records removed by retention */
+	/* Batch write transactions, begin to commit (map growth retries included): how many
+	 * took up to each bucket's bound (not cumulative; the last slot: over 1 s), the sum and
+	 * the longest, in microseconds. */
+	uint64_t commit_hist[STORE_COMMIT_BUCKETS + 1];
+	uint64_t commit_us_sum, commit_us_max;
+	uint64_t prune_us_max;     /* the longest retention transaction (committed), us */
 	size_t map_size;           /* bytes mapped now */
 };
 

@@ -2,12 +2,14 @@
 record per request with the right fields (served, 401, 403, 429, upstream failure, stream,
 translated, fallback), audit cost agreeing with the spend ledger, kill -9 in batch and
 strict durability, the hash chain (verify, then a flipped byte found), streamed exports
-with bounded memory, query filters and the admin endpoint."""
+with bounded memory, query filters and the admin endpoint, retention pruning under load
+within the commit-latency bound, and audit.enabled false."""
 import csv
 import io
 import json
 import signal
 import subprocess
+import threading
 import time
 
 import harness
@@ -16,7 +18,7 @@ from test_admin import ADMIN_TOKEN, PRICES, _healthy, admin, create_key, ctl, \
     penstockctl_bin, row, spend_report, usage_cost
 
 
-def settings(admin_port, durability="batch"):
+def settings(admin_port, durability="batch", audit=None):
     def model(name, targets, **kw):
         i, o = PRICES.get(name, (1.0, 2.0))
         m = {"name": name, "price": {"input_per_mtok": i, "output_per_mtok": o},
@@ -25,7 +27,7 @@ def settings(admin_port, durability="batch"):
         return m
     return {
         "admin": {"listen": "127.0.0.1:%d" % admin_port, "token": ADMIN_TOKEN},
-        "audit": {"durability": durability, "retention_days": 90},
+        "audit": audit or {"durability": durability, "retention_days": 90},
         "retry": {"attempts": 3},
         "models": [
             model("gpt-acct", [("mock", harness.UPSTREAM_MODEL)]),
@@ -43,9 +45,9 @@ def settings(admin_port, durability="batch"):
     }
 
 
-def audit_stack(make, durability="batch", workers=2):
+def audit_stack(make, durability="batch", workers=2, audit=None):
     port = harness.free_port()
-    s = make(workers=workers, dead_provider=True, settings=settings(port, durability))
+    s = make(workers=workers, dead_provider=True, settings=settings(port, durability, audit))
     s.admin_port = port
     wait_until(lambda: _healthy(port), 10, what="admin listener")
     return s
@@ -328,3 +330,92 @@ def test_export_streams_10k_records(env):
         assert lines == n + (1 if fmt == "csv" else 0), (fmt, lines)
         print("export %s of %d records: peak RSS %d KiB" % (fmt, n, peak))
         assert peak < 64 * 1024, "penstockctl RSS %d KiB while exporting" % peak
+
+
+# docs/audit.md, Retention: the bound on a commit's wait behind pruning, as tested here.
+COMMIT_BOUND_S = 0.25
+
+
+def store_metrics(port):
+    r = admin(port, "GET", "/metrics")
+    assert r.status == 200, r
+    out = {}
+    for ln in r.body.decode().splitlines():
+        if ln.startswith("penstock_store_") and " " in ln:
+            name, value = ln.rsplit(" ", 1)
+            out[name] = float(value)
+    return out
+
+
+def pipelined_load(gw, key, until):
+    """One keep-alive connection, 50 requests in flight at a time, until the deadline."""
+    raw = harness.build_request("POST", "/v1/chat/completions",
+                                chat_body("gpt-acct", max_tokens=1), key=key)
+    sent = 0
+    with gw.conn() as c:
+        while time.time() < until:
+            c.send(raw * 50)
+            for _ in range(50):
+                assert c.read_response().status == 200
+            sent += 50
+    return sent
+
+
+@harness.timeout(120)
+def test_retention_prunes_under_load_without_stall(env):
+    retention_s = 1.5
+    s = audit_stack(env.stack, workers=2, audit={"retention_days": 90,
+                                                  "test_retention_ms": int(retention_s * 1000)})
+    key = create_key(s.admin_port, name="retain", team="acct")
+    results = []
+    end = time.time() + 5.0
+    threads = [threading.Thread(target=lambda: results.append(
+        pipelined_load(s.gw, key["key"], end))) for _ in range(2)]
+    for t in threads:
+        t.start()
+    time.sleep(4.0)
+    during = store_metrics(s.admin_port)  # pruning happened while requests flowed
+    for t in threads:
+        t.join(60)
+    sent = sum(results)
+    assert len(results) == 2 and sent > 0
+    assert during["penstock_store_audit_pruned_total"] > 0, during
+
+    # Every record older than the retention (plus one idle look, 1 s, and slack) is gone.
+    def old_gone():
+        recs = export(s.dir)
+        oldest = min((r["seq"] for r in recs), default=None)
+        return oldest is None or oldest >= (time.time() - retention_s - 2.0) * 1e9
+    wait_until(old_gone, 10, interval=0.2, what="records past the retention pruned")
+    p = ctl("audit", "verify", "--data-dir", str(s.dir), "--json")
+    v = json.loads(p.stdout)
+    assert v["ok"] and v["anchor"] > 0, v
+
+    m = store_metrics(s.admin_port)
+    pruned = m["penstock_store_audit_pruned_total"]
+    commit_max = m["penstock_store_commit_seconds_max"]
+    prune_max = m["penstock_store_prune_seconds_max"]
+    over = m["penstock_store_commit_seconds_count"] - \
+        m['penstock_store_commit_seconds_bucket{le="0.25"}']
+    print("retention under load: %d requests, %d records pruned, %d commits; longest commit "
+          "%.1f ms, longest pruning transaction %.1f ms" % (
+              sent, pruned, m["penstock_store_commit_seconds_count"], commit_max * 1e3,
+              prune_max * 1e3))
+    assert pruned >= sent // 4, (pruned, sent)
+    assert prune_max > 0 and prune_max < COMMIT_BOUND_S, prune_max
+    assert commit_max < COMMIT_BOUND_S and over == 0, (commit_max, over)
+
+
+def test_audit_off_persists_spend_only(env):
+    s = audit_stack(env.stack, workers=1, audit={"enabled": False})
+    key = create_key(s.admin_port, name="quiet", team="acct")
+    for _ in range(5):
+        r = request(s.gw.port, "POST", "/v1/chat/completions",
+                    chat_body("gpt-acct", max_tokens=5), key=key["key"])
+        assert r.status == 200
+    assert request(s.gw.port, "POST", "/v1/chat/completions", chat_body("gpt-acct"),
+                   key="sk-wrong").status == 401
+    wait_until(lambda: (row(spend_report(s.dir, "model"), "model", "gpt-acct") or {}).get(
+        "requests") == 5, 10, what="spend of 5 requests")
+    assert export(s.dir) == []
+    assert "audit is disabled" in s.gw.proc.stderr()

@@ -61,8 +61,10 @@ static void assert_defaults_except_path(const struct config *c)
 	assert_int_equal(c->nmodels, 0);
 	assert_int_equal(c->nteams, 0);
 	assert_int_equal(c->nkeys, 0);
+	assert_true(c->audit.enabled);
 	assert_string_equal(c->audit.durability, "batch");
 	assert_int_equal(c->audit.retention_days, 90);
+	assert_int_equal(c->audit.test_retention_ms, 0);
 	assert_string_equal(c->access_log.destination, "stdout");
 }
 
@@ -182,8 +184,10 @@ static void test_every_key_block_style(void **state)
 	assert_int_equal(c.limits.max_headers, 64);
 	assert_int_equal(c.limits.max_body_bytes, 1000000);
 	assert_int_equal(c.limits.max_connections, 1000);
+	assert_false(c.audit.enabled);
 	assert_string_equal(c.audit.durability, "strict");
 	assert_int_equal(c.audit.retention_days, 0);
+	assert_int_equal(c.audit.test_retention_ms, 1500);
 
 	assert_int_equal(c.nproviders, 3);
 	p = config_find_provider(&c, "openai");
@@ -830,6 +834,10 @@ static const struct error_case error_cases[] = {
 	  "t.yaml:1:22: bad value 'fast' for 'durability' (expected one of: batch, strict)" },
 	{ "audit: { retention_days: 40000 }\n",
 	  "t.yaml:1:26: 'retention_days' is out of range: 40000 (allowed 0 to 36600)" },
+	{ "audit: { enabled: maybe }\n", 
+	  "t.yaml:1:19: bad value 'maybe' for 'enabled' (expected one of: true, false)" },
+	{ "audit: { test_retention_ms: 86400001 }\n", 
+	  "t.yaml:1:29: 'test_retention_ms' is out of range: 86400001 (allowed 0 to 86400000)" },
 	{ "admin: { token_env: A, token_file: /b }\n",
 	  "t.yaml:1:36: 'token_file' conflicts with another source of the same secret (give one of "
 	  "token_env, token_file or token)" },

@@ -385,6 +385,182 @@ static void test_spend_counter_saturates(void **state)
 	scratch_remove(&t);
 }
 
+/* ---- spend additions summed within a batch ---- */
+
+/* After this, the store thread waits out its commit interval (TIMED) before its next
+ * batch, so what is submitted next, quickly, lands in one batch. */
+static void settle_batch(struct store *s)
+{
+	assert_int_equal(store_wait(s, 0, put_str(s, 0, STORE_DB_TEAMS, "warm", "up"), WAIT_MS),
+			 0);
+}
+
+static void spend_id(char out[16], unsigned i)
+{
+	snprintf(out, 16, "key-%04u", i);
+}
+
+static void check_spend(struct store_reader *r, const struct store_spend_key *k,
+			int64_t usd, int64_t in, int64_t outp, int64_t reqs)
+{
+	struct store_spend got;
+	assert_int_equal(store_spend_get(r, k, &got), 0);
+	assert_int_equal(got.micro_usd, usd);
+	assert_int_equal(got.input_tokens, in);
+	assert_int_equal(got.output_tokens, outp);
+	assert_int_equal(got.requests, reqs);
+}
+
+/* Many requests' additions to few counters: the sums are those of every addition, and
+ * the batch read and wrote each counter once (adds_merged counts the rest). */
+static void test_adds_summed_in_batch(void **state)
+{
+	struct scratch t;
+	scratch_make(&t);
+	struct store_options o = options(&t, 1);
+	o.commit_interval_ms = 2000;
+	struct store *s = open_ok(&o);
+	/* a counter with a value from an earlier batch: the sum starts from it */
+	struct store_spend_key keys[3] = { spend_key(STORE_SCOPE_LEDGER_KEY, "k1"),
+					   spend_key(STORE_SCOPE_LEDGER_TEAM, "t1"),
+					   spend_key(STORE_SCOPE_LEDGER_MODEL, "m1") };
+	struct store_rec rec;
+	struct store_spend first = { 1000, 1, 1, 1 };
+	assert_int_equal(store_rec_spend_add(&rec, &keys[0], &first), 0);
+	assert_int_equal(store_wait(s, 0, submit_unit(s, 0, &rec, 1), WAIT_MS), 0);
+	settle_batch(s);
+	struct store_stats before;
+	store_stats(s, &before);
+
+	enum { UNITS = 300 };
+	uint64_t last = 0;
+	for (unsigned u = 0; u < UNITS; u++) {
+		struct store_rec unit[4];
+		struct store_spend d = { (int64_t)u, 10, 20, 1 };
+		for (unsigned i = 0; i < 3; i++)
+			assert_int_equal(store_rec_spend_add(&unit[i], &keys[i], &d), 0);
+		char key[24];
+		audit_key(key, 0, u);
+		assert_int_equal(store_rec_put(&unit[3], STORE_DB_TEAMS, key, strlen(key), "x", 1),
+				 0);
+		last = submit_unit(s, 0, unit, 4);
+	}
+	assert_int_equal(store_wait(s, 0, last, WAIT_MS), 0);
+	for (uint64_t seq = last - 4 * UNITS + 1; seq <= last; seq++)
+		assert_int_equal(store_outcome(s, 0, seq), 0);
+
+	int err = 0;
+	struct store_reader *r = store_reader_new(s, &err);
+	assert_int_equal(store_read_begin(r), 0);
+	int64_t usd = (int64_t)UNITS * (UNITS - 1) / 2;
+	check_spend(r, &keys[0], 1000 + usd, 1 + 10 * UNITS, 1 + 20 * UNITS, 1 + UNITS);
+	check_spend(r, &keys[1], usd, 10 * UNITS, 20 * UNITS, UNITS);
+	check_spend(r, &keys[2], usd, 10 * UNITS, 20 * UNITS, UNITS);
+	store_read_end(r);
+	struct store_stats st;
+	store_stats(s, &st);
+	uint64_t batches = st.commits - before.commits;
+	/* each batch holds each counter once; the rest were summed in memory */
+	assert_true(batches >= 1);
+	assert_true(st.adds_merged - before.adds_merged >= 3 * UNITS - 3 * batches);
+	assert_true(st.adds_merged - before.adds_merged <= 3 * UNITS - 3);
+	assert_int_equal(st.records - before.records, 4 * UNITS);
+	store_reader_free(r);
+	store_close(s);
+	scratch_remove(&t);
+}
+
+/* A PUT or DEL of a counter between additions to it, in one unit (so one batch): each
+ * applies in order, as if every addition had gone to the map on its own. */
+static void test_adds_ordered_with_put_del(void **state)
+{
+	struct scratch t;
+	scratch_make(&t);
+	struct store_options o = options(&t, 1);
+	struct store *s = open_ok(&o);
+	struct store_spend_key k = spend_key(STORE_SCOPE_KEY, "k"),
+			       other = spend_key(STORE_SCOPE_TEAM, "other");
+	uint8_t key[STORE_KEY_MAX];
+	size_t key_len = store_spend_key_encode(&k, key);
+	assert_true(key_len > 0);
+	struct store_spend d = { 5, 1, 2, 1 }, big = { INT64_MAX - 3, 0, 0, 0 };
+	struct store_spend reset = { 100, 0, 0, 0 };
+	struct store_rec unit[10];
+	unsigned n = 0;
+	assert_int_equal(store_rec_spend_add(&unit[n++], &k, &d), 0);
+	assert_int_equal(store_rec_spend_add(&unit[n++], &other, &d), 0);
+	assert_int_equal(store_rec_spend_add(&unit[n++], &k, &d), 0);
+	assert_int_equal(store_rec_del(&unit[n++], STORE_DB_SPEND, key, key_len), 0);
+	assert_int_equal(store_rec_spend_add(&unit[n++], &k, &d), 0);
+	assert_int_equal(store_rec_put(&unit[n++], STORE_DB_SPEND, key, key_len, &reset,
+				       sizeof(reset)), 0);
+	assert_int_equal(store_rec_spend_add(&unit[n++], &k, &d), 0);
+	assert_int_equal(store_rec_spend_add(&unit[n++], &other, &d), 0);
+	/* clamped at the first addition past the limit, then lowered by the next */
+	assert_int_equal(store_rec_spend_add(&unit[n++], &k, &big), 0);
+	struct store_spend down = { -10, 0, 0, 0 };
+	assert_int_equal(store_rec_spend_add(&unit[n++], &k, &down), 0);
+	assert_int_equal(store_wait(s, 0, submit_unit(s, 0, unit, n), WAIT_MS), 0);
+
+	int err = 0;
+	struct store_reader *r = store_reader_new(s, &err);
+	assert_int_equal(store_read_begin(r), 0);
+	check_spend(r, &k, INT64_MAX - 10, 1, 2, 1);
+	check_spend(r, &other, 10, 2, 4, 2);
+	store_read_end(r);
+	struct store_stats st;
+	store_stats(s, &st);
+	assert_int_equal(st.add_saturated, 1);
+	assert_int_equal(st.records, n);
+	store_reader_free(r);
+	store_close(s);
+	scratch_remove(&t);
+}
+
+/* More distinct counters in a batch than the table holds: the rest go straight to the
+ * map, and every sum is still right. */
+static void test_adds_past_table(void **state)
+{
+	struct scratch t;
+	scratch_make(&t);
+	struct store_options o = options(&t, 1);
+	o.commit_interval_ms = 2000;
+	struct store *s = open_ok(&o);
+	settle_batch(s);
+	enum { KEYS = 1200, ROUNDS = 2, PER_UNIT = 16 };
+	uint64_t last = 0;
+	for (unsigned round = 0; round < ROUNDS; round++) {
+		for (unsigned i = 0; i < KEYS; i += PER_UNIT) {
+			struct store_rec unit[PER_UNIT];
+			for (unsigned j = 0; j < PER_UNIT; j++) {
+				char id[16];
+				spend_id(id, i + j);
+				struct store_spend_key k = spend_key(STORE_SCOPE_LEDGER_KEY, id);
+				struct store_spend d = { (int64_t)(i + j), 1, 0, 1 };
+				assert_int_equal(store_rec_spend_add(&unit[j], &k, &d), 0);
+			}
+			last = submit_unit(s, 0, unit, PER_UNIT);
+		}
+	}
+	assert_int_equal(store_wait(s, 0, last, WAIT_MS), 0);
+	int err = 0;
+	struct store_reader *r = store_reader_new(s, &err);
+	assert_int_equal(store_read_begin(r), 0);
+	for (unsigned i = 0; i < KEYS; i++) {
+		char id[16];
+		spend_id(id, i);
+		struct store_spend_key k = spend_key(STORE_SCOPE_LEDGER_KEY, id);
+		check_spend(r, &k, ROUNDS * (int64_t)i, ROUNDS, 0, ROUNDS);
+	}
+	store_read_end(r);
+	struct store_stats st;
+	store_stats(s, &st);
+	assert_int_equal(st.records_failed, 0);
+	store_reader_free(r);
+	store_close(s);
+	scratch_remove(&t);
+}
+
 static void test_spend_key_layout(void **state)
 {
 	struct store_spend_key a = spend_key(STORE_SCOPE_MODEL, "gpt-4o"), back;
@@ -1213,6 +1389,9 @@ int main(int argc, char **argv)
 		cmocka_unit_test(test_record_validation),
 		cmocka_unit_test(test_put_del_add_roundtrip),
 		cmocka_unit_test(test_spend_counter_saturates),
+		cmocka_unit_test(test_adds_summed_in_batch),
+		cmocka_unit_test(test_adds_ordered_with_put_del),
+		cmocka_unit_test(test_adds_past_table),
 		cmocka_unit_test(test_spend_key_layout),
 		cmocka_unit_test(test_scan),
 		cmocka_unit_test(test_producers_commit_everything),
