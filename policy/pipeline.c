@@ -530,7 +530,10 @@ static void px_observe(struct px *px)
 		metrics_in_flight(pl->metrics, px->pw->id, -1);
 	}
 	if (pl->alog) {
+		char client[64];
+		ex_peer(ex, client, sizeof(client));
 		struct accesslog_entry e = {
+			.client = slice_cstr(client),
 			.request_id = slice_cstr(ex->id),
 			.key_id = c ? slice_cstr(c->key->id) : SLICE_LIT(""),
 			.team = c && c->team ? slice_cstr(c->team->name) : SLICE_LIT(""),
@@ -571,7 +574,10 @@ static void observe_early(struct exchange *ex, enum dialect d, int status, const
 		metrics_request_done(pl->metrics, pw->id, &r);
 	}
 	if (pl->alog) {
+		char client[64];
+		ex_peer(ex, client, sizeof(client));
 		struct accesslog_entry e = { .request_id = slice_cstr(ex->id),
+					     .client = slice_cstr(client),
 					     .dialect = slice_cstr(dialect_name(d)),
 					     .status = status, .ttfb_us = -1,
 					     .duration_us = (int64_t)(now > start ? now - start : 0),

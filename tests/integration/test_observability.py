@@ -76,6 +76,7 @@ def test_metrics_and_access_log_match_the_requests(env):
         assert x["status"] == 200 and x["model"] == "gpt-test" and x["team"] == "t", x
         assert x["completion_tokens"] > 0 and x["cost_usd"] > 0, x
         assert x["provider"] == "mock" and x["key_id"] == "cfg_tester", x
+        assert x["client"].startswith("127.0.0.1:"), x
     assert by_id[stream_id]["stream"] is True, by_id[stream_id]
     statuses = sorted(x["status"] for x in lines)
     assert statuses == [200] * 6 + [401, 403, 404, 500], statuses
