@@ -19,10 +19,9 @@ static void skip_ws(struct scan *s)
 		s->p++;
 }
 
-/* The first byte in [p, end) that is '"', '\\' or a control character, or end. Strings
- * are most of a chat request's bytes (the prompt), so this is the scanner's hot loop:
- * SSE2 (x86-64's baseline) looks at 16 bytes per step. */
-static const char *string_stop(const char *p, const char *end)
+/* Strings are most of a chat request's bytes (the prompt), so this is the scanner's hot
+ * loop: SSE2 (x86-64's baseline) looks at 16 bytes per step. */
+const char *json_string_stop(const char *p, const char *end)
 {
 #ifdef __SSE2__
 	const __m128i quote = _mm_set1_epi8('"'), bslash = _mm_set1_epi8('\\');
@@ -48,7 +47,7 @@ static bool skip_string(struct scan *s)
 {
 	const char *p = s->p + 1;
 	for (;;) {
-		p = string_stop(p, s->end);
+		p = json_string_stop(p, s->end);
 		if (p >= s->end || (unsigned char)*p < 0x20)
 			return false;
 		if (*p == '"') {

@@ -6,10 +6,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#ifdef __SSE2__
-#include <emmintrin.h>
-#endif
-
 #include "core/buf.h"
 #include "core/json.h"
 #include "core/log.h"
@@ -818,36 +814,12 @@ static bool rd_char(struct rd *r, char c)
 	return false;
 }
 
-/* The first byte in [p, end) that is '"', '\\' or a control character, or end: core/json's
- * string loop (16 bytes a step with SSE2, x86-64's baseline). */
-static const char *str_stop(const char *p, const char *end)
-{
-#ifdef __SSE2__
-	const __m128i quote = _mm_set1_epi8('"'), bslash = _mm_set1_epi8('\\');
-	const __m128i ctl = _mm_set1_epi8(0x1f);
-	while (end - p >= 16) {
-		__m128i v = _mm_loadu_si128((const __m128i *)(const void *)p);
-		__m128i hit = _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(v, quote),
-							_mm_cmpeq_epi8(v, bslash)),
-					   _mm_cmpeq_epi8(_mm_min_epu8(v, ctl), v));
-		int mask = _mm_movemask_epi8(hit);
-		if (mask)
-			return p + __builtin_ctz((unsigned)mask);
-		p += 16;
-	}
-#endif
-	for (; p < end; p++)
-		if (*p == '"' || *p == '\\' || (unsigned char)*p < 0x20)
-			return p;
-	return end;
-}
-
 /* A string at r->p (its opening quote): *v is the whole value, quotes included. */
 static bool rd_string(struct rd *r, struct slice *v)
 {
 	const char *p = r->p + 1;
 	for (;;) {
-		p = str_stop(p, r->end);
+		p = json_string_stop(p, r->end);
 		if (p >= r->end || (unsigned char)*p < 0x20)
 			return false;
 		if (*p == '"')
@@ -1115,7 +1087,7 @@ static bool shape_match(const struct shape *sh, enum dialect d, struct slice dat
 		return false;
 	const char *p = data.p + sh->before, *end = data.p + data.n;
 	for (;;) {
-		p = str_stop(p, end);
+		p = json_string_stop(p, end);
 		if (p >= end || (unsigned char)*p < 0x20)
 			return false;
 		if (*p == '"')
