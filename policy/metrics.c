@@ -524,6 +524,8 @@ int metrics_render(const struct metrics *m, const struct engine_stats *es,
 		       ss->submit_full);
 		scalar(&o, "penstock_store_map_bytes", "gauge", "Bytes of the store's LMDB map.",
 		       ss->map_size);
+		scalar(&o, "penstock_store_queue_depth", "gauge",
+		       "Records waiting in the workers' rings for the store thread.", ss->queued);
 		store_commit_histogram(&o, ss);
 		scalar(&o, "penstock_store_audit_pruned_total", "counter",
 		       "Audit records removed by retention.", ss->audit_pruned);

@@ -1532,7 +1532,9 @@ void store_stats(struct store *s, struct store_stats *out)
 	out->commit_us_max = atomic_load_explicit(&s->c.commit_us_max, memory_order_relaxed);
 	out->prune_us_max = atomic_load_explicit(&s->c.prune_us_max, memory_order_relaxed);
 	out->map_size = atomic_load_explicit(&s->c.map_size, memory_order_relaxed);
-	for (unsigned i = 0; i < s->nproducers; i++)
+	for (unsigned i = 0; i < s->nproducers; i++) {
 		out->submit_full += atomic_load_explicit(&s->producers[i].submit_full,
 							 memory_order_relaxed);
+		out->queued += spsc_count(&s->producers[i].ring);
+	}
 }

@@ -248,6 +248,7 @@ struct store_stats {
 	uint64_t map_full;         /* batches failed with MDB_MAP_FULL at the size limit */
 	uint64_t map_grows;        /* successful map resizes */
 	uint64_t submit_full;      /* store_submit() calls refused because a ring was full */
+	uint64_t queued;           /* records waiting in the producers' rings now (a snapshot) */
 	uint64_t add_saturated;    /* counter additions clamped at the int64 limits */
 	uint64_t adds_merged;      /* ADDs summed into a counter their batch already held */
 	uint64_t audit_pruned;     /* audit records removed by retention */

@@ -93,6 +93,7 @@ def test_metrics_and_access_log_match_the_requests(env):
     assert m["penstock_requests_in_flight"] == 0, m
     assert m['penstock_request_duration_seconds_count{model="gpt-test"}'] == 7, m
     assert m["penstock_connections_accepted_total"] >= 10, m
+    assert m["penstock_store_records_total"] > 0 and "penstock_store_queue_depth" in m, m
     assert not any(h.CLIENT_KEY in k for k in m)
 
 
