@@ -1731,10 +1731,11 @@ static void bad_json(struct exchange *ex, enum dialect d)
 		      NULL);
 }
 
-/* Admission (policy/gov): the model allowed, rate limits, the budget's reservation. The
- * prompt is bounded by the bytes of its text (a token is at least one byte) for the budget,
- * and estimated for TPM; it is counted exactly only if the provider reports no usage
- * (px_settle): a tokenizer pass costs microseconds per KB, the bound a fraction of one.
+/* Admission (policy/gov): the model allowed, rate limits, the budget's reservation. For a
+ * caller with a budget the prompt is bounded by the bytes of its text (a token is at least
+ * one byte: a walk of its strings, a fraction of a microsecond per KB); otherwise TPM takes
+ * a quarter of the body's bytes. The prompt is counted exactly only if the provider reports
+ * no usage (px_settle): a tokenizer pass costs microseconds per KB.
  * False: refused (answered) and px freed. */
 static bool px_admit(struct px *px, const struct gov_caller *caller, uint64_t max_tokens)
 {
@@ -1752,8 +1753,16 @@ static bool px_admit(struct px *px, const struct gov_caller *caller, uint64_t ma
 							     pl->providers[t->provider].cfg->kind,
 							     t->upstream_model);
 		px->prompt_tk = tk;
-		if (tokcount_prompt(px->pw->tc, tk, px->in, ex->body, TOKCOUNT_PROMPT_BOUND, &p) < 0)
+		/* Only a budget needs the bound; TPM is corrected at the end anyway. */
+		bool budgeted = caller->key->budget_id != KEYS_NONE ||
+				(caller->team && caller->team->budget_id != KEYS_NONE);
+		if (!budgeted) {
+			p.upper_bound = (int64_t)ex->body.n;
+			p.tokens = (int64_t)ex->body.n / 4;
+		} else if (tokcount_prompt(px->pw->tc, tk, px->in, ex->body, TOKCOUNT_PROMPT_BOUND,
+					   &p) < 0) {
 			p.upper_bound = p.tokens = (int64_t)ex->body.n;
+		}
 	} else { /* embeddings: the input's bytes bound its tokens */
 		p.upper_bound = (int64_t)ex->body.n;
 		p.tokens = (int64_t)ex->body.n / 4;
