@@ -77,6 +77,7 @@ struct conn {
 	bool recv_armed, sending, finished, close_after, rejecting, starved, head_seen;
 	bool continue_sent, timeout_armed, drain_wanted, flush_queued;
 	unsigned holds;    /* ex_hold: the response's last byte waits */
+	char *peer;        /* "ip:port", made on the first ex_peer (keep-alive: asked once) */
 	struct conn *next_flush;
 	uint8_t timer_q;   /* which queue the connection timer is in */
 	int8_t framing;    /* response body: 0 length-delimited, -1 chunked, -2 close */
@@ -306,6 +307,7 @@ static void conn_unref(struct conn *c)
 	w->nconns--;
 	w->live--;
 	atomic_store_explicit(&w->stat_open, w->nconns, memory_order_relaxed);
+	free(c->peer);
 	free(c);
 }
 
@@ -877,21 +879,28 @@ const struct http1_header *ex_header(const struct exchange *ex, const char *name
 
 void ex_peer(const struct exchange *ex, char *out, size_t cap)
 {
+	struct conn *c = ex->conn;
 	struct sockaddr_storage ss;
 	socklen_t sl = sizeof(ss);
-	char ip[INET6_ADDRSTRLEN];
+	char ip[INET6_ADDRSTRLEN], text[INET6_ADDRSTRLEN + 16] = "";
+	if (c->peer) { /* a connection's peer does not change: one getpeername per connection */
+		snprintf(out, cap, "%s", c->peer);
+		return;
+	}
 	out[0] = 0;
-	if (getpeername(ex->conn->fd, (struct sockaddr *)&ss, &sl) != 0)
+	if (getpeername(c->fd, (struct sockaddr *)&ss, &sl) != 0)
 		return;
 	if (ss.ss_family == AF_INET) {
 		const struct sockaddr_in *in = (const struct sockaddr_in *)&ss;
 		if (inet_ntop(AF_INET, &in->sin_addr, ip, sizeof(ip)))
-			snprintf(out, cap, "%s:%u", ip, ntohs(in->sin_port));
+			snprintf(text, sizeof(text), "%s:%u", ip, ntohs(in->sin_port));
 	} else if (ss.ss_family == AF_INET6) {
 		const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)&ss;
 		if (inet_ntop(AF_INET6, &in6->sin6_addr, ip, sizeof(ip)))
-			snprintf(out, cap, "[%s]:%u", ip, ntohs(in6->sin6_port));
+			snprintf(text, sizeof(text), "[%s]:%u", ip, ntohs(in6->sin6_port));
 	}
+	c->peer = strdup(text);
+	snprintf(out, cap, "%s", text);
 }
 
 const char *http_reason(int status)
