@@ -50,8 +50,7 @@ static void compile(void)
 {
 	int err;
 	PCRE2_SIZE where;
-	code = pcre2_compile((PCRE2_SPTR)pattern, PCRE2_ZERO_TERMINATED, 0,
-			     &err, &where, NULL);
+	code = pcre2_compile((PCRE2_SPTR)pattern, PCRE2_ZERO_TERMINATED, 0, &err, &where, NULL);
 	if (!code)
 		return;
 	jit = pcre2_jit_compile(code, PCRE2_JIT_COMPLETE) == 0;
