@@ -1428,6 +1428,8 @@ static const struct field team_fields[] = {
 	      .spec = &team_models_spec),
 	{ .key = "limits", .type = &type_map, .spec = &team_limits_schema },
 	{ .key = "budget", .type = &type_map, .spec = &budget_schema },
+	FIELD(struct config_team, audit_bodies, "audit_bodies", .type = &type_bool,
+	      .def = "false"),
 };
 static const struct schema team_schema = SCHEMA("team", team_fields, NULL);
 
@@ -1462,6 +1464,9 @@ static const struct field audit_fields[] = {
 	/* tests drive retention in seconds, not days (docs/audit.md) */
 	FIELD(struct config, audit.test_retention_ms, "test_retention_ms", .type = &type_uint,
 	      .def = "0", .max = 86400000),
+	/* a record with both bodies must fit one store value (1 MiB) */
+	FIELD(struct config, audit.body_max_bytes, "body_max_bytes", .type = &type_size,
+	      .def = "16KiB", .min = 64, .max = 512000),
 };
 static const struct schema audit_schema = SCHEMA("audit", audit_fields, NULL);
 

@@ -83,6 +83,7 @@ struct config_team {
 	uint64_t rpm, tpm;     /* 0 = unlimited */
 	double budget_usd;     /* 0 = none */
 	char *budget_period;   /* daily | weekly | monthly | total (default monthly) */
+	bool audit_bodies;     /* audit records keep prompt and response bodies, redacted */
 };
 
 struct config_key {
@@ -170,12 +171,15 @@ struct config {
 	struct config_proxy egress_proxy;
 	/* enabled (default true; off: no audit records, spend is still persisted);
 	 * durability batch | strict (default batch); retention_days default 90, 0 = forever;
-	 * test_retention_ms: for tests only, retention in milliseconds, wins when not 0 */
+	 * test_retention_ms: for tests only, retention in milliseconds, wins when not 0;
+	 * body_max_bytes: the bound of each body kept for teams with audit_bodies (both must fit
+	 * one store value with the record) */
 	struct {
 		bool enabled;
 		char *durability;
 		uint32_t retention_days;
 		uint32_t test_retention_ms;
+		uint32_t body_max_bytes; /* each stored body: default 16 KiB, at most 512000 */
 	} audit;
 	/* Access log (policy/accesslog): "stdout" (journald under systemd), "off", or the
 	 * absolute path of a file opened O_APPEND and reopened on SIGHUP; default stdout.

@@ -25,6 +25,7 @@
 #define ADMIN_BODY_MAX (1024 * 1024)  /* a key request is a few hundred bytes */
 #define ADMIN_CONNECTIONS_MAX 256     /* operators and scripts, not clients */
 #define AUDIT_LIMIT_DEFAULT 100       /* records per /admin/audit answer */
+#define AUDIT_PAGE_BYTES (8u << 20)   /* an answer ends after the record that passes this */
 #define AUDIT_LIMIT_MAX 1000
 #define AUDIT_READ_CHUNK 1000         /* records one read looks at */
 #define AUDIT_SCAN_MAX 100000         /* records one answer looks at: a page, then "next" */
@@ -703,7 +704,9 @@ static int audit_page_add(void *arg, const struct audit_entry *e)
 		return 3;
 	}
 	pg->b.len--; /* the newline */
-	return ++pg->n == pg->limit ? 2 : 0; /* the cursor stays on this one: "next" follows it */
+	/* the cursor stays on this one: "next" follows it. Records with bodies can be large:
+	 * a page also ends past AUDIT_PAGE_BYTES. */
+	return ++pg->n == pg->limit || pg->b.len >= AUDIT_PAGE_BYTES ? 2 : 0;
 }
 
 static void audit_query_api(struct admin *a, struct exchange *ex, struct slice query)

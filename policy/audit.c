@@ -17,6 +17,10 @@
 #define FLAG_STREAM 0x01
 #define FLAG_ANTHROPIC 0x02
 #define FLAG_USAGE_SHIFT 2 /* two bits: enum audit_usage */
+/* version 2: a byte of body flags after the attempts, then the bodies it names */
+#define BODY_REQUEST 0x01
+#define BODY_RESPONSE 0x02
+#define BODY_STREAMED 0x04
 
 /* ---------------------------------------------------------------- encoding */
 
@@ -43,9 +47,9 @@ static void put_uv(struct enc *e, uint64_t v)
 	} while (v);
 }
 
-static void put_str(struct enc *e, struct slice s)
+static void put_bytes(struct enc *e, struct slice s, size_t max)
 {
-	size_t n = s.p ? (s.n > AUDIT_STR_MAX ? AUDIT_STR_MAX : s.n) : 0;
+	size_t n = s.p ? (s.n > max ? max : s.n) : 0;
 	put_uv(e, n);
 	if (e->n + n > e->cap) {
 		e->full = true;
@@ -55,6 +59,8 @@ static void put_str(struct enc *e, struct slice s)
 		memcpy(e->p + e->n, s.p, n);
 	e->n += n;
 }
+
+static void put_str(struct enc *e, struct slice s) { put_bytes(e, s, AUDIT_STR_MAX); }
 
 static uint64_t zigzag(int64_t v) { return ((uint64_t)v << 1) ^ (uint64_t)(v >> 63); }
 static int64_t unzigzag(uint64_t v) { return (int64_t)(v >> 1) ^ -(int64_t)(v & 1); }
@@ -90,7 +96,24 @@ size_t audit_encode(const struct audit_rec *a, uint8_t *out, size_t cap)
 		put_uv(&e, a->attempts[i].status);
 		put_str(&e, a->attempts[i].error);
 	}
+	put_u8(&e, (uint8_t)((a->has_request_body ? BODY_REQUEST : 0) |
+			     (a->has_response_body ? BODY_RESPONSE : 0) |
+			     (a->response_streamed ? BODY_STREAMED : 0)));
+	if (a->has_request_body)
+		put_bytes(&e, a->request_body, AUDIT_BODY_MAX);
+	if (a->has_response_body)
+		put_bytes(&e, a->response_body, AUDIT_BODY_MAX);
 	return e.full ? 0 : e.n;
+}
+
+size_t audit_encode_bound(const struct audit_rec *a)
+{
+	size_t n = AUDIT_CONTENT_MAX;
+	if (a->has_request_body)
+		n += 8 + (a->request_body.n > AUDIT_BODY_MAX ? AUDIT_BODY_MAX : a->request_body.n);
+	if (a->has_response_body)
+		n += 8 + (a->response_body.n > AUDIT_BODY_MAX ? AUDIT_BODY_MAX : a->response_body.n);
+	return n;
 }
 
 struct dec {
@@ -121,10 +144,10 @@ static uint64_t get_uv(struct dec *d)
 	return 0;
 }
 
-static struct slice get_str(struct dec *d)
+static struct slice get_bytes(struct dec *d, size_t max)
 {
 	uint64_t n = get_uv(d);
-	if (d->bad || n > AUDIT_STR_MAX || n > d->n - d->off) {
+	if (d->bad || n > max || n > d->n - d->off) {
 		d->bad = true;
 		return (struct slice){ "", 0 };
 	}
@@ -133,11 +156,14 @@ static struct slice get_str(struct dec *d)
 	return s;
 }
 
+static struct slice get_str(struct dec *d) { return get_bytes(d, AUDIT_STR_MAX); }
+
 int audit_decode(const void *p, size_t n, struct audit_rec *a)
 {
 	struct dec d = { .p = p, .n = n };
 	memset(a, 0, sizeof(*a));
-	if (get_u8(&d) != AUDIT_VERSION)
+	uint8_t version = get_u8(&d);
+	if (version != 1 && version != AUDIT_VERSION)
 		return -EBADMSG;
 	uint8_t flags = get_u8(&d);
 	a->stream = flags & FLAG_STREAM;
@@ -170,6 +196,14 @@ int audit_decode(const void *p, size_t n, struct audit_rec *a)
 		uint64_t st = get_uv(&d);
 		a->attempts[i].status = st > 999 ? 0 : (uint16_t)st;
 		a->attempts[i].error = get_str(&d);
+	}
+	if (version >= 2 && !d.bad) {
+		uint8_t bodies = get_u8(&d);
+		a->response_streamed = bodies & BODY_STREAMED;
+		if ((a->has_request_body = bodies & BODY_REQUEST))
+			a->request_body = get_bytes(&d, AUDIT_BODY_MAX);
+		if ((a->has_response_body = bodies & BODY_RESPONSE))
+			a->response_body = get_bytes(&d, AUDIT_BODY_MAX);
 	}
 	return d.bad ? -EBADMSG : 0; /* bytes after the fields: a later version's additions */
 }
@@ -340,6 +374,21 @@ static bool put_jstr(struct buf *b, size_t max, struct slice s, bool null_if_emp
 	return buf_append(b, tmp, n + 2, max);
 }
 
+/* A body as a JSON string, escaped a piece at a time; null when the record has none. */
+static bool put_jbody(struct buf *b, size_t max, bool has, struct slice s)
+{
+	if (!has)
+		return buf_append(b, "null", 4, max);
+	char tmp[512 * 6];
+	bool ok = buf_append(b, "\"", 1, max);
+	for (size_t off = 0; ok && off < s.n; off += 512) {
+		struct slice piece = slice_of(s.p + off, s.n - off > 512 ? 512 : s.n - off);
+		size_t n = json_escape(tmp, sizeof(tmp), piece);
+		ok = n && buf_append(b, tmp, n, max);
+	}
+	return ok && buf_append(b, "\"", 1, max);
+}
+
 static void rfc3339_ns(int64_t ns, char out[48])
 {
 	time_t t = (time_t)(ns / 1000000000);
@@ -409,29 +458,46 @@ bool audit_json(const struct audit_entry *e, struct buf *b, size_t max)
 		   a->cost_micro_usd, usage_names[a->usage & 3]) &&
 	       put(b, max,
 		   "\"latency_us\":{\"total\":%" PRIu64 ",\"first_byte\":%s,\"upstream\":%s},"
-		   "\"guardrail\":null,\"cache\":null,\"hash\":\"%s\"}\n",
-		   a->total_us, fb, up, h);
+		   "\"guardrail\":null,\"cache\":null,\"request_body\":",
+		   a->total_us, fb, up) &&
+	       put_jbody(b, max, a->has_request_body, a->request_body) &&
+	       put(b, max, ",\"response_body\":") &&
+	       put_jbody(b, max, a->has_response_body, a->response_body) &&
+	       put(b, max, ",\"response_streamed\":%s,\"hash\":\"%s\"}\n",
+		   a->response_streamed ? "true" : "false", h);
 }
 
 const char *audit_csv_header(void)
 {
 	return "seq,time,request_id,key_id,team,client,dialect,model,provider,upstream_model,"
 	       "status,stream,attempts,fallbacks,prompt_tokens,completion_tokens,cached_tokens,"
-	       "cost_micro_usd,usage,total_us,first_byte_us,upstream_us,hash\r\n";
+	       "cost_micro_usd,usage,total_us,first_byte_us,upstream_us,hash,request_body,"
+	       "response_body\r\n";
 }
 
-/* A CSV field: quoted when it holds a comma, quote or line break (RFC 4180). */
-static bool put_csv(struct buf *b, size_t max, struct slice s)
+/* A CSV field and its separator: quoted when it holds a comma, quote or line break
+ * (RFC 4180), quotes doubled a run at a time (bodies are long). */
+static bool put_csv_field(struct buf *b, size_t max, struct slice s, const char *sep)
 {
 	bool quote = false;
 	for (size_t i = 0; i < s.n && !quote; i++)
 		quote = s.p[i] == ',' || s.p[i] == '"' || s.p[i] == '\n' || s.p[i] == '\r';
 	if (!quote)
-		return buf_append(b, s.p, s.n, max) && buf_append(b, ",", 1, max);
+		return buf_append(b, s.p, s.n, max) && buf_append(b, sep, strlen(sep), max);
 	bool ok = buf_append(b, "\"", 1, max);
-	for (size_t i = 0; ok && i < s.n; i++)
-		ok = s.p[i] == '"' ? buf_append(b, "\"\"", 2, max) : buf_append(b, s.p + i, 1, max);
-	return ok && buf_append(b, "\",", 2, max);
+	size_t i = 0;
+	while (ok && i < s.n) {
+		const char *q = memchr(s.p + i, '"', s.n - i);
+		size_t run = q ? (size_t)(q - s.p) - i : s.n - i;
+		ok = buf_append(b, s.p + i, run, max) && (!q || buf_append(b, "\"\"", 2, max));
+		i += run + (q ? 1 : 0);
+	}
+	return ok && buf_append(b, "\"", 1, max) && buf_append(b, sep, strlen(sep), max);
+}
+
+static bool put_csv(struct buf *b, size_t max, struct slice s)
+{
+	return put_csv_field(b, max, s, ",");
 }
 
 bool audit_csv(const struct audit_entry *e, struct buf *b, size_t max)
@@ -474,9 +540,10 @@ bool audit_csv(const struct audit_entry *e, struct buf *b, size_t max)
 	       put_csv(b, max, slice_of(tries, tn)) &&
 	       put(b, max,
 		   "%u,%" PRIu64 ",%" PRIu64 ",%" PRIu64 ",%" PRId64 ",%s,%" PRIu64 ",%" PRIu64
-		   ",%" PRIu64 ",%s\r\n",
+		   ",%" PRIu64 ",%s,",
 		   fallbacks(a), a->prompt_tokens, a->completion_tokens, a->cached_tokens,
-		   a->cost_micro_usd, usage, a->total_us, a->first_byte_us, a->upstream_us, h);
+		   a->cost_micro_usd, usage, a->total_us, a->first_byte_us, a->upstream_us, h) &&
+	       put_csv(b, max, a->request_body) && put_csv_field(b, max, a->response_body, "\r\n");
 }
 
 /* ---------------------------------------------------------------- the chain */

@@ -21,10 +21,11 @@
 #include "core/str.h"
 #include "policy/store.h"
 
-#define AUDIT_VERSION 1
+#define AUDIT_VERSION 2        /* 2 added the bodies; version 1 records still decode */
 #define AUDIT_ATTEMPTS_MAX 8
 #define AUDIT_STR_MAX 255      /* longer strings are cut (names, ids, addresses) */
-#define AUDIT_CONTENT_MAX 4096 /* an encoded record is never longer */
+#define AUDIT_CONTENT_MAX 4096 /* an encoded record without bodies is never longer */
+#define AUDIT_BODY_MAX 512000  /* longer bodies are cut (the config bounds them lower) */
 
 enum audit_usage {
 	AUDIT_USAGE_NONE = 0,     /* nothing billed (refused, or no provider answered 2xx) */
@@ -61,10 +62,17 @@ struct audit_rec {
 	uint64_t upstream_us;       /* the serving attempt, start to end; 0: none */
 	unsigned nattempts;
 	struct audit_attempt attempts[AUDIT_ATTEMPTS_MAX];
+	/* Bodies, only for a team with audit_bodies, already redacted and bounded (policy/
+	 * redact): the request as the client sent it, the answer as the client got it. */
+	bool has_request_body, has_response_body;
+	bool response_streamed; /* the answer was a stream: no response body is kept */
+	struct slice request_body, response_body;
 };
 
-/* Encode into out (cap >= AUDIT_CONTENT_MAX always suffices). The length, or 0. */
+/* Encode into out (cap >= audit_encode_bound(a) always suffices). The length, or 0. */
 size_t audit_encode(const struct audit_rec *a, uint8_t *out, size_t cap);
+/* AUDIT_CONTENT_MAX, plus room for a's bodies. */
+size_t audit_encode_bound(const struct audit_rec *a);
 /* 0, or -EBADMSG for bytes that are not a record of a version this build reads. */
 int audit_decode(const void *p, size_t n, struct audit_rec *a);
 

@@ -448,9 +448,14 @@ static unsigned ledger_records(const struct gov_ticket *t, const struct store_sp
 /* The audit record's content, as the unit's last record. False if it cannot be made. */
 static bool audit_record(const struct audit_rec *a, struct store_rec *r)
 {
-	uint8_t content[AUDIT_CONTENT_MAX];
-	size_t len = audit_encode(a, content, sizeof(content));
-	return len && store_rec_audit(r, content, len) == 0;
+	uint8_t small[AUDIT_CONTENT_MAX]; /* a record with bodies is encoded on the heap */
+	size_t cap = audit_encode_bound(a);
+	uint8_t *content = cap <= sizeof(small) ? small : malloc(cap);
+	size_t len = content ? audit_encode(a, content, cap) : 0;
+	bool ok = len && store_rec_audit(r, content, len) == 0;
+	if (content != small)
+		free(content);
+	return ok;
 }
 
 bool gov_audit_strict(const struct gov *g) { return g->strict; }

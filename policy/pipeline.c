@@ -34,6 +34,7 @@
 #include "policy/accesslog.h"
 #include "policy/gov.h"
 #include "policy/metrics.h"
+#include "policy/redact.h"
 #include "providers/provider.h"
 #include "providers/tokcount.h"
 #include "providers/translate.h"
@@ -129,6 +130,7 @@ struct px {
 	char retry_after[64];    /* the provider's retry-after, kept for translated errors */
 	struct buf req;          /* translated request body (until the response head) */
 	struct buf res;          /* gathered response body (RELAY_BODY, RELAY_ERROR) */
+	struct slice answer;     /* the translated body as the client gets it, while px ends */
 	struct buf out;          /* translated events not yet handed to the exchange */
 	struct xlat_stream *xs;
 	struct sse_parser sse;
@@ -364,10 +366,41 @@ static void audit_base(struct exchange *ex, enum dialect d, int status, struct a
 	a->client = slice_cstr(client);
 }
 
+static bool team_keeps_bodies(const struct config *cfg, const struct gov_caller *c)
+{
+	for (size_t i = 0; c->team && i < cfg->nteams; i++)
+		if (strcmp(cfg->teams[i].name, c->team->name) == 0)
+			return cfg->teams[i].audit_bodies;
+	return false;
+}
+
+/* For a team with audit_bodies: the request as sent and the answer as the client got it
+ * (a same-dialect copy, or the translated body), redacted and bounded, into bodies[0..1].
+ * A body that cannot be redacted is left out, never stored as it was. */
+static void px_audit_bodies(const struct px *px, struct audit_rec *a, struct buf bodies[2])
+{
+	const struct config *cfg = px->pw->pl->cfg;
+	size_t max = cfg->audit.body_max_bytes;
+	a->has_request_body = redact(px->ex->body, max, &bodies[0]) == 0;
+	a->request_body = slice_of(bodies[0].p, bodies[0].len);
+	if (px->stream) {
+		a->response_streamed = true;
+		return;
+	}
+	struct slice answer = px->answer.p	      ? px->answer
+			      : px->relay == RELAY_RAW ? slice_of(px->res.p, px->res.len)
+						       : (struct slice){ 0 };
+	if (!px->nsent || !answer.n)
+		return; /* no provider's answer reached the client */
+	a->has_response_body = redact(answer, max, &bodies[1]) == 0;
+	a->response_body = slice_of(bodies[1].p, bodies[1].len);
+}
+
 /* The request's audit record from its state: who called, what was asked, each attempt and
- * who served. Tokens and cost are gov_settle's. Strings point into px (or its config). */
+ * who served. Tokens and cost are gov_settle's. Strings point into px (or its config) or
+ * bodies (the caller frees them). */
 static void px_audit_rec(const struct px *px, int status, struct audit_rec *a, char *client,
-			 size_t client_cap)
+			 size_t client_cap, struct buf bodies[2])
 {
 	const struct pipeline *pl = px->pw->pl;
 	audit_base(px->ex, px->in, status, a, client, client_cap);
@@ -401,6 +434,8 @@ static void px_audit_rec(const struct px *px, int status, struct audit_rec *a, c
 		if (now > px->attempt_us)
 			a->upstream_us = now - px->attempt_us;
 	}
+	if (team_keeps_bodies(pl->cfg, c))
+		px_audit_bodies(px, a, bodies);
 }
 
 /* The record of a request refused before it had a state (no or a bad key). */
@@ -429,12 +464,15 @@ static void px_settle(struct px *px, int status)
 	struct audit_rec a;
 	char client[64];
 	uint64_t seq;
-	px_audit_rec(px, status, &a, client, sizeof(client));
+	struct buf bodies[2] = { { 0 }, { 0 } };
+	px_audit_rec(px, status, &a, client, sizeof(client), bodies);
 	int64_t now_ns = (int64_t)mono_us() * 1000;
 	px_hold(px);
 	if (!px->ticket.held || !px->served) {
 		gov_release(g, px->pw->id, &px->ticket, now_ns);
 		gov_audit(g, px->pw->id, &a, &seq);
+		buf_free(&bodies[0]);
+		buf_free(&bodies[1]);
 		strict_wait(px->pw, px->hold, seq);
 		px->hold = NULL;
 		return;
@@ -478,6 +516,8 @@ static void px_settle(struct px *px, int status)
 							  : AUDIT_USAGE_GATEWAY;
 	px->cost = gov_settle(g, px->pw->id, &px->ticket, &gu, now_ns, (int64_t)time(NULL), &a,
 			      &seq);
+	buf_free(&bodies[0]);
+	buf_free(&bodies[1]);
 	strict_wait(px->pw, px->hold, seq);
 	px->hold = NULL;
 }
@@ -901,11 +941,13 @@ static void px_on_end(void *arg)
 			return;
 		}
 		px->usage = usage;
+		px->answer = slice_of(body.p, body.len); /* for the audit record (px_settle) */
 		px_respond_body(px, px->status, &body);
 		return;
 	case RELAY_ERROR: {
 		int status = xlat_error(px->up, px->in, px->status,
 					slice_of(px->res.p, px->too_large ? 0 : px->res.len), &body);
+		px->answer = slice_of(body.p, body.len);
 		px_respond_body(px, status, &body);
 		return;
 	}

@@ -3,7 +3,8 @@ record per request with the right fields (served, 401, 403, 429, upstream failur
 translated, fallback), audit cost agreeing with the spend ledger, kill -9 in batch and
 strict durability, the hash chain (verify, then a flipped byte found), streamed exports
 with bounded memory, query filters and the admin endpoint, retention pruning under load
-within the commit-latency bound, and audit.enabled false."""
+within the commit-latency bound, audit.enabled false, and prompt and response bodies for a
+team with audit_bodies (redacted, bounded; none for other teams)."""
 import csv
 import io
 import json
@@ -41,6 +42,7 @@ def settings(admin_port, durability="batch", audit=None):
             {"name": "acct", "budget": {"usd": 50, "period": "daily"}},
             {"name": "narrow", "models": ["gpt-acct"]},
             {"name": "slow", "limits": {"rpm": 1}},
+            {"name": "bodies", "audit_bodies": True},
         ],
     }
 
@@ -419,3 +421,62 @@ def test_audit_off_persists_spend_only(env):
         "requests") == 5, 10, what="spend of 5 requests")
     assert export(s.dir) == []
     assert "audit is disabled" in s.gw.proc.stderr()
+
+
+FAKE_OPENAI_KEY = "sk-proj-" + "Zq7" * 10
+FAKE_AWS_ID = "AKIA" + "QWERTYUIOP123456"
+
+
+def test_bodies_redacted_bounded_and_per_team(env):
+    s = audit_stack(env.stack, workers=1,
+                    audit={"durability": "batch", "body_max_bytes": 2048})
+    gw = s.gw.port
+    keeps = create_key(s.admin_port, name="keeps", team="bodies")
+    other = create_key(s.admin_port, name="other", team="acct")
+    prompt = "my key is %s and my AWS id %s, keep them safe" % (FAKE_OPENAI_KEY, FAKE_AWS_ID)
+
+    def send(key, model="gpt-acct", content=prompt, **kw):
+        body = json.dumps({"model": model, "max_tokens": 8,
+                           "messages": [{"role": "user", "content": content}], **kw})
+        r = request(gw, "POST", "/v1/chat/completions", body, key=key["key"])
+        assert r.status == 200, r.body
+        return r
+
+    same = send(keeps)
+    translated = send(keeps, model="claude-acct")
+    streamed = send(keeps, stream=True)
+    big = send(keeps, content="word " * 2000)
+    plain = send(other)
+    ids = [rid(r) for r in (same, translated, streamed, big, plain)]
+    recs = wait_records(s.dir, ids)
+    got = [recs[i] for i in ids]
+
+    text = json.dumps(got)
+    assert FAKE_OPENAI_KEY not in text and FAKE_AWS_ID not in text, "a secret was stored"
+    for r in got[:2]:
+        assert "my key is [REDACTED] and my AWS id [REDACTED], keep them safe" in \
+            json.loads(r["request_body"])["messages"][0]["content"], r
+    # the answer as the client got it: the provider's bytes, or the translated body
+    assert got[0]["response_body"] == same.body.decode(), got[0]
+    assert got[1]["response_body"] == translated.body.decode(), got[1]
+    assert json.loads(got[1]["response_body"])["object"] == "chat.completion", got[1]
+    assert got[0]["response_streamed"] is False
+    # a stream: its request, no response body, and the record says why
+    assert "[REDACTED]" in got[2]["request_body"], got[2]
+    assert got[2]["response_body"] is None and got[2]["response_streamed"] is True, got[2]
+    # over the bound: cut, the marker within it
+    cut = got[3]["request_body"]
+    assert len(cut.encode()) <= 2048 and cut.endswith("[TRUNCATED]"), cut[-40:]
+    assert cut.startswith('{"model": "gpt-acct"'), cut[:40]
+    # a team without audit_bodies keeps none
+    assert got[4]["request_body"] is None and got[4]["response_body"] is None, got[4]
+    assert got[4]["response_streamed"] is False
+
+    rows = {r["request_id"]: r for r in export(s.dir, "--team", "bodies", fmt="csv")}
+    assert "[REDACTED]" in rows[ids[0]]["request_body"], rows[ids[0]]
+    assert rows[ids[0]]["response_body"] == same.body.decode()
+    assert FAKE_OPENAI_KEY not in json.dumps(rows)
+    r = admin(s, "GET", "/admin/audit?team=bodies&limit=10")
+    assert r.status == 200, r.body
+    data = {d["request_id"]: d for d in r.json()["data"]}
+    assert data[ids[0]]["request_body"] == got[0]["request_body"], data

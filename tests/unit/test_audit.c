@@ -107,6 +107,51 @@ static void test_round_trip(void **state)
 	assert_int_equal(d.model.n, AUDIT_STR_MAX);
 }
 
+/* Bodies travel in version 2; a version 1 record (no body flags) still reads. */
+static void test_bodies_and_version_1(void **state)
+{
+	struct audit_rec a = sample("r2"), d;
+	size_t big = AUDIT_BODY_MAX + 100;
+	char *text = malloc(big);
+	assert_non_null(text);
+	memset(text, 'b', big);
+	a.has_request_body = true;
+	a.request_body = slice_cstr("{\"messages\":[]}");
+	a.has_response_body = true;
+	a.response_body = slice_of(text, big); /* over the record's own bound: cut there */
+	size_t cap = audit_encode_bound(&a);
+	uint8_t *buf = malloc(cap);
+	assert_non_null(buf);
+	size_t n = audit_encode(&a, buf, cap);
+	assert_true(n > AUDIT_BODY_MAX);
+	assert_int_equal(buf[0], 2);
+	assert_int_equal(audit_decode(buf, n, &d), 0);
+	assert_true(d.has_request_body && d.has_response_body);
+	assert_false(d.response_streamed);
+	same_slice(d.request_body, a.request_body);
+	assert_int_equal(d.response_body.n, AUDIT_BODY_MAX);
+	assert_int_equal(audit_decode(buf, n - 1, &d), -EBADMSG);
+
+	/* a stream: no response body, the flag says why */
+	a.has_response_body = false;
+	a.response_streamed = true;
+	n = audit_encode(&a, buf, cap);
+	assert_int_equal(audit_decode(buf, n, &d), 0);
+	assert_true(d.has_request_body && !d.has_response_body && d.response_streamed);
+
+	/* no bodies; then the same as version 1 wrote it: no flags byte */
+	a = sample("r3");
+	n = audit_encode(&a, buf, cap);
+	assert_int_equal(buf[n - 1], 0);
+	buf[0] = 1;
+	assert_int_equal(audit_decode(buf, n - 1, &d), 0);
+	same_slice(d.request_id, a.request_id);
+	assert_int_equal(d.attempts[1].status, 200);
+	assert_false(d.has_request_body || d.has_response_body || d.response_streamed);
+	free(buf);
+	free(text);
+}
+
 static void test_filters_and_times(void **state)
 {
 	struct audit_filter f = { 0 };
@@ -130,6 +175,11 @@ static void test_filters_and_times(void **state)
 	assert_int_equal(audit_time_parse("2024-05-01T25:00:00Z", &ns), -EINVAL);
 }
 
+static bool has(const struct buf *b, const char *s)
+{
+	return memmem(b->p, b->len, s, strlen(s)) != NULL;
+}
+
 static void test_formats(void **state)
 {
 	struct audit_entry e = { .stamp = 42, .rec = sample("r1") };
@@ -148,6 +198,25 @@ static void test_formats(void **state)
 	/* the attempts field holds a quote and a comma: quoted, quotes doubled */
 	assert_non_null(memmem(b.p, b.len, "\"dead/m,\"\"x\"\" refused|openai/gpt-4o-2024 200\"", 45));
 	assert_false(audit_csv(&e, &b, b.len + 10)); /* a bound is a bound */
+
+	/* bodies: JSON strings (null without), CSV columns at the end */
+	b.len = 0;
+	assert_true(audit_json(&e, &b, SIZE_MAX));
+	assert_true(has(&b, "\"request_body\":null,\"response_body\":null,"
+			    "\"response_streamed\":false,"));
+	e.rec.has_request_body = e.rec.has_response_body = true;
+	e.rec.request_body = slice_cstr("{\"q\":\"a,b\"}\n");
+	e.rec.response_body = slice_cstr("ok");
+	b.len = 0;
+	assert_true(audit_json(&e, &b, SIZE_MAX));
+	assert_true(has(&b, "\"request_body\":\"{\\\"q\\\":\\\"a,b\\\"}\\n\","
+			    "\"response_body\":\"ok\","));
+	b.len = 0;
+	assert_true(audit_csv(&e, &b, SIZE_MAX));
+	const char *tail = ",\"{\"\"q\"\":\"\"a,b\"\"}\n\",ok\r\n";
+	assert_true(b.len > strlen(tail));
+	assert_memory_equal(b.p + b.len - strlen(tail), tail, strlen(tail));
+	assert_non_null(strstr(audit_csv_header(), ",hash,request_body,response_body\r\n"));
 	buf_free(&b);
 }
 
@@ -304,6 +373,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_round_trip),
+		cmocka_unit_test(test_bodies_and_version_1),
 		cmocka_unit_test(test_filters_and_times),
 		cmocka_unit_test(test_formats),
 		cmocka_unit_test(test_chain_and_tamper),

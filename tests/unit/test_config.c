@@ -65,6 +65,7 @@ static void assert_defaults_except_path(const struct config *c)
 	assert_string_equal(c->audit.durability, "batch");
 	assert_int_equal(c->audit.retention_days, 90);
 	assert_int_equal(c->audit.test_retention_ms, 0);
+	assert_int_equal(c->audit.body_max_bytes, 16384);
 	assert_string_equal(c->access_log.destination, "stdout");
 }
 
@@ -188,6 +189,7 @@ static void test_every_key_block_style(void **state)
 	assert_string_equal(c.audit.durability, "strict");
 	assert_int_equal(c.audit.retention_days, 0);
 	assert_int_equal(c.audit.test_retention_ms, 1500);
+	assert_int_equal(c.audit.body_max_bytes, 65536);
 
 	assert_int_equal(c.nproviders, 3);
 	p = config_find_provider(&c, "openai");
@@ -234,8 +236,10 @@ static void test_every_key_block_style(void **state)
 	assert_true(t->tpm == UINT64_MAX);
 	assert_true(t->budget_usd == 1234.5);
 	assert_string_equal(t->budget_period, "weekly");
+	assert_true(t->audit_bodies);
 	t = &c.teams[1];
 	assert_int_equal(t->nmodels, 2);
+	assert_false(t->audit_bodies);
 	assert_true(t->budget_usd == 0.0);
 
 	assert_int_equal(c.nkeys, 2);
@@ -836,6 +840,10 @@ static const struct error_case error_cases[] = {
 	  "t.yaml:1:26: 'retention_days' is out of range: 40000 (allowed 0 to 36600)" },
 	{ "audit: { enabled: maybe }\n", 
 	  "t.yaml:1:19: bad value 'maybe' for 'enabled' (expected one of: true, false)" },
+	{ "audit: { body_max_bytes: 1MiB }\n",
+	  "t.yaml:1:26: 'body_max_bytes' is out of range: 1MiB (allowed 64 to 512000 bytes)" },
+	{ "teams:\n  - { name: t, audit_bodies: maybe }\n",
+	  "t.yaml:2:30: bad value 'maybe' for 'audit_bodies' (expected one of: true, false)" },
 	{ "audit: { test_retention_ms: 86400001 }\n", 
 	  "t.yaml:1:29: 'test_retention_ms' is out of range: 86400001 (allowed 0 to 86400000)" },
 	{ "admin: { token_env: A, token_file: /b }\n",

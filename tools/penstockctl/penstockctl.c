@@ -44,6 +44,7 @@
 #define MODELS_MAX 256
 #define AUDIT_CHUNK 1000         /* records looked at per read transaction */
 #define AUDIT_OUT_MAX (64u << 20) /* one chunk's output, bounded */
+#define AUDIT_FLUSH_AT (4u << 20)  /* output written out early from this much */
 #define AUDIT_QUERY_LIMIT 1000   /* query's default --limit */
 
 struct opts {
@@ -842,6 +843,12 @@ static int audit_emit(void *arg, const struct audit_entry *e)
 	if (!ok) {
 		k->failed = true;
 		return 3;
+	}
+	/* records with bodies are large: written out before a chunk ends, memory stays bounded */
+	if (k->b.len >= AUDIT_FLUSH_AT) {
+		if (fwrite(k->b.p, 1, k->b.len, stdout) != k->b.len)
+			return -EIO;
+		k->b.len = 0;
 	}
 	return 0;
 }
