@@ -131,6 +131,8 @@ struct px {
 	struct buf req;          /* translated request body (until the response head) */
 	struct buf res;          /* gathered response body (RELAY_BODY, RELAY_ERROR) */
 	struct slice answer;     /* the translated body as the client gets it, while px ends */
+	bool keep_bodies;        /* the caller's team has audit_bodies */
+	struct buf streamed;     /* keep_bodies: the stream's bytes so far (bounded) */
 	struct buf out;          /* translated events not yet handed to the exchange */
 	struct xlat_stream *xs;
 	struct sse_parser sse;
@@ -265,6 +267,7 @@ static void px_free(struct px *px, int status)
 	buf_free(&px->out);
 	buf_free(&px->last_err);
 	buf_free(&px->tail);
+	buf_free(&px->streamed);
 	if (px->xs) {
 		xlat_stream_free(px->xs);
 		sse_free(&px->sse);
@@ -385,6 +388,11 @@ static void px_audit_bodies(const struct px *px, struct audit_rec *a, struct buf
 	a->request_body = slice_of(bodies[0].p, bodies[0].len);
 	if (px->stream) {
 		a->response_streamed = true;
+		if (px->streamed.len) {
+			a->has_response_body = redact(slice_of(px->streamed.p, px->streamed.len), max,
+						      &bodies[1]) == 0;
+			a->response_body = slice_of(bodies[1].p, bodies[1].len);
+		}
 		return;
 	}
 	struct slice answer = px->answer.p	      ? px->answer
@@ -693,13 +701,29 @@ static bool write_buf(struct exchange *ex, struct buf *b)
 	return ex_write(ex, slice_of(p, n), release_malloc, p, 0);
 }
 
+/* For the audit record of a team with audit_bodies: the stream's bytes, up to the body
+ * bound plus what redaction may need to see past it. */
+static void px_keep_streamed(struct px *px, struct slice bytes)
+{
+	if (!px->keep_bodies)
+		return;
+	size_t cap = px->pw->pl->cfg->audit.body_max_bytes + 8192;
+	size_t room = px->streamed.len < cap ? cap - px->streamed.len : 0;
+	buf_append(&px->streamed, bytes.p, bytes.n < room ? bytes.n : room, cap);
+}
+
 /* The translated events so far, to the client. False if the exchange went away: px is
  * gone then (on_abort freed it). */
-static bool px_flush(struct px *px) { return write_buf(px->ex, &px->out); }
+static bool px_flush(struct px *px)
+{
+	px_keep_streamed(px, slice_of(px->out.p, px->out.len));
+	return write_buf(px->ex, &px->out);
+}
 
 /* The last events of a translated stream: px is freed first, then the stream ends. */
 static void px_stream_close(struct px *px)
 {
+	px_keep_streamed(px, slice_of(px->out.p, px->out.len));
 	struct exchange *ex = px->ex;
 	struct buf out = px->out;
 	px->out = (struct buf){ 0 };
@@ -1268,6 +1292,7 @@ static bool px_acct_event(void *arg, const struct sse_event *ev)
 static bool px_relay_sse(struct px *px, struct slice data, uint16_t bid)
 {
 	struct worker *w = ex_worker(px->ex);
+	px_keep_streamed(px, data);
 	px->drop_end = 0;
 	if (px->acct_on) {
 		sse_feed(&px->acct, data.p, data.n, px_acct_event, px);
@@ -1785,6 +1810,7 @@ static bool px_admit(struct px *px, const struct gov_caller *caller, uint64_t ma
 	struct exchange *ex = px->ex;
 	px->caller = *caller;
 	px->caller_p = &px->caller;
+	px->keep_bodies = team_keeps_bodies(pl->cfg, caller);
 	if (!pl->gov)
 		return true;
 	const struct config_model *m = &pl->cfg->models[px->asked->index];
