@@ -136,9 +136,11 @@ key:
 
 int json_scan_object(struct slice text, const char *const *keys, struct slice *vals, unsigned nkeys)
 {
-	struct scan s = { text.p, text.p + text.n };
 	for (unsigned i = 0; i < nkeys; i++)
 		vals[i] = (struct slice){ NULL, 0 };
+	if (!text.p) /* an absent value (a scan's NULL slice) is not an object */
+		return -1;
+	struct scan s = { text.p, text.p + text.n };
 	skip_ws(&s);
 	if (s.p >= s.end || *s.p != '{')
 		return -1;
@@ -185,6 +187,8 @@ end:
 
 bool json_array_begin(struct json_iter *it, struct slice array)
 {
+	if (!array.p) /* an absent value (a scan's NULL slice) is not an array */
+		return false;
 	struct scan s = { array.p, array.p + array.n };
 	skip_ws(&s);
 	if (s.p >= s.end || *s.p != '[')

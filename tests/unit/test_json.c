@@ -58,6 +58,21 @@ static void expect_val(struct slice got, const char *want)
 }
 
 /* Every case, from an exact-size heap copy so that over-reads show under ASan. */
+/* A scan's absent value ({NULL, 0}) handed on is neither an object nor an array (found by
+ * the tokcount fuzzer: the pointer arithmetic on NULL was undefined). */
+static void test_absent_values(void **state)
+{
+	static const char *const keys[] = { "a" };
+	struct slice v = { "x", 1 };
+	struct json_iter it;
+
+	(void)state;
+	assert_int_equal(json_scan_object((struct slice){ NULL, 0 }, keys, &v, 1), -1);
+	assert_null(v.p);
+	assert_false(json_array_begin(&it, (struct slice){ NULL, 0 }));
+	assert_true(json_array_begin(&it, SLICE_LIT(" [1]")));
+}
+
 static void test_scan_table(void **state)
 {
 	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
@@ -142,6 +157,7 @@ int main(void)
 		cmocka_unit_test(test_every_prefix_rejected),
 		cmocka_unit_test(test_depth_bound),
 		cmocka_unit_test(test_helpers),
+		cmocka_unit_test(test_absent_values),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
