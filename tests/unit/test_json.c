@@ -62,12 +62,12 @@ static void expect_val(struct slice got, const char *want)
  * the tokcount fuzzer: the pointer arithmetic on NULL was undefined). */
 static void test_absent_values(void **state)
 {
-	static const char *const keys[] = { "a" };
+	static const char *const want[] = { "a" };
 	struct slice v = { "x", 1 };
 	struct json_iter it;
 
 	(void)state;
-	assert_int_equal(json_scan_object((struct slice){ NULL, 0 }, keys, &v, 1), -1);
+	assert_int_equal(json_scan_object((struct slice){ NULL, 0 }, want, &v, 1), -1);
 	assert_null(v.p);
 	assert_false(json_array_begin(&it, (struct slice){ NULL, 0 }));
 	assert_true(json_array_begin(&it, SLICE_LIT(" [1]")));
