@@ -71,9 +71,18 @@ const struct gov_team *gov_teams(const struct gov *g, size_t *n)
 	return g->teams;
 }
 
-/* A key's own limits and budget: a rate-limit subject and a budget of its own. */
+/* The index of the team named name in g->teams, KEYS_NONE if there is none. */
+static uint32_t team_slot(const struct gov *g, const char *name)
+{
+	const struct gov_team *t = gov_team(g, name);
+	return t ? (uint32_t)(t - g->teams) : KEYS_NONE;
+}
+
+/* A key's team, and its own limits and budget: a rate-limit subject and a budget of its
+ * own. */
 static int key_limits(struct gov *g, struct key_rec *rec)
 {
+	rec->team_slot = team_slot(g, rec->team);
 	rec->ratelimit_subject = KEYS_NONE;
 	rec->budget_id = KEYS_NONE;
 	if (rec->rpm || rec->tpm) {
@@ -154,7 +163,8 @@ static int add_bootstrap_keys(struct gov *g, int64_t now_s, char *err, size_t er
 			return -EINVAL;
 		}
 		struct key_params p = { .name = ck->name, .team = ck->team,
-					.ratelimit_subject = KEYS_NONE, .budget_id = KEYS_NONE };
+					.ratelimit_subject = KEYS_NONE, .budget_id = KEYS_NONE,
+					.team_slot = team_slot(g, ck->team) };
 		int rc = keys_add_bootstrap(g->keys, secret, strlen(secret), &p, now_s);
 		explicit_bzero(secret, strlen(secret));
 		free(secret);
@@ -269,7 +279,7 @@ enum keys_status gov_authenticate(struct gov *g, struct slice secret, int64_t no
 	enum keys_status st = keys_lookup(g->keys, secret, now_s, &rec);
 	if (st == KEYS_OK) {
 		c->key = rec;
-		c->team = gov_team(g, rec->team);
+		c->team = rec->team_slot != KEYS_NONE ? &g->teams[rec->team_slot] : NULL;
 	}
 	return st;
 }

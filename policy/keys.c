@@ -141,7 +141,7 @@ int keys_record_decode(const uint8_t hash[KEYS_HASH_LEN], const void *json, size
 	r->rpm = (uint64_t)rpm;
 	r->tpm = (uint64_t)tpm;
 	r->budget_micro_usd = budget;
-	r->ratelimit_subject = r->budget_id = KEYS_NONE;
+	r->ratelimit_subject = r->budget_id = r->team_slot = KEYS_NONE;
 	atomic_init(&r->revoked, revoked != 0);
 	if (json_is_array(models)) {
 		size_t n = json_array_size(models);
@@ -412,6 +412,7 @@ static struct key_rec *record_from(const struct key_params *p, int64_t now_s, in
 	r->budget_period = p->budget_period;
 	r->ratelimit_subject = p->ratelimit_subject;
 	r->budget_id = p->budget_id;
+	r->team_slot = p->team_slot;
 	atomic_init(&r->revoked, false);
 	if (p->models) {
 		r->models = calloc(p->nmodels ? p->nmodels : 1, sizeof(char *));

@@ -58,9 +58,10 @@ struct key_rec {
 	enum store_period budget_period;
 	char **models; /* the key may call only these (and its team's); NULL = the team's */
 	size_t nmodels;
-	/* The caller's: its ratelimit subject and budget id for this key, KEYS_NONE if none;
-	 * set before the record is published (keys_create params, keys_load's prepare). */
-	uint32_t ratelimit_subject, budget_id;
+	/* The caller's: its ratelimit subject, budget id and team slot for this key, KEYS_NONE
+	 * if none; set before the record is published (keys_create params, keys_load's
+	 * prepare), so a lookup needs no search by name. */
+	uint32_t ratelimit_subject, budget_id, team_slot;
 	_Atomic bool revoked;
 };
 
@@ -106,7 +107,8 @@ struct key_params {
 	enum store_period budget_period;
 	const char *const *models;
 	size_t nmodels; /* up to KEYS_MODELS_MAX */
-	uint32_t ratelimit_subject, budget_id; /* copied to the record; KEYS_NONE for none */
+	/* copied to the record; KEYS_NONE for none */
+	uint32_t ratelimit_subject, budget_id, team_slot;
 };
 
 typedef int (*keys_prepare_fn)(void *arg, struct key_rec *rec);

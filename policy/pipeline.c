@@ -369,12 +369,11 @@ static void audit_base(struct exchange *ex, enum dialect d, int status, struct a
 	a->client = slice_cstr(client);
 }
 
-static bool team_keeps_bodies(const struct config *cfg, const struct gov_caller *c)
+/* gov's teams are the config's, in its order: the caller's team index is its config's. */
+static bool team_keeps_bodies(const struct pipeline *pl, const struct gov_caller *c)
 {
-	for (size_t i = 0; c->team && i < cfg->nteams; i++)
-		if (strcmp(cfg->teams[i].name, c->team->name) == 0)
-			return cfg->teams[i].audit_bodies;
-	return false;
+	int t = team_index(pl, c);
+	return t >= 0 && pl->cfg->teams[t].audit_bodies;
 }
 
 /* For a team with audit_bodies: the request as sent and the answer as the client got it
@@ -442,7 +441,7 @@ static void px_audit_rec(const struct px *px, int status, struct audit_rec *a, c
 		if (now > px->attempt_us)
 			a->upstream_us = now - px->attempt_us;
 	}
-	if (team_keeps_bodies(pl->cfg, c))
+	if (px->keep_bodies)
 		px_audit_bodies(px, a, bodies);
 }
 
@@ -1810,7 +1809,7 @@ static bool px_admit(struct px *px, const struct gov_caller *caller, uint64_t ma
 	struct exchange *ex = px->ex;
 	px->caller = *caller;
 	px->caller_p = &px->caller;
-	px->keep_bodies = team_keeps_bodies(pl->cfg, caller);
+	px->keep_bodies = team_keeps_bodies(pl, caller);
 	if (!pl->gov)
 		return true;
 	const struct config_model *m = &pl->cfg->models[px->asked->index];

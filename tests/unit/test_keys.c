@@ -55,7 +55,8 @@ static struct key_params params(const char *name, const char *team)
 {
 	return (struct key_params){ .name = name, .team = team,
 				    .budget_period = STORE_PERIOD_MONTH,
-				    .ratelimit_subject = KEYS_NONE, .budget_id = KEYS_NONE };
+				    .ratelimit_subject = KEYS_NONE, .budget_id = KEYS_NONE,
+				    .team_slot = KEYS_NONE };
 }
 
 static enum keys_status lookup(struct keys *k, const char *secret, int64_t now,
