@@ -183,6 +183,7 @@ struct px {
 	bool strip_usage;        /* the gateway asked for include_usage; the client did not */
 	bool has_stream_options; /* the client's body has stream_options */
 	size_t drop_start, drop_end; /* this fragment's usage-only event, to leave out */
+	bool drop_held;          /* or the one the held tail began, completed by this fragment */
 	/* what the metrics and the access log say of it (px_observe) */
 	const struct gov_caller *caller_p; /* &ticket.caller once authenticated */
 	struct gov_caller caller;
@@ -666,10 +667,15 @@ static void px_count_event(struct px *px, const struct sse_event *ev)
 	    tokcount_stream_past(px->tcs, px->ticket.completion_allowance))
 		px->cut = true;
 	/* The usage chunk the gateway asked for is left out of a stream whose client did not
-	 * ask (when it lies in one fragment; one split across two reaches the client). */
-	if (px->strip_usage && te.usage_only && ev->raw_in_frag) {
-		px->drop_start = ev->raw_start;
-		px->drop_end = ev->raw_end;
+	 * ask: cut around it when it lies in this fragment, else it began in the held tail and
+	 * is the first event of what the tail now completes. */
+	if (px->strip_usage && te.usage_only) {
+		if (ev->raw_in_frag) {
+			px->drop_start = ev->raw_start;
+			px->drop_end = ev->raw_end;
+		} else {
+			px->drop_held = true;
+		}
 	}
 }
 
@@ -1281,6 +1287,22 @@ static bool px_sse_unaligned(struct px *px, struct slice data, uint16_t bid)
  * has not ended waits in px->tail for the rest. */
 static void px_sse_end(struct px *px, enum xlat_err_kind kind, const char *why);
 
+/* Remove the first event of b (through the blank line that ends it). */
+static void drop_first_event(struct buf *b)
+{
+	for (size_t i = 0; i + 1 < b->len; i++) {
+		if (b->p[i] != '\n')
+			continue;
+		size_t end = b->p[i + 1] == '\n'				     ? i + 2
+			     : i + 2 < b->len && b->p[i + 1] == '\r' && b->p[i + 2] == '\n' ? i + 3
+											    : 0;
+		if (end) {
+			buf_consume(b, end);
+			return;
+		}
+	}
+}
+
 static bool px_acct_event(void *arg, const struct sse_event *ev)
 {
 	struct px *px = arg;
@@ -1293,6 +1315,7 @@ static bool px_relay_sse(struct px *px, struct slice data, uint16_t bid)
 	struct worker *w = ex_worker(px->ex);
 	px_keep_streamed(px, data);
 	px->drop_end = 0;
+	px->drop_held = false;
 	if (px->acct_on) {
 		sse_feed(&px->acct, data.p, data.n, px_acct_event, px);
 		if (px->cut) { /* the events of this fragment are not relayed */
@@ -1326,6 +1349,8 @@ static bool px_relay_sse(struct px *px, struct slice data, uint16_t bid)
 		}
 		bool ok = buf_append(&px->tail, rest.p, rest.n, MAX_SSE_EVENT);
 		worker_buffer_unref(w, bid);
+		if (px->drop_held)
+			drop_first_event(&held);
 		if (!write_buf(px->ex, &held))
 			return false;
 		if (!ok) { /* out of memory: the rest of this event is lost; cut the stream */
