@@ -1487,6 +1487,15 @@ void engine_stats(const struct engine *e, struct engine_stats *st)
 	}
 }
 
+void engine_wake(struct engine *e)
+{
+	uint64_t one = 1;
+	for (unsigned i = 0; i < e->nworkers; i++) {
+		ssize_t r = write(e->workers[i].wake_fd, &one, sizeof(one));
+		(void)r;
+	}
+}
+
 void engine_stop(struct engine *e)
 {
 	atomic_store(&e->stop, true);

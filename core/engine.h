@@ -111,6 +111,9 @@ uint16_t engine_port(const struct engine *e);
 /* Stop accepting; let exchanges in flight finish up to timeouts.shutdown_grace, then
  * close what remains. Async-signal-safe. */
 void engine_stop(struct engine *e);
+/* Make every worker turn its loop once (the handler's worker_tick runs), e.g. to take a
+ * new configuration while idle. Any thread. */
+void engine_wake(struct engine *e);
 /* Wait for the workers to finish and free everything. */
 void engine_join(struct engine *e);
 

@@ -42,6 +42,8 @@ struct admin {
 	struct store_reader *reader; /* the admin worker's own */
 	struct metrics *metrics;     /* GET /metrics; NULL: not served */
 	struct engine *data_plane;   /* its connection counts, for /metrics */
+	admin_reload_fn *reload;     /* POST /admin/reload; NULL: not served */
+	void *reload_ctx;
 	bool token_set;
 	uint8_t token_hash[SHA256_DIGEST_LENGTH];
 };
@@ -356,7 +358,6 @@ static bool key_params_from(const struct admin *a, json_t *o, struct key_params 
 	static const char *const known[] = { "name", "team", "models", "rpm", "tpm",
 		"budget_usd", "budget_period", "expires_at", "expires_in_s" };
 	const struct gov *gov = a->gov;
-	const struct config *cfg = a->cfg;
 	const char *field;
 	json_t *v;
 	json_object_foreach(o, field, v) {
@@ -395,7 +396,7 @@ static bool key_params_from(const struct admin *a, json_t *o, struct key_params 
 		size_t i;
 		json_t *m;
 		json_array_foreach(v, i, m) {
-			if (!json_is_string(m) || !config_find_model(cfg, json_string_value(m))) {
+			if (!json_is_string(m) || !gov_has_model(a->gov, json_string_value(m))) {
 				snprintf(msg, msglen, "'models' must hold model names of the catalog");
 				return false;
 			}
@@ -813,6 +814,22 @@ static bool method_is(const struct exchange *ex, const char *m)
 	return slice_eq_cstr(ex->req.method, m);
 }
 
+/* POST /admin/reload: the config file is read again and applied, or refused with the
+ * reason (400); the running configuration stays in that case. */
+static void reload(struct admin *a, struct exchange *ex)
+{
+	struct admin_reload_result r = { 0 };
+	if (a->reload(a->reload_ctx, &r)) {
+		reply_error(ex, 400, NULL, "reload refused: %s", r.error);
+		return;
+	}
+	char body[256];
+	int n = snprintf(body, sizeof(body),
+			 "{\"reloaded\":true,\"generation\":%llu,\"providers\":%zu,\"models\":%zu}\n",
+			 (unsigned long long)r.generation, r.providers, r.models);
+	ex_respond(ex, 200, "application/json", NULL, slice_of(body, (size_t)n));
+}
+
 static void not_allowed(struct exchange *ex, const char *allow)
 {
 	char h[64];
@@ -922,6 +939,8 @@ static void admin_on_request(struct exchange *ex)
 		get ? audit_query_api(a, ex, query) : not_allowed(ex, "GET");
 	} else if (slice_eq_cstr(path, "/admin/alerts")) {
 		get ? list_alerts(a, ex) : not_allowed(ex, "GET");
+	} else if (slice_eq_cstr(path, "/admin/reload") && a->reload) {
+		method_is(ex, "POST") ? reload(a, ex) : not_allowed(ex, "POST");
 	} else {
 		reply_error(ex, 404, NULL, "no such endpoint: %.*s", (int)(path.n > 128 ? 128 : path.n),
 			    path.p);
@@ -1019,6 +1038,12 @@ void admin_stop(struct admin *a)
 	engine_join(a->engine);
 	store_reader_free(a->reader);
 	free(a);
+}
+
+void admin_set_reload(struct admin *a, admin_reload_fn *fn, void *ctx)
+{
+	a->reload = fn;
+	a->reload_ctx = ctx;
 }
 
 void admin_set_metrics(struct admin *a, struct metrics *m, struct engine *data_plane)

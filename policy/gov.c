@@ -21,6 +21,9 @@
 
 struct gov {
 	const struct config *cfg;
+	/* the current catalog (a reload may change it); NULL: cfg's */
+	bool (*has_model)(void *ctx, const char *name);
+	void *has_model_ctx;
 	unsigned workers;
 	struct store *store;
 	struct keys *keys;
@@ -28,7 +31,6 @@ struct gov {
 	struct budget *budget;
 	struct gov_team *teams;
 	size_t nteams;
-	struct budget_prices *prices; /* per catalog model, by index */
 	_Atomic uint64_t ledger_dropped; /* settlements the store ring had no room for */
 	_Atomic uint64_t audit_dropped;  /* audit records without spend the ring refused */
 	bool audit;  /* audit.enabled: records are written */
@@ -232,16 +234,10 @@ struct gov *gov_open(const struct config *cfg, unsigned workers, char *err, size
 	g->budget = budget_new(BUDGETS_MAX, alert_thresholds,
 			       sizeof(alert_thresholds) / sizeof(alert_thresholds[0]), &rc);
 	g->keys = keys_new(KEYS_EXPECTED, &rc);
-	g->prices = calloc(cfg->nmodels + 1, sizeof(*g->prices));
-	if (!g->rl || !g->budget || !g->keys || !g->prices) {
+	if (!g->rl || !g->budget || !g->keys) {
 		snprintf(err, errlen, "out of memory");
 		goto fail;
 	}
-	for (size_t i = 0; i < cfg->nmodels; i++)
-		if (budget_prices_from_model(&cfg->models[i], &g->prices[i])) {
-			snprintf(err, errlen, "model %s: prices out of range", cfg->models[i].name);
-			goto fail;
-		}
 	if (add_teams(g, err, errlen) || load_store(g, now_s, err, errlen) ||
 	    add_bootstrap_keys(g, now_s, err, errlen))
 		goto fail;
@@ -261,7 +257,6 @@ void gov_close(struct gov *g)
 	budget_free(g->budget);
 	ratelimit_free(g->rl);
 	free(g->teams);
-	free(g->prices);
 	free(g);
 }
 
@@ -350,12 +345,12 @@ static uint64_t affordable_completion(struct gov *g, const uint32_t *ids, unsign
 }
 
 bool gov_admit(struct gov *g, unsigned worker, const struct gov_caller *c,
-	       const struct config_model *model, uint64_t prompt_tokens, uint64_t prompt_upper,
-	       uint64_t max_completion, bool shrink, int64_t now_ns, int64_t now_s,
-	       struct gov_ticket *t, struct gov_refusal *r)
+	       const struct config_model *model, const struct budget_prices *prices,
+	       uint64_t prompt_tokens, uint64_t prompt_upper, uint64_t max_completion, bool shrink,
+	       int64_t now_ns, int64_t now_s, struct gov_ticket *t, struct gov_refusal *r)
 {
-	*t = (struct gov_ticket){ .caller = *c, .model = model, .tokens_estimate = prompt_tokens };
-	t->prices = g->prices[model - g->cfg->models];
+	*t = (struct gov_ticket){ .caller = *c, .model = model, .prices = *prices,
+				  .tokens_estimate = prompt_tokens };
 	if (!gov_model_allowed(g, c, slice_cstr(model->name))) {
 		refuse(r, 403, XERR_PERMISSION, "model_not_allowed");
 		snprintf(r->message, sizeof(r->message),
@@ -555,6 +550,18 @@ void gov_release(struct gov *g, unsigned worker, struct gov_ticket *t, int64_t n
 
 /* ---- the admin plane ---- */
 
+void gov_set_catalog(struct gov *g, bool (*has_model)(void *ctx, const char *name), void *ctx)
+{
+	g->has_model = has_model;
+	g->has_model_ctx = ctx;
+}
+
+bool gov_has_model(struct gov *g, const char *name)
+{
+	return g->has_model ? g->has_model(g->has_model_ctx, name)
+			    : config_find_model(g->cfg, name) != NULL;
+}
+
 int gov_key_create(struct gov *g, const struct key_params *p, int64_t now_s,
 		   char secret_out[KEYS_SECRET_LEN + 1], const struct key_rec **rec, char *err,
 		   size_t errlen)
@@ -564,7 +571,7 @@ int gov_key_create(struct gov *g, const struct key_params *p, int64_t now_s,
 		return -1;
 	}
 	for (size_t i = 0; i < p->nmodels; i++)
-		if (!config_find_model(g->cfg, p->models[i])) {
+		if (!gov_has_model(g, p->models[i])) {
 			snprintf(err, errlen, "no model named '%s' in the catalog", p->models[i]);
 			return -1;
 		}

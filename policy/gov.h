@@ -83,7 +83,8 @@ struct gov_refusal {
 	char headers[512];        /* "Name: value\r\n" lines: retry-after, x-ratelimit-* */
 };
 
-/* Admission for one catalog model: access, then rate limits (one request and
+/* Admission for one catalog model (from the caller's config snapshot, which must outlive
+ * the ticket; charged at `prices`): access, then rate limits (one request and
  * prompt_tokens of TPM, per key and team), then the budgets (the worst case:
  * prompt_upper input tokens and max_completion output tokens at the model's prices).
  * shrink (a stream, which the gateway can end where its budget does): when the worst case
@@ -91,9 +92,9 @@ struct gov_refusal {
  * t->completion_allowance says how many, and the pipeline cuts the stream there.
  * All or nothing: false leaves nothing held and fills r. */
 bool gov_admit(struct gov *g, unsigned worker, const struct gov_caller *c,
-	       const struct config_model *model, uint64_t prompt_tokens, uint64_t prompt_upper,
-	       uint64_t max_completion, bool shrink, int64_t now_ns, int64_t now_s,
-	       struct gov_ticket *t, struct gov_refusal *r);
+	       const struct config_model *model, const struct budget_prices *prices,
+	       uint64_t prompt_tokens, uint64_t prompt_upper, uint64_t max_completion, bool shrink,
+	       int64_t now_ns, int64_t now_s, struct gov_ticket *t, struct gov_refusal *r);
 
 /* What a request used, as billed (the provider's usage, or the gateway's own count). */
 struct gov_usage {
@@ -130,6 +131,11 @@ struct keys *gov_keys(struct gov *g);
 struct budget *gov_budget(struct gov *g);
 const struct gov_team *gov_team(const struct gov *g, const char *name);
 const struct gov_team *gov_teams(const struct gov *g, size_t *n);
+
+/* Where the admin plane looks up the catalog: a reload replaces the config's models (the
+ * pipeline's). Before the admin plane starts. */
+void gov_set_catalog(struct gov *g, bool (*has_model)(void *ctx, const char *name), void *ctx);
+bool gov_has_model(struct gov *g, const char *name);
 
 /* Issue a key: the team must exist (or be NULL), its models must be in the catalog, and
  * its own limits and budget get a rate-limit subject and a budget. The secret is written

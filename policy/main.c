@@ -67,6 +67,44 @@ static int load(const char *path, bool demo, struct config *cfg)
 	return rc;
 }
 
+/* What a reload needs: where the config comes from, what takes it. */
+struct reloader {
+	const char *path;
+	bool demo;
+	struct pipeline *pl;
+	struct engine *e;
+};
+
+/* SIGHUP and POST /admin/reload: read the config again and apply it, or say why not. */
+static int reload(void *ctx, struct admin_reload_result *r)
+{
+	struct reloader *rl = ctx;
+	struct config *next = malloc(sizeof(*next));
+	if (!next) {
+		snprintf(r->error, sizeof(r->error), "out of memory");
+		return -1;
+	}
+	int rc = rl->demo ? config_load_string(demo_config, sizeof(demo_config) - 1, "<demo>", next,
+					       r->error, sizeof(r->error))
+			  : config_load_file(rl->path, next, r->error, sizeof(r->error));
+	struct pipeline_reload_info info;
+	if (rc) {
+		free(next);
+	} else if (pipeline_reload(rl->pl, next, &info, r->error, sizeof(r->error)) == 0) {
+		engine_wake(rl->e); /* idle workers let go of the old snapshot too */
+		r->generation = info.generation;
+		r->providers = info.providers;
+		r->models = info.models;
+		log_info("configuration reloaded: generation %llu, %zu providers, %zu models",
+			 (unsigned long long)info.generation, info.providers, info.models);
+		return 0;
+	}
+	log_error("configuration reload refused, the running one stays: %s", r->error);
+	return -1;
+}
+
+static bool has_model(void *ctx, const char *name) { return pipeline_has_model(ctx, name); }
+
 int main(int argc, char **argv)
 {
 	static const struct option opts[] = {
@@ -168,9 +206,13 @@ int main(int argc, char **argv)
 		gov_close(gov);
 		return 1;
 	}
+	struct reloader rl = { .path = path, .demo = demo, .pl = pl, .e = e };
+	gov_set_catalog(gov, has_model, pl);
 	struct admin *adm = admin_start(&cfg, gov, err, sizeof(err));
-	if (adm)
+	if (adm) {
 		admin_set_metrics(adm, metrics, e);
+		admin_set_reload(adm, reload, &rl);
+	}
 	if (!adm) {
 		log_error("%s", err);
 		engine_stop(e);
@@ -185,12 +227,15 @@ int main(int argc, char **argv)
 		int sig;
 		sigwait(&set, &sig);
 		if (sig == SIGHUP) {
-			/* logrotate's signal: the access log file is reopened. */
+			/* the configuration is read again; logrotate's signal too: the access log
+			 * file is reopened */
+			struct admin_reload_result r;
+			reload(&rl, &r);
 			int rc = accesslog_reopen(alog);
 			if (rc)
 				log_error("SIGHUP: reopening the access log: %s", strerror(-rc));
-			log_warn("SIGHUP: access log reopened; configuration reload is not "
-				 "implemented yet");
+			else
+				log_info("SIGHUP: access log reopened");
 			continue;
 		}
 		log_info("%s: finishing requests in flight (up to %u ms), then exiting",

@@ -20,8 +20,9 @@
 #include "pipeline.h"
 
 #include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stddef.h>
-#include <time.h>
 #include <stdio.h>
 #include <time.h>
 #include <stdlib.h>
@@ -39,6 +40,7 @@
 #include "providers/tokcount.h"
 #include "providers/translate.h"
 #include "router.h"
+#include "snapshot.h"
 
 #define OUT_HIGH_WATER (256 * 1024)
 #define MAX_SSE_EVENT (1024 * 1024)     /* one provider event, when translating */
@@ -50,7 +52,7 @@
 /* The target of the current attempt, as the relay code sees it. */
 struct route {
 	const char *name;        /* client-facing model name */
-	unsigned provider;       /* index into pipeline.providers */
+	unsigned provider;       /* index into the snapshot's providers */
 	const char *upstream_model;
 	uint32_t max_tokens;     /* the catalog's default, for dialects that require one */
 };
@@ -65,20 +67,23 @@ struct attempt {
 	uint32_t ms;              /* to the first byte, or to the failure */
 };
 
-struct provider {
-	const struct config_provider *cfg;
-	const struct provider_api *api;
-	char *auth_header; /* "Authorization: Bearer ...\r\n", "x-api-key: ...\r\n..." or "" */
-	char *host_header; /* "Host: host[:port]\r\n" */
-	struct upstream_endpoint ep;
+/* What a worker holds of one snapshot: a connection pool per provider and the router's
+ * per-worker state, and how many of its requests still run on it. A worker moves to a new
+ * snapshot at its next turn; the old view goes when its last request ends. */
+struct view {
+	struct snapshot *s;           /* one reference */
+	struct upstream_pool **pools; /* one per provider of s */
+	struct router_worker *rw;
+	unsigned inflight;            /* px on this view */
+	struct view *next;            /* retired views still draining */
 };
 
 struct pipeline {
-	const struct config *cfg;
+	const struct config *boot;   /* the config the process started with: what a reload
+				      * cannot change (teams, audit, limits) is read here */
+	_Atomic(struct snapshot *) cur; /* providers, catalog, routing: replaced by a reload */
+	pthread_mutex_t reload_lock; /* serialises reloads and readers off the request path */
 	struct engine_handler handler;
-	struct provider *providers;
-	size_t nproviders;
-	struct router *router;
 	struct gov *gov;             /* keys, limits, budgets; NULL when only checking */
 	struct metrics *metrics;     /* may be NULL */
 	struct accesslog *alog;      /* may be NULL */
@@ -88,8 +93,8 @@ struct pipeline {
 struct pl_worker {
 	struct pipeline *pl;
 	struct worker *w;
-	struct upstream_pool **pools; /* one per provider */
-	struct router_worker *rw;
+	struct view *view;            /* the current snapshot's */
+	struct view *retired;         /* older ones with requests still on them */
 	uint64_t rng;                 /* backoff jitter */
 	struct tokcount_ctx *tc;      /* this worker's tokenizer state */
 	unsigned id;
@@ -119,6 +124,7 @@ enum px_kind { PX_CHAT, PX_EMBEDDINGS };
 struct px {
 	struct exchange *ex;
 	struct pl_worker *pw;
+	struct view *v;          /* the snapshot it runs on, start to end */
 	const struct route *route; /* &cur */
 	struct route cur;
 	struct upstream_call call;
@@ -244,6 +250,8 @@ static void pl_on_reject(struct exchange *ex, int status, const char *why)
 /* ---------------------------------------------------------------- upstream relay */
 
 static void px_unpick(struct px *px);
+static void view_refresh(struct pl_worker *pw);
+static void view_leave(struct pl_worker *pw, struct view *v);
 
 static uint64_t mono_us(void);
 static const char *error_token(enum upstream_error e);
@@ -276,6 +284,7 @@ static void px_free(struct px *px, int status)
 	if (px->acct_on)
 		sse_free(&px->acct);
 	tokcount_stream_free(px->tcs);
+	view_leave(px->pw, px->v);
 	free(px);
 }
 
@@ -374,7 +383,7 @@ static void audit_base(struct exchange *ex, enum dialect d, int status, struct a
 static bool team_keeps_bodies(const struct pipeline *pl, const struct gov_caller *c)
 {
 	int t = team_index(pl, c);
-	return t >= 0 && pl->cfg->teams[t].audit_bodies;
+	return t >= 0 && pl->boot->teams[t].audit_bodies;
 }
 
 /* For a team with audit_bodies: the request as sent and the answer as the client got it
@@ -382,8 +391,7 @@ static bool team_keeps_bodies(const struct pipeline *pl, const struct gov_caller
  * A body that cannot be redacted is left out, never stored as it was. */
 static void px_audit_bodies(const struct px *px, struct audit_rec *a, struct buf bodies[2])
 {
-	const struct config *cfg = px->pw->pl->cfg;
-	size_t max = cfg->audit.body_max_bytes;
+	size_t max = px->pw->pl->boot->audit.body_max_bytes;
 	a->has_request_body = redact(px->ex->body, max, &bodies[0]) == 0;
 	a->request_body = slice_of(bodies[0].p, bodies[0].len);
 	if (px->stream) {
@@ -410,7 +418,6 @@ static void px_audit_bodies(const struct px *px, struct audit_rec *a, struct buf
 static void px_audit_rec(const struct px *px, int status, struct audit_rec *a, char *client,
 			 size_t client_cap, struct buf bodies[2])
 {
-	const struct pipeline *pl = px->pw->pl;
 	audit_base(px->ex, px->in, status, a, client, client_cap);
 	const struct gov_caller *c = &px->ticket.caller;
 	if (c->key)
@@ -423,7 +430,7 @@ static void px_audit_rec(const struct px *px, int status, struct audit_rec *a, c
 		const struct attempt *at = &px->attempts[i];
 		const struct router_target *t = &at->model->targets[at->target];
 		a->attempts[i] = (struct audit_attempt){
-			.provider = slice_cstr(pl->providers[t->provider].cfg->name),
+			.provider = slice_cstr(px->v->s->providers[t->provider].cfg->name),
 			.model = slice_cstr(t->upstream_model),
 			.status = (uint16_t)at->status,
 			.error = slice_cstr(at->skipped ? "untranslatable"
@@ -552,15 +559,17 @@ static void px_observe(struct px *px)
 	uint64_t now = mono_us(), start = ex->start_ms * 1000;
 	int status = px->sent ? px->sent : 500;
 	const struct config_provider *prov =
-		px->target ? pl->providers[px->target->provider].cfg : NULL;
+		px->target ? px->v->s->providers[px->target->provider].cfg : NULL;
 	unsigned fallbacks = 0;
 	for (unsigned i = 0; i < px->nattempts; i++)
 		fallbacks += px->attempts[i].model != px->asked;
 	const struct gov_caller *c = px->caller_p;
 	if (pl->metrics) {
 		struct metrics_request r = {
-			.model = (int)px->asked->index,
-			.provider = px->target && px->nsent ? (int)px->target->provider : -1,
+			.model = px->v->s->metrics_model[px->asked->index],
+			.provider = px->target && px->nsent
+					    ? px->v->s->metrics_provider[px->target->provider]
+					    : -1,
 			.team = team_index(pl, c),
 			.status = status,
 			.input_tokens = px->billed.prompt_tokens,
@@ -647,7 +656,7 @@ static size_t px_attempt_headers(const struct px *px, char *out, size_t cap);
  * provider's retry-after. */
 static void px_extra_headers(const struct px *px, char *out, size_t cap)
 {
-	const struct provider *prov = &px->pw->pl->providers[px->route->provider];
+	const struct snapshot_provider *prov = &px->v->s->providers[px->route->provider];
 	int n = snprintf(out, cap, "x-penstock-provider: %s\r\nx-penstock-model: %s\r\n",
 			 prov->cfg->name, px->route->upstream_model);
 	if (n > 0 && (size_t)n < cap)
@@ -712,7 +721,7 @@ static void px_keep_streamed(struct px *px, struct slice bytes)
 {
 	if (!px->keep_bodies)
 		return;
-	size_t cap = px->pw->pl->cfg->audit.body_max_bytes + 8192;
+	size_t cap = px->pw->pl->boot->audit.body_max_bytes + 8192;
 	size_t room = px->streamed.len < cap ? cap - px->streamed.len : 0;
 	buf_append(&px->streamed, bytes.p, bytes.n < room ? bytes.n : room, cap);
 }
@@ -745,9 +754,9 @@ static bool is_sse(const struct http1_header *ct);
 static void px_count_start(struct px *px)
 {
 	struct pipeline *pl = px->pw->pl;
-	const struct config_model *m = &pl->cfg->models[px->model->index];
+	const struct config_model *m = &px->v->s->cfg->models[px->model->index];
 	struct tokcount_tokenizer t = tokcount_pick(pl->tok, m->tokenizer,
-						    pl->providers[px->target->provider].cfg->kind,
+						    px->v->s->providers[px->target->provider].cfg->kind,
 						    px->target->upstream_model);
 	px->tcs = tokcount_stream_new(px->pw->tc, t);
 	if (px->tcs && px->raw_sse) {
@@ -843,7 +852,7 @@ static void px_stream_abort(struct px *px, const char *why)
 {
 	struct exchange *ex = px->ex;
 	log_warn("request %s: provider %s: %s", ex->id,
-		 px->pw->pl->providers[px->route->provider].cfg->name, why);
+		 px->v->s->providers[px->route->provider].cfg->name, why);
 	upstream_cancel(&px->call);
 	xlat_stream_error(px->xs, XERR_UPSTREAM, why, &px->out);
 	px_stream_close(px);
@@ -957,7 +966,7 @@ static void px_on_end(void *arg)
 		if (px->too_large || xlat_response(px->up, px->in, slice_of(px->res.p, px->res.len),
 						   px->route->name, &body, &usage) < 0) {
 			log_warn("request %s: provider %s: %s", ex->id,
-				 px->pw->pl->providers[px->route->provider].cfg->name,
+				 px->v->s->providers[px->route->provider].cfg->name,
 				 px->too_large ? "response too large to translate"
 					       : "response could not be translated");
 			buf_free(&body);
@@ -989,7 +998,7 @@ static void px_on_error(void *arg, enum upstream_error err, bool head_seen)
 {
 	struct px *px = arg;
 	struct exchange *ex = px->ex;
-	const struct provider *prov = &px->pw->pl->providers[px->route->provider];
+	const struct snapshot_provider *prov = &px->v->s->providers[px->route->provider];
 	log_warn("request %s: provider %s: %s%s", ex->id, prov->cfg->name, upstream_error_text(err),
 		 head_seen ? " (after the response began)" : "");
 	struct metrics *m = px->pw->pl->metrics;
@@ -1160,7 +1169,6 @@ static bool attempt_failed(const struct px *px, const struct attempt *a)
  * x-penstock-fallbacks: each as provider/model and how it failed. */
 static size_t px_attempt_headers(const struct px *px, char *out, size_t cap)
 {
-	const struct pipeline *pl = px->pw->pl;
 	size_t n = 0;
 	bool any = false;
 	if (px->nattempts <= 1 && !px->fallback_status)
@@ -1183,7 +1191,7 @@ static size_t px_attempt_headers(const struct px *px, char *out, size_t cap)
 			snprintf(how, sizeof(how), "%d", a->status);
 		/* room is kept for the line's end and a retry-after line */
 		k = snprintf(out + n, cap - n, "%s%.40s/%.60s %s", any ? ", " : "x-penstock-fallbacks: ",
-			     pl->providers[t->provider].cfg->name, t->upstream_model, how);
+			     px->v->s->providers[t->provider].cfg->name, t->upstream_model, how);
 		if (k < 0 || n + (size_t)k + 96 >= cap)
 			break;
 		n += (size_t)k;
@@ -1206,7 +1214,7 @@ static void px_report(struct px *px, enum route_outcome o, uint64_t elapsed_us, 
 	if (!px->picked)
 		return;
 	px->picked = false;
-	router_report(px->pw->rw, px->model, px->tidx, px->probe, o, elapsed_us, now_us);
+	router_report(px->v->rw, px->model, px->tidx, px->probe, o, elapsed_us, now_us);
 }
 
 /* The pick was not used, or its request went away: it says nothing of the target. */
@@ -1236,7 +1244,7 @@ static bool px_head_routes(struct px *px, const struct http1_response *res,
 		a->status = res->status;
 		a->ms = (uint32_t)(elapsed / 1000);
 	}
-	if (status_in(&px->pw->pl->cfg->retry, res->status)) {
+	if (status_in(&px->v->s->cfg->retry, res->status)) {
 		px_report(px, ROUTE_FAILED, elapsed, now);
 		px->fallback_status = true;
 		px->relay = RELAY_ERROR;
@@ -1470,12 +1478,12 @@ static const struct router_model *chain_model(const struct px *px)
 	if (px->chain == 0)
 		return px->asked;
 	if (px->chain - 1 < px->asked->nfallback)
-		return router_model_at(px->pw->pl->router, px->asked->fallback[px->chain - 1]);
+		return router_model_at(px->v->s->router, px->asked->fallback[px->chain - 1]);
 	return NULL;
 }
 
 /* Whether a provider has the request's endpoint (embeddings: OpenAI-shaped ones only). */
-static bool provider_serves(const struct px *px, const struct provider *p)
+static bool provider_serves(const struct px *px, const struct snapshot_provider *p)
 {
 	return px->kind == PX_CHAT || (p->api->embeddings_path && p->api->dialect == px->in);
 }
@@ -1484,19 +1492,18 @@ static bool provider_serves(const struct px *px, const struct provider *p)
  * step is exhausted for this round. */
 static bool px_pick(struct px *px, uint64_t now_us)
 {
-	const struct pipeline *pl = px->pw->pl;
 	/* Bounded: each pass adds a target to `tried` or moves along the chain. */
 	for (const struct router_model *m; (m = chain_model(px));) {
 		bool probe;
-		int t = router_pick(px->pw->rw, m, px->tried, &px->rq, now_us, &probe);
+		int t = router_pick(px->v->rw, m, px->tried, &px->rq, now_us, &probe);
 		if (t < 0) {
 			px->chain++;
 			px->tried = 0;
 			continue;
 		}
 		px->tried |= UINT64_C(1) << t;
-		if (!provider_serves(px, &pl->providers[m->targets[t].provider])) {
-			router_report(px->pw->rw, m, (unsigned)t, probe, ROUTE_CANCELLED, 0, now_us);
+		if (!provider_serves(px, &px->v->s->providers[m->targets[t].provider])) {
+			router_report(px->v->rw, m, (unsigned)t, probe, ROUTE_CANCELLED, 0, now_us);
 			continue;
 		}
 		px->model = m;
@@ -1511,13 +1518,12 @@ static bool px_pick(struct px *px, uint64_t now_us)
 
 /* The upstream request head for this attempt's provider, path and a body of body_len
  * bytes; room is left after it for `spare` bytes. False if out of memory. */
-static bool px_head(struct px *px, const struct provider *prov, const char *path, size_t body_len,
+static bool px_head(struct px *px, const struct snapshot_provider *prov, const char *path, size_t body_len,
 		    size_t spare)
 {
-	struct pipeline *pl = px->pw->pl;
 	struct exchange *ex = px->ex;
 	bool beta = px->in == prov->api->dialect && px->in == DIALECT_ANTHROPIC;
-	size_t fwd_len = forward_headers(pl->cfg, ex, beta, NULL);
+	size_t fwd_len = forward_headers(px->v->s->cfg, ex, beta, NULL);
 	/* The head's fixed text and numbers take < 200 bytes. */
 	size_t cap = 256 + strlen(prov->cfg->path_prefix) + strlen(path) +
 		     strlen(prov->auth_header) + strlen(prov->host_header) + fwd_len + spare;
@@ -1532,7 +1538,7 @@ static bool px_head(struct px *px, const struct provider *prov, const char *path
 			 prov->cfg->path_prefix, path, prov->host_header, prov->auth_header, body_len,
 			 ex->id);
 	px->head_len = (size_t)n;
-	px->head_len += forward_headers(pl->cfg, ex, beta, px->head + px->head_len);
+	px->head_len += forward_headers(px->v->s->cfg, ex, beta, px->head + px->head_len);
 	memcpy(px->head + px->head_len, "\r\n", 2);
 	px->head_len += 2;
 	return true;
@@ -1540,7 +1546,7 @@ static bool px_head(struct px *px, const struct provider *prov, const char *path
 
 /* Same dialect: the body as the client sent it, the model name spliced when the target's
  * upstream name differs. The iovec count, or -1 if out of memory. */
-static int px_build_same(struct px *px, const struct provider *prov, const char *path)
+static int px_build_same(struct px *px, const struct snapshot_provider *prov, const char *path)
 {
 	struct exchange *ex = px->ex;
 	const char *up_model = px->cur.upstream_model;
@@ -1592,7 +1598,7 @@ static int px_build_same(struct px *px, const struct provider *prov, const char 
  * target's dialect (px->why says why), -1 if out of memory. */
 static int px_build(struct px *px)
 {
-	const struct provider *prov = &px->pw->pl->providers[px->target->provider];
+	const struct snapshot_provider *prov = &px->v->s->providers[px->target->provider];
 	px->cur = (struct route){ px->asked->name, px->target->provider, px->target->upstream_model,
 				  px->model->max_tokens };
 	px->up = prov->api->dialect;
@@ -1630,7 +1636,7 @@ static uint64_t xorshift(uint64_t *s)
  * jitter (half of it fixed, half random) so that many requests do not retry together. */
 static uint32_t px_backoff(struct px *px)
 {
-	const struct config_retry *rc = &px->pw->pl->cfg->retry;
+	const struct config_retry *rc = &px->v->s->cfg->retry;
 	uint64_t d = rc->backoff_base;
 	for (unsigned i = 1; i < px->round && d < rc->backoff_cap; i++)
 		d *= 2;
@@ -1683,7 +1689,7 @@ static void px_give_up(struct px *px)
 		return;
 	}
 	if (!px->nsent) {
-		uint64_t next = router_next_probe_us(px->pw->pl->router, px->asked), now = mono_us();
+		uint64_t next = router_next_probe_us(px->v->s->router, px->asked), now = mono_us();
 		uint64_t secs = next > now ? (next - now + 999999) / 1000000 : 1;
 		snprintf(msg, sizeof(msg), "no healthy upstream for model %.100s: every target's "
 			 "circuit breaker is open", px->asked->name);
@@ -1709,7 +1715,7 @@ static void px_give_up(struct px *px)
 /* Start the next attempt, or answer the client when none is left. */
 static void px_next(struct px *px)
 {
-	const struct config_retry *rc = &px->pw->pl->cfg->retry;
+	const struct config_retry *rc = &px->v->s->cfg->retry;
 	struct exchange *ex = px->ex;
 	uint64_t deadline = ex->start_ms + rc->deadline;
 	/* Bounded: each pass sends, skips a target of the chain or ends the round. */
@@ -1756,7 +1762,7 @@ static void px_next(struct px *px)
 		buf_free(&px->res);
 		px->attempt_us = mono_us();
 		ex->user = px;
-		upstream_call_start(&px->call, px->pw->pools[px->target->provider], px->iov,
+		upstream_call_start(&px->call, px->v->pools[px->target->provider], px->iov,
 				    (unsigned)niov, &px_callbacks, px);
 		return;
 	}
@@ -1775,6 +1781,8 @@ static struct px *px_new(struct pl_worker *pw, struct exchange *ex, const struct
 	}
 	px->ex = ex;
 	px->pw = pw;
+	px->v = pw->view;
+	px->v->inflight++;
 	px->route = &px->cur;
 	px->in = in;
 	px->kind = kind;
@@ -1790,7 +1798,7 @@ static struct px *px_new(struct pl_worker *pw, struct exchange *ex, const struct
 }
 
 /* The model a request names, checked; NULL (answered) if there is none or it is unknown. */
-static const struct router_model *request_route(struct pipeline *pl, struct exchange *ex,
+static const struct router_model *request_route(const struct snapshot *s, struct exchange *ex,
 						enum dialect d, struct slice model_val,
 						struct slice *model)
 {
@@ -1802,7 +1810,7 @@ static const struct router_model *request_route(struct pipeline *pl, struct exch
 			      NULL);
 		return NULL;
 	}
-	const struct router_model *m = router_find(pl->router, *model);
+	const struct router_model *m = router_find(s->router, *model);
 	if (!m) {
 		char msg[256];
 		snprintf(msg, sizeof(msg),
@@ -1837,12 +1845,12 @@ static bool px_admit(struct px *px, const struct gov_caller *caller, uint64_t ma
 	px->keep_bodies = team_keeps_bodies(pl, caller);
 	if (!pl->gov)
 		return true;
-	const struct config_model *m = &pl->cfg->models[px->asked->index];
+	const struct config_model *m = &px->v->s->cfg->models[px->asked->index];
 	struct tokcount_prompt p = { 0 };
 	if (px->kind == PX_CHAT) {
 		const struct router_target *t = &px->asked->targets[0];
 		struct tokcount_tokenizer tk = tokcount_pick(pl->tok, m->tokenizer,
-							     pl->providers[t->provider].cfg->kind,
+							     px->v->s->providers[t->provider].cfg->kind,
 							     t->upstream_model);
 		px->prompt_tk = tk;
 		/* Only a budget needs the bound; TPM is corrected at the end anyway. */
@@ -1865,7 +1873,8 @@ static bool px_admit(struct px *px, const struct gov_caller *caller, uint64_t ma
 			      : m->max_tokens		  ? m->max_tokens
 							  : DEFAULT_MAX_COMPLETION;
 	struct gov_refusal r;
-	if (gov_admit(pl->gov, px->pw->id, caller, m, (uint64_t)p.tokens, (uint64_t)p.upper_bound,
+	if (gov_admit(pl->gov, px->pw->id, caller, m, &px->v->s->prices[px->asked->index],
+		      (uint64_t)p.tokens, (uint64_t)p.upper_bound,
 		      completion, px->stream, (int64_t)mono_us() * 1000, (int64_t)time(NULL),
 		      &px->ticket, &r))
 		return true;
@@ -1888,7 +1897,6 @@ static bool px_admit(struct px *px, const struct gov_caller *caller, uint64_t ma
 static void handle_chat(struct pl_worker *pw, struct exchange *ex, enum dialect in,
 			const struct gov_caller *caller)
 {
-	struct pipeline *pl = pw->pl;
 	static const char *const keys[] = { "model", "stream", "stream_options", "max_tokens",
 					    "max_completion_tokens" };
 	struct slice vals[5], model;
@@ -1896,7 +1904,7 @@ static void handle_chat(struct pl_worker *pw, struct exchange *ex, enum dialect 
 		bad_json(ex, in);
 		return;
 	}
-	const struct router_model *m = request_route(pl, ex, in, vals[0], &model);
+	const struct router_model *m = request_route(pw->view->s, ex, in, vals[0], &model);
 	if (!m)
 		return;
 	bool client_usage = false;
@@ -1925,14 +1933,13 @@ static void handle_chat(struct pl_worker *pw, struct exchange *ex, enum dialect 
 static void handle_embeddings(struct pl_worker *pw, struct exchange *ex,
 			      const struct gov_caller *caller)
 {
-	struct pipeline *pl = pw->pl;
 	static const char *const keys[] = { "model" };
 	struct slice val, model;
 	if (json_scan_object(ex->body, keys, &val, 1) < 0) {
 		bad_json(ex, DIALECT_OPENAI);
 		return;
 	}
-	const struct router_model *m = request_route(pl, ex, DIALECT_OPENAI, val, &model);
+	const struct router_model *m = request_route(pw->view->s, ex, DIALECT_OPENAI, val, &model);
 	if (!m)
 		return;
 	struct px *px = px_new(pw, ex, m, DIALECT_OPENAI, PX_EMBEDDINGS, val, model);
@@ -1940,7 +1947,7 @@ static void handle_embeddings(struct pl_worker *pw, struct exchange *ex,
 		return;
 	bool any = false;
 	for (size_t i = 0; i < m->ntargets; i++)
-		any |= provider_serves(px, &pl->providers[m->targets[i].provider]);
+		any |= provider_serves(px, &px->v->s->providers[m->targets[i].provider]);
 	if (!any) {
 		char msg[256];
 		snprintf(msg, sizeof(msg), "The model `%s` does not support embeddings.", m->name);
@@ -1995,7 +2002,7 @@ static void list_models(struct pl_worker *pw, struct exchange *ex, const struct 
 	struct pipeline *pl = pw->pl;
 	bool anthropic = ex_header(ex, "anthropic-version") != NULL;
 	struct buf b = { 0 };
-	if (!models_body(pl->cfg, pl->gov, c, anthropic, &b)) {
+	if (!models_body(pw->view->s->cfg, pl->gov, c, anthropic, &b)) {
 		buf_free(&b);
 		respond_error(ex, anthropic ? DIALECT_ANTHROPIC : DIALECT_OPENAI, 503, NULL,
 			      "gateway out of memory", NULL);
@@ -2013,6 +2020,7 @@ static void pl_on_request(struct exchange *ex)
 {
 	struct pl_worker *pw = worker_state(ex_worker(ex));
 	struct pipeline *pl = pw->pl;
+	view_refresh(pw);
 	struct slice path = ex->req.target;
 	const char *q = memchr(path.p, '?', path.n);
 	if (q)
@@ -2085,6 +2093,82 @@ static void pl_on_abort(struct exchange *ex)
 
 /* ---------------------------------------------------------------- workers */
 
+static void view_free(struct view *v)
+{
+	for (size_t i = 0; v->pools && i < v->s->nproviders; i++)
+		if (v->pools[i])
+			upstream_pool_free(v->pools[i]); /* its connections close on their own */
+	free(v->pools);
+	router_worker_free(v->rw);
+	snapshot_unref(v->s);
+	free(v);
+}
+
+/* This worker's view of s (which it takes a reference to); NULL if out of memory. */
+static struct view *view_new(struct pl_worker *pw, struct snapshot *s)
+{
+	struct view *v = calloc(1, sizeof(*v));
+	if (!v)
+		return NULL;
+	snapshot_ref(s);
+	v->s = s;
+	v->rw = router_worker_new(s->router);
+	v->pools = calloc(s->nproviders ? s->nproviders : 1, sizeof(*v->pools));
+	bool ok = v->rw && v->pools;
+	for (size_t i = 0; ok && i < s->nproviders; i++) {
+		v->pools[i] = upstream_pool_new(pw->w, &s->providers[i].ep);
+		if (!v->pools[i]) {
+			log_error("provider %s: its connection pool could not be set up",
+				  s->providers[i].cfg->name);
+			ok = false;
+		}
+	}
+	if (!ok) {
+		view_free(v);
+		return NULL;
+	}
+	return v;
+}
+
+/* Views retired by a reload go when their last request has ended. */
+static void views_reap(struct pl_worker *pw)
+{
+	for (struct view **p = &pw->retired; *p;) {
+		struct view *v = *p;
+		if (v->inflight) {
+			p = &v->next;
+			continue;
+		}
+		*p = v->next;
+		view_free(v);
+	}
+}
+
+/* A reload published a new snapshot: new requests take it from here on. Cheap when
+ * nothing changed (one load). If the new view cannot be made, the worker stays on the
+ * old one and tries again at its next turn. */
+static void view_refresh(struct pl_worker *pw)
+{
+	struct snapshot *s = atomic_load_explicit(&pw->pl->cur, memory_order_acquire);
+	if (s == pw->view->s)
+		return;
+	struct view *v = view_new(pw, s);
+	if (!v)
+		return;
+	struct view *old = pw->view;
+	pw->view = v;
+	old->next = pw->retired;
+	pw->retired = old;
+	views_reap(pw);
+}
+
+/* A request on view v ended. */
+static void view_leave(struct pl_worker *pw, struct view *v)
+{
+	if (--v->inflight == 0 && v != pw->view)
+		views_reap(pw);
+}
+
 static void *pl_worker_init(struct worker *w, void *ctx)
 {
 	struct pipeline *pl = ctx;
@@ -2095,33 +2179,29 @@ static void *pl_worker_init(struct worker *w, void *ctx)
 	pw->w = w;
 	pw->id = worker_id(w);
 	pw->ev_store.fn = strict_done;
-	pw->rw = router_worker_new(pl->router);
 	pw->rng = 0x9E3779B97F4A7C15ull ^ ((uint64_t)worker_id(w) + 1) * mono_us();
 	pw->tc = pl->tok ? tokcount_ctx_new(pl->tok) : NULL;
-	if (!pw->rw || (pl->tok && !pw->tc)) {
-		log_error("out of memory for the worker's routing and counting state");
+	pthread_mutex_lock(&pl->reload_lock);
+	pw->view = view_new(pw, atomic_load_explicit(&pl->cur, memory_order_acquire));
+	pthread_mutex_unlock(&pl->reload_lock);
+	if (!pw->view || (pl->tok && !pw->tc)) {
+		log_error("out of memory for the worker's routing, pools and counting state");
 		exit(1);
-	}
-	pw->pools = calloc(pl->nproviders ? pl->nproviders : 1, sizeof(*pw->pools));
-	for (size_t i = 0; i < pl->nproviders; i++) {
-		const struct config_provider *cp = pl->providers[i].cfg;
-		pw->pools[i] = upstream_pool_new(w, &pl->providers[i].ep);
-		if (!pw->pools[i]) {
-			log_error("provider %s: its connection pool could not be set up", cp->name);
-			exit(1);
-		}
 	}
 	return pw;
 }
 
-/* Access log lines wait at most ACCESSLOG_FLUSH_MS, also when no request comes to push them. */
+/* Each turn: move to a newly published snapshot; access log lines wait at most
+ * ACCESSLOG_FLUSH_MS, also when no request comes to push them. */
 static uint32_t pl_worker_tick(struct worker *w, void *state)
 {
 	struct pl_worker *pw = state;
-	struct accesslog *al = pw ? pw->pl->alog : NULL;
+	if (!pw)
+		return UINT32_MAX;
+	view_refresh(pw);
+	struct accesslog *al = pw->pl->alog;
 	if (!al || !accesslog_pending(al, pw->id)) {
-		if (pw)
-			pw->alog_since_ms = 0;
+		pw->alog_since_ms = 0;
 		return UINT32_MAX;
 	}
 	uint64_t now = worker_now_ms(w);
@@ -2138,8 +2218,13 @@ static uint32_t pl_worker_tick(struct worker *w, void *state)
 static void pl_worker_stop(struct worker *w, void *state)
 {
 	struct pl_worker *pw = state;
-	for (size_t i = 0; pw && i < pw->pl->nproviders; i++)
-		upstream_pool_close_idle(pw->pools[i]);
+	if (!pw)
+		return;
+	for (size_t i = 0; i < pw->view->s->nproviders; i++)
+		upstream_pool_close_idle(pw->view->pools[i]);
+	for (struct view *v = pw->retired; v; v = v->next)
+		for (size_t i = 0; i < v->s->nproviders; i++)
+			upstream_pool_close_idle(v->pools[i]);
 }
 
 static void pl_worker_fini(struct worker *w, void *state)
@@ -2149,10 +2234,9 @@ static void pl_worker_fini(struct worker *w, void *state)
 		return;
 	if (pw->pl->alog)
 		accesslog_flush(pw->pl->alog, pw->id);
-	for (size_t i = 0; i < pw->pl->nproviders; i++)
-		upstream_pool_free(pw->pools[i]);
-	free(pw->pools);
-	router_worker_free(pw->rw);
+	/* the engine finished every exchange first: no view has a request left */
+	views_reap(pw);
+	view_free(pw->view);
 	free(pw->held); /* empty: held responses keep their connections, so the worker waited */
 	if (pw->tc)
 		tokcount_ctx_free(pw->tc);
@@ -2161,79 +2245,25 @@ static void pl_worker_fini(struct worker *w, void *state)
 
 /* ---------------------------------------------------------------- setup */
 
-static char *str_printf(const char *fmt, const char *a, const char *b)
-{
-	size_t n = strlen(fmt) + strlen(a) + (b ? strlen(b) : 0) + 1;
-	char *s = malloc(n);
-	if (s)
-		snprintf(s, n, fmt, a, b);
-	return s;
-}
-
 struct pipeline *pipeline_new(const struct config *cfg, struct gov *gov, char *err,
 			      size_t errlen)
 {
 	struct pipeline *pl = calloc(1, sizeof(*pl));
 	if (!pl)
 		return NULL;
-	pl->cfg = cfg;
+	pl->boot = cfg;
 	pl->gov = gov;
-	pl->nproviders = cfg->nproviders;
-	pl->providers = calloc(cfg->nproviders + 1, sizeof(*pl->providers));
-	for (size_t i = 0; i < cfg->nproviders; i++) {
-		const struct config_provider *cp = &cfg->providers[i];
-		struct provider *p = &pl->providers[i];
-		p->cfg = cp;
-		if (!upstream_endpoint_init(&p->ep, cfg, cp, err, errlen))
-			goto fail;
-		char serr[256] = "";
-		char *key = config_resolve_secret(&cp->api_key, serr, sizeof(serr));
-		if (!key && serr[0]) {
-			snprintf(err, errlen, "provider %s: %s", cp->name, serr);
-			goto fail;
-		}
-		p->api = provider_api(cp->kind);
-		p->auth_header = provider_auth_headers(cp->kind, key, cp->api_version);
-		if (key) {
-			explicit_bzero(key, strlen(key));
-			free(key);
-		}
-		if (!p->auth_header) {
-			snprintf(err, errlen, "out of memory");
-			goto fail;
-		}
-		char hostport[300];
-		bool default_port = cp->port == (cp->tls ? 443 : 80);
-		snprintf(hostport, sizeof(hostport), default_port ? "%s" : "%s:%u", cp->host, cp->port);
-		if (strchr(cp->host, ':')) /* IPv6 literal */
-			snprintf(hostport, sizeof(hostport), default_port ? "[%s]" : "[%s]:%u", cp->host,
-				 cp->port);
-		p->host_header = str_printf("Host: %s\r\n", hostport, NULL);
-	}
-	const struct config_timeouts *t = &cfg->timeouts;
-	struct router_opts ro = {
-		.breaker_failures = cfg->breaker.failures,
-		.breaker_cooldown_us = (uint64_t)cfg->breaker.cooldown * 1000,
-		/* a probe that has not answered by then never will */
-		.probe_timeout_us = ((uint64_t)t->upstream_connect + t->upstream_first_byte) * 1000,
-		.latency_decay_us = (uint64_t)cfg->latency.decay * 1000,
-		.explore_every = cfg->latency.explore_percent ? 100 / cfg->latency.explore_percent : 0,
-	};
-	pl->router = router_new(cfg, &ro, err, errlen);
-	if (!pl->router)
+	pthread_mutex_init(&pl->reload_lock, NULL);
+	struct snapshot *s = snapshot_new(cfg, false, NULL, err, errlen);
+	if (!s)
 		goto fail;
-	/* Client keys live in gov; checked here too, for --check-config (no gov then). */
-	for (size_t i = 0; i < cfg->nkeys; i++) {
-		char serr[256] = "";
-		char *secret = config_resolve_secret(&cfg->keys[i].key, serr, sizeof(serr));
-		if (!secret) {
-			snprintf(err, errlen, "key %s: %s", cfg->keys[i].name,
-				 serr[0] ? serr : "no key_env, key_file or key given");
-			goto fail;
-		}
-		explicit_bzero(secret, strlen(secret));
-		free(secret);
-	}
+	s->generation = 1;
+	/* the boot config's labels are its indexes (metrics_new saw it first) */
+	for (size_t i = 0; i < cfg->nmodels; i++)
+		s->metrics_model[i] = (int)i;
+	for (size_t i = 0; i < cfg->nproviders; i++)
+		s->metrics_provider[i] = (int)i;
+	atomic_init(&pl->cur, s);
 	if (gov && !(pl->tok = tokcount_reg_open(cfg->tokenizer_dir))) {
 		snprintf(err, errlen, "out of memory");
 		goto fail;
@@ -2262,20 +2292,64 @@ void pipeline_observe(struct pipeline *p, struct metrics *m, struct accesslog *a
 	p->alog = al;
 }
 
+/* Where a config's model (or provider) is counted: the boot config's slot of the same
+ * name, else none. */
+static int boot_slot(const struct pipeline *pl, bool model, const char *name)
+{
+	const struct config *b = pl->boot;
+	size_t n = model ? b->nmodels : b->nproviders;
+	for (size_t i = 0; i < n; i++)
+		if (strcmp(model ? b->models[i].name : b->providers[i].name, name) == 0)
+			return (int)i;
+	return -1;
+}
+
+int pipeline_reload(struct pipeline *pl, struct config *next, struct pipeline_reload_info *info,
+		    char *err, size_t errlen)
+{
+	if (snapshot_reloadable(pl->boot, next, err, errlen)) {
+		config_free(next);
+		free(next);
+		return -1;
+	}
+	pthread_mutex_lock(&pl->reload_lock);
+	struct snapshot *s = snapshot_new(next, true, NULL, err, errlen);
+	if (!s) {
+		pthread_mutex_unlock(&pl->reload_lock);
+		return -1;
+	}
+	for (size_t i = 0; i < next->nmodels; i++)
+		s->metrics_model[i] = boot_slot(pl, true, next->models[i].name);
+	for (size_t i = 0; i < next->nproviders; i++)
+		s->metrics_provider[i] = boot_slot(pl, false, next->providers[i].name);
+	struct snapshot *old = atomic_load_explicit(&pl->cur, memory_order_relaxed);
+	s->generation = old->generation + 1;
+	atomic_store_explicit(&pl->cur, s, memory_order_release);
+	if (info)
+		*info = (struct pipeline_reload_info){ .generation = s->generation,
+						       .providers = next->nproviders,
+						       .models = next->nmodels };
+	pthread_mutex_unlock(&pl->reload_lock);
+	snapshot_unref(old); /* the workers' views hold it as long as they need it */
+	return 0;
+}
+
+bool pipeline_has_model(struct pipeline *pl, const char *name)
+{
+	pthread_mutex_lock(&pl->reload_lock);
+	const struct snapshot *s = atomic_load_explicit(&pl->cur, memory_order_relaxed);
+	bool found = config_find_model(s->cfg, name) != NULL;
+	pthread_mutex_unlock(&pl->reload_lock);
+	return found;
+}
+
 void pipeline_free(struct pipeline *pl)
 {
 	if (!pl)
 		return;
-	for (size_t i = 0; i < pl->nproviders; i++) {
-		if (pl->providers[i].auth_header)
-			explicit_bzero(pl->providers[i].auth_header, strlen(pl->providers[i].auth_header));
-		free(pl->providers[i].auth_header);
-		free(pl->providers[i].host_header);
-		upstream_endpoint_fini(&pl->providers[i].ep);
-	}
-	free(pl->providers);
-	router_free(pl->router);
+	snapshot_unref(atomic_load(&pl->cur));
 	if (pl->tok)
 		tokcount_reg_close(pl->tok);
+	pthread_mutex_destroy(&pl->reload_lock);
 	free(pl);
 }

@@ -4,6 +4,9 @@
 #ifndef PENSTOCK_PIPELINE_H
 #define PENSTOCK_PIPELINE_H
 
+#include <stdbool.h>
+#include <stdint.h>
+
 #include "core/config.h"
 #include "core/engine.h"
 
@@ -25,5 +28,21 @@ struct accesslog;
  * Before the engine starts. */
 void pipeline_observe(struct pipeline *p, struct metrics *m, struct accesslog *al);
 void pipeline_free(struct pipeline *p);
+
+/* Hot reload (docs/routing.md): `next` (malloc'd, loaded; the pipeline owns it from here,
+ * also on failure) replaces providers, models and routing. It is checked against what the
+ * process started with (policy/snapshot: a change only a restart can apply is refused)
+ * and built whole before it is published with one atomic store; requests in flight finish
+ * on the snapshot they started on, and each worker frees its hold on the old one when its
+ * last request there ends. Thread-safe (reloads are serialised); off the request path.
+ * 0, or -1 with the reason in err (the running configuration stays). */
+struct pipeline_reload_info {
+	uint64_t generation; /* 1 for the boot config, +1 per reload */
+	size_t providers, models;
+};
+int pipeline_reload(struct pipeline *p, struct config *next, struct pipeline_reload_info *info,
+		    char *err, size_t errlen);
+/* Whether the current catalog has the model (the admin plane, issuing keys). */
+bool pipeline_has_model(struct pipeline *p, const char *name);
 
 #endif
