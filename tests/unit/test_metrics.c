@@ -2,7 +2,9 @@
  * the text format (sample syntax, HELP/TYPE once per family and before its samples, families
  * contiguous, histogram buckets cumulative up to +Inf == _count), then its values against
  * what the workers recorded; writer threads race a rendering reader that must never see a
- * counter go down; the largest config the design allows stays small.
+ * counter go down; the largest config the design allows stays small. Label slots added at
+ * run time (a reload) keep the boot config's scrape byte for byte, keep removed names'
+ * counters, overflow to "none", and are published safely to a scrape running beside them.
  *
  * `test_metrics bench` prints nanoseconds per metrics_request_done instead (never asserted). */
 #include <ctype.h>
