@@ -3,6 +3,7 @@
 
 #include <assert.h>
 #include <errno.h>
+#include <limits.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -10,6 +11,7 @@
 #include <string.h>
 
 #include "core/engine.h"
+#include "core/log.h"
 #include "policy/store.h"
 
 #define CACHE_LINE 64
@@ -65,10 +67,20 @@ struct layout {
 	size_t total;
 };
 
-/* A dimension: the config's names, escaped for a label value, then "none". */
+/* A label kind's slots: [0, count) hold the names registered so far, in registration order
+ * (the boot config's first, at their config indexes), [cap] is "none". Only the thread that
+ * registers (metrics_new, then metrics_label: one at a time) writes labels, names, index and
+ * count; it writes a slot's label before it publishes count with a release store, and a
+ * scrape reads count with acquire, so a reader never meets a half-written label. */
 struct dim {
-	char **labels;
-	size_t n; /* names + 1 */
+	const char *kind;     /* "model", "provider", "team": for the log */
+	char **labels;        /* [cap + 1]: escaped for a label value */
+	char **names;         /* [cap]: as given, for the lookup */
+	uint32_t *index;      /* open addressing by name hash: slot + 1, 0 empty */
+	size_t index_mask;    /* index has index_mask + 1 entries, at least 2 * cap */
+	size_t cap;
+	_Atomic size_t count;
+	bool overflow_logged;
 };
 
 struct metrics {
@@ -103,27 +115,93 @@ static char *label_escape(const char *s)
 
 static void dim_free(struct dim *d)
 {
-	for (size_t i = 0; d->labels && i < d->n; i++)
+	size_t n = atomic_load_explicit(&d->count, memory_order_relaxed);
+	for (size_t i = 0; i < n; i++) {
 		free(d->labels[i]);
+		free(d->names[i]);
+	}
+	if (d->labels)
+		free(d->labels[d->cap]);
 	free(d->labels);
-	*d = (struct dim){ 0 };
+	free(d->names);
+	free(d->index);
+	d->labels = d->names = NULL;
+	d->index = NULL;
+	atomic_store_explicit(&d->count, 0, memory_order_relaxed);
 }
 
-/* names is an array of structs of size stride whose first member is the char *name. */
-static bool dim_init(struct dim *d, const void *items, size_t count, size_t stride)
+/* The boot config's names plus headroom for the names reloads add: see metrics.h. */
+static size_t label_capacity(size_t boot)
 {
-	d->n = count + 1;
-	d->labels = calloc(d->n, sizeof *d->labels);
-	if (!d->labels)
+	size_t room = boot < METRICS_LABEL_HEADROOM_MIN ? METRICS_LABEL_HEADROOM_MIN : boot;
+	return boot + (room > METRICS_LABEL_HEADROOM_MAX ? METRICS_LABEL_HEADROOM_MAX : room);
+}
+
+static bool dim_init(struct dim *d, const char *kind, size_t boot)
+{
+	d->kind = kind;
+	d->cap = label_capacity(boot);
+	if (d->cap > UINT32_MAX / 4 || d->cap > INT_MAX)
 		return false;
-	for (size_t i = 0; i < count; i++) {
-		const char *name = *(char *const *)(const void *)((const char *)items + i * stride);
-		d->labels[i] = label_escape(name ? name : "");
-		if (!d->labels[i])
-			return false;
+	size_t isize = 1;
+	while (isize < 2 * d->cap)
+		isize *= 2;
+	d->index_mask = isize - 1;
+	atomic_init(&d->count, 0);
+	d->labels = calloc(d->cap + 1, sizeof *d->labels);
+	d->names = calloc(d->cap, sizeof *d->names);
+	d->index = calloc(isize, sizeof *d->index);
+	if (!d->labels || !d->names || !d->index)
+		return false;
+	d->labels[d->cap] = strdup("none");
+	return d->labels[d->cap] != NULL;
+}
+
+/* FNV-1a: names are the operator's, not an attacker's, and only the reload looks up. */
+static size_t name_hash(const char *s)
+{
+	uint64_t h = 14695981039346656037u;
+	for (; *s; s++)
+		h = (h ^ (unsigned char)*s) * 1099511628211u;
+	return (size_t)h;
+}
+
+/* The slot holding name, or the index position where it would go (*found false). The
+ * index is never more than half full, so the probe ends at an empty entry. */
+static size_t dim_find(const struct dim *d, const char *name, bool *found)
+{
+	size_t at = name_hash(name) & d->index_mask;
+	for (size_t probe = 0; probe <= d->index_mask; probe++, at = (at + 1) & d->index_mask) {
+		uint32_t s = d->index[at];
+		if (!s)
+			break;
+		if (strcmp(d->names[s - 1], name) == 0) {
+			*found = true;
+			return s - 1;
+		}
 	}
-	d->labels[count] = strdup("none");
-	return d->labels[count] != NULL;
+	assert(d->index[at] == 0);
+	*found = false;
+	return at;
+}
+
+/* Append name as the next slot and publish it; -1 when full or out of memory. */
+static int dim_add(struct dim *d, const char *name, size_t index_at)
+{
+	size_t n = atomic_load_explicit(&d->count, memory_order_relaxed);
+	if (n == d->cap)
+		return -1;
+	d->names[n] = strdup(name);
+	d->labels[n] = label_escape(name);
+	if (!d->names[n] || !d->labels[n]) {
+		free(d->names[n]);
+		free(d->labels[n]);
+		d->names[n] = d->labels[n] = NULL;
+		return -1;
+	}
+	d->index[index_at] = (uint32_t)n + 1;
+	atomic_store_explicit(&d->count, n + 1, memory_order_release);
+	return (int)n;
 }
 
 static void layout_init(struct layout *l, size_t nm, size_t np, size_t nt)
@@ -150,6 +228,20 @@ static void layout_init(struct layout *l, size_t nm, size_t np, size_t nt)
 	l->total = at;
 }
 
+/* names is an array of structs of size stride whose first member is the char *name; they
+ * take slots 0.. in order (a config's names are unique, so no lookup). */
+static bool dim_boot(struct dim *d, const void *items, size_t count, size_t stride)
+{
+	for (size_t i = 0; i < count; i++) {
+		const char *name = *(char *const *)(const void *)((const char *)items + i * stride);
+		bool found;
+		size_t at = dim_find(d, name ? name : "", &found);
+		if (found || dim_add(d, name ? name : "", at) != (int)i)
+			return false;
+	}
+	return true;
+}
+
 struct metrics *metrics_new(const struct config *cfg, unsigned workers)
 {
 	assert(cfg);
@@ -158,11 +250,14 @@ struct metrics *metrics_new(const struct config *cfg, unsigned workers)
 	if (!m)
 		return NULL;
 	m->workers = workers;
-	if (!dim_init(&m->models, cfg->models, cfg->nmodels, sizeof *cfg->models) ||
-	    !dim_init(&m->providers, cfg->providers, cfg->nproviders, sizeof *cfg->providers) ||
-	    !dim_init(&m->teams, cfg->teams, cfg->nteams, sizeof *cfg->teams))
+	if (!dim_init(&m->models, "model", cfg->nmodels) ||
+	    !dim_init(&m->providers, "provider", cfg->nproviders) ||
+	    !dim_init(&m->teams, "team", cfg->nteams) ||
+	    !dim_boot(&m->models, cfg->models, cfg->nmodels, sizeof *cfg->models) ||
+	    !dim_boot(&m->providers, cfg->providers, cfg->nproviders, sizeof *cfg->providers) ||
+	    !dim_boot(&m->teams, cfg->teams, cfg->nteams, sizeof *cfg->teams))
 		goto fail;
-	layout_init(&m->lay, m->models.n, m->providers.n, m->teams.n);
+	layout_init(&m->lay, m->models.cap + 1, m->providers.cap + 1, m->teams.cap + 1);
 	m->blocks = calloc(workers, sizeof *m->blocks);
 	if (!m->blocks)
 		goto fail;
@@ -199,6 +294,33 @@ void metrics_free(struct metrics *m)
 	free(m);
 }
 
+int metrics_label(struct metrics *m, enum metrics_label_kind kind, const char *name)
+{
+	assert(m);
+	struct dim *d = kind == METRICS_LABEL_MODEL      ? &m->models
+			: kind == METRICS_LABEL_PROVIDER ? &m->providers
+			: kind == METRICS_LABEL_TEAM     ? &m->teams
+							 : NULL;
+	if (!d || !name)
+		return -1;
+	bool found;
+	size_t at = dim_find(d, name, &found);
+	if (found)
+		return (int)at;
+	int slot = dim_add(d, name, at);
+	if (slot >= 0)
+		return slot;
+	if (atomic_load_explicit(&d->count, memory_order_relaxed) < d->cap) {
+		log_warn("metrics: out of memory registering a %s; it counts as \"none\"", d->kind);
+	} else if (!d->overflow_logged) {
+		/* once: every later new name would say the same */
+		d->overflow_logged = true;
+		log_warn("metrics: all %zu %s label slots are taken; %ss added by a reload from now "
+			 "on count as \"none\" until a restart", d->cap, d->kind, d->kind);
+	}
+	return -1;
+}
+
 /* ---------------------------------------------------------------- recording */
 
 /* The single writer's increment: no read-modify-write, so no lock prefix. */
@@ -208,9 +330,12 @@ static inline void bump(_Atomic uint64_t *c, uint64_t n)
 			      memory_order_relaxed);
 }
 
+/* A slot the registering thread handed out is below count for every thread it reached
+ * (through whatever published it), so relaxed suffices; anything else counts as none. */
 static inline size_t dim_index(const struct dim *d, int i)
 {
-	return i >= 0 && (size_t)i < d->n - 1 ? (size_t)i : d->n - 1;
+	size_t n = atomic_load_explicit(&d->count, memory_order_relaxed);
+	return i >= 0 && (size_t)i < n ? (size_t)i : d->cap;
 }
 
 static size_t status_class(int status)
@@ -355,36 +480,60 @@ static void family(struct out *o, const char *name, const char *type, const char
 	put(o, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
 }
 
-/* A one-label counter: every configured value, "none" only once it counted. */
+/* A label kind as one scrape sees it: its first n slots, then none. */
+struct view {
+	const struct dim *d;
+	size_t n;
+};
+
+static struct view view_of(const struct dim *d)
+{
+	return (struct view){ d, atomic_load_explicit(&d->count, memory_order_acquire) };
+}
+
+/* The k-th slot written, for k <= n: none comes last. */
+static inline size_t view_slot(const struct view *dv, size_t k)
+{
+	return k < dv->n ? k : dv->d->cap;
+}
+
+/* A one-label counter: every registered value, "none" only once it counted. */
 static void counter_by(struct out *o, const char *name, const char *help, const char *label,
-		       const struct dim *d, const uint64_t *v)
+		       const struct view *dv, const uint64_t *v)
 {
 	family(o, name, "counter", help);
-	for (size_t i = 0; i < d->n; i++)
-		if (i < d->n - 1 || v[i])
-			put(o, "%s{%s=\"%s\"} %llu\n", name, label, d->labels[i],
+	for (size_t k = 0; k <= dv->n; k++) {
+		size_t i = view_slot(dv, k);
+		if (k < dv->n || v[i])
+			put(o, "%s{%s=\"%s\"} %llu\n", name, label, dv->d->labels[i],
 			    (unsigned long long)v[i]);
+	}
 }
 
 /* A two-label counter (the second a fixed set): only the pairs that counted. */
 static void counter_by2(struct out *o, const char *name, const char *help, const char *label,
-			const struct dim *d, const char *label2, const char *const *values2,
+			const struct view *dv, const char *label2, const char *const *values2,
 			size_t n2, const uint64_t *v)
 {
 	family(o, name, "counter", help);
-	for (size_t i = 0; i < d->n; i++)
+	for (size_t k = 0; k <= dv->n; k++) {
+		size_t i = view_slot(dv, k);
 		for (size_t j = 0; j < n2; j++)
 			if (v[i * n2 + j])
-				put(o, "%s{%s=\"%s\",%s=\"%s\"} %llu\n", name, label, d->labels[i],
-				    label2, values2[j], (unsigned long long)v[i * n2 + j]);
+				put(o, "%s{%s=\"%s\",%s=\"%s\"} %llu\n", name, label,
+				    dv->d->labels[i], label2, values2[j],
+				    (unsigned long long)v[i * n2 + j]);
+	}
 }
 
 /* Histograms by one label: only the label values observed at least once. */
 static void histogram_by(struct out *o, const char *name, const char *help, const char *label,
-			 const struct dim *d, const uint64_t *v)
+			 const struct view *dv, const uint64_t *v)
 {
 	family(o, name, "histogram", help);
-	for (size_t i = 0; i < d->n; i++) {
+	for (size_t k = 0; k <= dv->n; k++) {
+		size_t i = view_slot(dv, k);
+		const char *lv = dv->d->labels[i];
 		const uint64_t *h = v + i * HIST_SLOTS;
 		uint64_t count = 0;
 		for (size_t b = 0; b <= HIST_INF; b++)
@@ -394,16 +543,15 @@ static void histogram_by(struct out *o, const char *name, const char *help, cons
 		uint64_t cum = 0;
 		for (size_t b = 0; b < NBUCKETS; b++) {
 			cum += h[b];
-			put(o, "%s_bucket{%s=\"%s\",le=\"%s\"} %llu\n", name, label, d->labels[i],
+			put(o, "%s_bucket{%s=\"%s\",le=\"%s\"} %llu\n", name, label, lv,
 			    bucket_le[b], (unsigned long long)cum);
 		}
-		put(o, "%s_bucket{%s=\"%s\",le=\"+Inf\"} %llu\n", name, label, d->labels[i],
+		put(o, "%s_bucket{%s=\"%s\",le=\"+Inf\"} %llu\n", name, label, lv,
 		    (unsigned long long)count);
-		put(o, "%s_sum{%s=\"%s\"} %llu.%06llu\n", name, label, d->labels[i],
+		put(o, "%s_sum{%s=\"%s\"} %llu.%06llu\n", name, label, lv,
 		    (unsigned long long)(h[HIST_SUM] / 1000000),
 		    (unsigned long long)(h[HIST_SUM] % 1000000));
-		put(o, "%s_count{%s=\"%s\"} %llu\n", name, label, d->labels[i],
-		    (unsigned long long)count);
+		put(o, "%s_count{%s=\"%s\"} %llu\n", name, label, lv, (unsigned long long)count);
 	}
 }
 
@@ -449,6 +597,9 @@ int metrics_render(const struct metrics *m, const struct engine_stats *es,
 	assert(m);
 	assert(out);
 	const struct layout *l = &m->lay;
+	/* The label sets first: a slot's counters are read after its name is visible. */
+	const struct view models = view_of(&m->models), providers = view_of(&m->providers),
+			  teams = view_of(&m->teams);
 	uint64_t *v = calloc(l->total, sizeof *v);
 	if (!v)
 		return -ENOMEM;
@@ -462,50 +613,50 @@ int metrics_render(const struct metrics *m, const struct engine_stats *es,
 	struct out o = { .b = out };
 	counter_by2(&o, "penstock_requests_total",
 		    "Requests finished, by the model asked and the status sent.", "model",
-		    &m->models, "status", status_labels, NSTATUS, v + l->req_model);
+		    &models, "status", status_labels, NSTATUS, v + l->req_model);
 	counter_by2(&o, "penstock_requests_by_team_total",
 		    "Requests finished, by the caller's team and the status sent.", "team",
-		    &m->teams, "status", status_labels, NSTATUS, v + l->req_team);
+		    &teams, "status", status_labels, NSTATUS, v + l->req_team);
 	counter_by2(&o, "penstock_requests_by_provider_total",
 		    "Requests finished, by the provider of their last attempt and the status sent.",
-		    "provider", &m->providers, "status", status_labels, NSTATUS,
+		    "provider", &providers, "status", status_labels, NSTATUS,
 		    v + l->req_provider);
 	family(&o, "penstock_requests_in_flight", "gauge",
 	       "Requests admitted into the pipeline and not yet finished.");
 	put(&o, "penstock_requests_in_flight %lld\n", (long long)(int64_t)v[l->in_flight]);
 	counter_by2(&o, "penstock_tokens_total", "Tokens billed, by model and direction.",
-		    "model", &m->models, "direction", dir_labels, NDIR, v + l->tokens);
+		    "model", &models, "direction", dir_labels, NDIR, v + l->tokens);
 	counter_by(&o, "penstock_cost_micro_usd_total", "Cost billed in micro-USD, by model.",
-		   "model", &m->models, v + l->cost_model);
+		   "model", &models, v + l->cost_model);
 	counter_by(&o, "penstock_cost_by_team_micro_usd_total",
-		   "Cost billed in micro-USD, by team.", "team", &m->teams, v + l->cost_team);
+		   "Cost billed in micro-USD, by team.", "team", &teams, v + l->cost_team);
 	histogram_by(&o, "penstock_request_duration_seconds",
 		     "From a request's arrival to the last byte sent, by model.", "model",
-		     &m->models, v + l->duration);
+		     &models, v + l->duration);
 	histogram_by(&o, "penstock_time_to_first_byte_seconds",
 		     "From a request's arrival to the first byte sent to the client, by model.",
-		     "model", &m->models, v + l->ttfb);
+		     "model", &models, v + l->ttfb);
 	histogram_by(&o, "penstock_upstream_duration_seconds",
 		     "A request's last upstream attempt, from sending it to its end, by provider.",
-		     "provider", &m->providers, v + l->upstream);
+		     "provider", &providers, v + l->upstream);
 	counter_by2(&o, "penstock_upstream_errors_total",
-		    "Failed upstream attempts, by provider and kind.", "provider", &m->providers,
+		    "Failed upstream attempts, by provider and kind.", "provider", &providers,
 		    "kind", upstream_kind_labels, METRICS_UP_KIND_COUNT, v + l->upstream_errors);
 	counter_by(&o, "penstock_fallbacks_total",
-		   "Attempts made on a fallback model, by the model asked.", "model", &m->models,
+		   "Attempts made on a fallback model, by the model asked.", "model", &models,
 		   v + l->fallbacks);
 	counter_by(&o, "penstock_ratelimit_rejections_total",
-		   "Requests refused by a rate limit (429), by team.", "team", &m->teams,
+		   "Requests refused by a rate limit (429), by team.", "team", &teams,
 		   v + l->ratelimit);
 	counter_by(&o, "penstock_budget_rejections_total",
-		   "Requests refused by a budget (429), by team.", "team", &m->teams,
+		   "Requests refused by a budget (429), by team.", "team", &teams,
 		   v + l->budget);
 	counter_by(&o, "penstock_token_count_disagreements_total",
 		   "Requests whose provider usage and gateway count differ by over 10% and 16 "
-		   "tokens, by model.", "model", &m->models, v + l->disagreements);
+		   "tokens, by model.", "model", &models, v + l->disagreements);
 	counter_by(&o, "penstock_billed_from_gateway_count_total",
 		   "Requests billed from the gateway's own token count, by model.", "model",
-		   &m->models, v + l->gateway_billed);
+		   &models, v + l->gateway_billed);
 	if (es) {
 		scalar(&o, "penstock_connections_open", "gauge", "Client connections open.",
 		       es->open);

@@ -6,12 +6,15 @@
  * it renders a scrape. Each value a reader sees for one worker only grows, so the sums do
  * too.
  *
- * Labels are bounded by construction: they are indexes into the config's models,
- * providers and teams as metrics_new() saw them (plus "none"), a fixed set of status
- * classes and a fixed set of upstream error kinds. No request id, key or free text ever
- * becomes a label. Families are cut along one dimension each ({model,status},
- * {team,status}, {provider,status}) rather than as a cross product, so 100 models x 20
- * providers x 100 teams x 32 workers stays in a few MiB. docs/observability.md lists them.
+ * Labels are bounded by construction: a model, provider or team is a slot, registered by
+ * name (metrics_new() the boot config's, metrics_label() those a reload adds) up to a
+ * capacity fixed at metrics_new(), plus "none"; then a fixed set of status classes and a
+ * fixed set of upstream error kinds. No request id, key or free text ever becomes a label.
+ * A slot keeps its name for the life of the process, even after a reload removed it, so a
+ * series never goes back to zero and a request of the old config can finish on its slot.
+ * Families are cut along one dimension each ({model,status}, {team,status},
+ * {provider,status}) rather than as a cross product, so 100 models x 20 providers x 100
+ * teams x 32 workers stays in a few MiB. docs/observability.md lists them.
  */
 #ifndef PENSTOCK_METRICS_H
 #define PENSTOCK_METRICS_H
@@ -27,10 +30,29 @@ struct metrics;
 struct engine_stats; /* core/engine.h */
 struct store_stats;  /* policy/store.h */
 
-/* Sized from cfg's models, providers and teams; the names are copied (and escaped), so
- * cfg may be freed afterwards. NULL when memory ran out. */
+/* Registers cfg's models, providers and teams, each kind in config order, so a boot
+ * config's slots are its indexes; the names are copied (and escaped), so cfg may be freed
+ * afterwards. Each kind gets room for n + clamp(n, METRICS_LABEL_HEADROOM_MIN,
+ * METRICS_LABEL_HEADROOM_MAX) names, n the boot config's count: per worker, a model slot
+ * costs 464 bytes, a provider's 328, a team's 128. NULL when memory ran out (or cfg repeats
+ * a name, which config_load rejects). */
 struct metrics *metrics_new(const struct config *cfg, unsigned workers);
 void metrics_free(struct metrics *m);
+
+#define METRICS_LABEL_HEADROOM_MIN 64
+#define METRICS_LABEL_HEADROOM_MAX 256
+
+enum metrics_label_kind { METRICS_LABEL_MODEL, METRICS_LABEL_PROVIDER, METRICS_LABEL_TEAM };
+
+/* The slot of name (compared byte for byte), registering it if new: what
+ * metrics_request, metrics_refused() and metrics_upstream_error() take. A name keeps its slot
+ * for good. -1 ("none") when every slot is taken (logged once per kind), when memory ran out
+ * (logged), or for a NULL name or unknown kind.
+ * One thread at a time (the reload, serialised by the caller), concurrently with the
+ * recording calls and metrics_render(). A slot may be recorded by any thread that got it
+ * through a happens-before edge from this return (a snapshot published with a release store
+ * and read with acquire is one). */
+int metrics_label(struct metrics *m, enum metrics_label_kind kind, const char *name);
 
 /* Where a request's billed usage came from. */
 enum metrics_usage {
@@ -40,12 +62,12 @@ enum metrics_usage {
 				 * stream ended before its final usage) */
 };
 
-/* One finished request, as the worker saw it at its end. Indexes outside the config's
- * range (or -1) count under "none". */
+/* One finished request, as the worker saw it at its end. A value metrics_label() did not
+ * return (or -1) counts under "none". */
 struct metrics_request {
-	int model;               /* index into cfg->models of the model asked; -1: none */
-	int provider;            /* index into cfg->providers of the last attempt's; -1: none */
-	int team;                /* index into cfg->teams; -1: no team */
+	int model;               /* slot of the model asked; -1: none */
+	int provider;            /* slot of the last attempt's provider; -1: none */
+	int team;                /* slot of the caller's team; -1: no team */
 	int status;              /* HTTP status sent; 499 when the client went away first */
 	uint64_t input_tokens, output_tokens, cached_tokens;
 	int64_t cost_micro_usd;  /* as settled; negative values count as 0 */
@@ -66,7 +88,7 @@ bool metrics_usage_disagrees(uint64_t provider_tokens, uint64_t gateway_tokens);
 void metrics_request_done(struct metrics *m, unsigned worker, const struct metrics_request *r);
 
 enum metrics_refusal { METRICS_REFUSED_RATELIMIT, METRICS_REFUSED_BUDGET };
-/* A request refused at admission (team -1: a key without a team). */
+/* A request refused at admission (team: a slot; -1: a key without a team). */
 void metrics_refused(struct metrics *m, unsigned worker, int team, enum metrics_refusal why);
 
 enum metrics_upstream_kind {
@@ -84,7 +106,7 @@ enum metrics_upstream_kind {
 /* The kind of a failed attempt: a transport error (err != 0) or the provider's status.
  * -1 when it is neither (a 2xx or 4xx other than 429 is not an upstream error). */
 int metrics_upstream_kind(enum upstream_error err, int status);
-/* One failed attempt (each attempt counts, retried or not). */
+/* One failed attempt (each attempt counts, retried or not); provider is a slot. */
 void metrics_upstream_error(struct metrics *m, unsigned worker, int provider,
 			    enum metrics_upstream_kind kind);
 

@@ -2,7 +2,9 @@
  * the text format (sample syntax, HELP/TYPE once per family and before its samples, families
  * contiguous, histogram buckets cumulative up to +Inf == _count), then its values against
  * what the workers recorded; writer threads race a rendering reader that must never see a
- * counter go down; the largest config the design allows stays small.
+ * counter go down; the largest config the design allows stays small. Label slots added at
+ * run time (a reload) keep the boot config's scrape byte for byte, keep removed names'
+ * counters, overflow to "none", and are published safely to a scrape running beside them.
  *
  * `test_metrics bench` prints nanoseconds per metrics_request_done instead (never asserted). */
 #include <ctype.h>
@@ -18,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 
@@ -687,6 +690,478 @@ static void test_largest_config(void **state)
 	metrics_free(m);
 }
 
+/* ---- labels registered at run time: what a config reload does ---- */
+
+/* The boot config's scrape as the index-based metrics (before metrics_label) wrote it for
+ * record_boot_sample(): slot capacity and run-time registration must not change a byte. */
+static const char boot_golden[] =
+	"# HELP penstock_requests_total Requests finished, by the model asked and the status sent.\n"
+	"# TYPE penstock_requests_total counter\n"
+	"penstock_requests_total{model=\"we\\\\ird\\\"m\",status=\"200\"} 1\n"
+	"penstock_requests_total{model=\"none\",status=\"404\"} 1\n"
+	"# HELP penstock_requests_by_team_total Requests finished, by the caller's team and the"
+	" status sent.\n"
+	"# TYPE penstock_requests_by_team_total counter\n"
+	"penstock_requests_by_team_total{team=\"t2\",status=\"200\"} 1\n"
+	"penstock_requests_by_team_total{team=\"none\",status=\"404\"} 1\n"
+	"# HELP penstock_requests_by_provider_total Requests finished, by the provider of their"
+	" last attempt and the status sent.\n"
+	"# TYPE penstock_requests_by_provider_total counter\n"
+	"penstock_requests_by_provider_total{provider=\"p\\\"2\",status=\"200\"} 1\n"
+	"penstock_requests_by_provider_total{provider=\"none\",status=\"404\"} 1\n"
+	"# HELP penstock_requests_in_flight Requests admitted into the pipeline and not yet"
+	" finished.\n"
+	"# TYPE penstock_requests_in_flight gauge\n"
+	"penstock_requests_in_flight 1\n"
+	"# HELP penstock_tokens_total Tokens billed, by model and direction.\n"
+	"# TYPE penstock_tokens_total counter\n"
+	"penstock_tokens_total{model=\"we\\\\ird\\\"m\",direction=\"input\"} 10\n"
+	"penstock_tokens_total{model=\"we\\\\ird\\\"m\",direction=\"output\"} 2\n"
+	"# HELP penstock_cost_micro_usd_total Cost billed in micro-USD, by model.\n"
+	"# TYPE penstock_cost_micro_usd_total counter\n"
+	"penstock_cost_micro_usd_total{model=\"m1\"} 0\n"
+	"penstock_cost_micro_usd_total{model=\"we\\\\ird\\\"m\"} 30\n"
+	"# HELP penstock_cost_by_team_micro_usd_total Cost billed in micro-USD, by team.\n"
+	"# TYPE penstock_cost_by_team_micro_usd_total counter\n"
+	"penstock_cost_by_team_micro_usd_total{team=\"t1\"} 0\n"
+	"penstock_cost_by_team_micro_usd_total{team=\"t2\"} 30\n"
+	"# HELP penstock_request_duration_seconds From a request's arrival to the last byte sent,"
+	" by model.\n"
+	"# TYPE penstock_request_duration_seconds histogram\n"
+	"penstock_request_duration_seconds_bucket{model=\"we\\\\ird\\\"m\",le=\"0.0005\"} 0\n"
+	"penstock_request_duration_seconds_bucket{model=\"we\\\\ird\\\"m\",le=\"0.001\"} 0\n"
+	"penstock_request_duration_seconds_bucket{model=\"we\\\\ird\\\"m\",le=\"0.0025\"} 0\n"
+	"penstock_request_duration_seconds_bucket{model=\"we\\\\ird\\\"m\",le=\"0.005\"} 1\n"
+	"penstock_request_duration_seconds_bucket{model=\"we\\\\ird\\\"m\",le=\"0.01\"} 1\n"
+	"penstock_request_duration_seconds_bucket{model=\"we\\\\ird\\\"m\",le=\"0.025\"} 1\n"
+	"penstock_request_duration_seconds_bucket{model=\"we\\\\ird\\\"m\",le=\"0.05\"} 1\n"
+	"penstock_request_duration_seconds_bucket{model=\"we\\\\ird\\\"m\",le=\"0.1\"} 1\n"
+	"penstock_request_duration_seconds_bucket{model=\"we\\\\ird\\\"m\",le=\"0.25\"} 1\n"
+	"penstock_request_duration_seconds_bucket{model=\"we\\\\ird\\\"m\",le=\"0.5\"} 1\n"
+	"penstock_request_duration_seconds_bucket{model=\"we\\\\ird\\\"m\",le=\"1\"} 1\n"
+	"penstock_request_duration_seconds_bucket{model=\"we\\\\ird\\\"m\",le=\"2.5\"} 1\n"
+	"penstock_request_duration_seconds_bucket{model=\"we\\\\ird\\\"m\",le=\"5\"} 1\n"
+	"penstock_request_duration_seconds_bucket{model=\"we\\\\ird\\\"m\",le=\"10\"} 1\n"
+	"penstock_request_duration_seconds_bucket{model=\"we\\\\ird\\\"m\",le=\"30\"} 1\n"
+	"penstock_request_duration_seconds_bucket{model=\"we\\\\ird\\\"m\",le=\"60\"} 1\n"
+	"penstock_request_duration_seconds_bucket{model=\"we\\\\ird\\\"m\",le=\"120\"} 1\n"
+	"penstock_request_duration_seconds_bucket{model=\"we\\\\ird\\\"m\",le=\"+Inf\"} 1\n"
+	"penstock_request_duration_seconds_sum{model=\"we\\\\ird\\\"m\"} 0.003000\n"
+	"penstock_request_duration_seconds_count{model=\"we\\\\ird\\\"m\"} 1\n"
+	"penstock_request_duration_seconds_bucket{model=\"none\",le=\"0.0005\"} 1\n"
+	"penstock_request_duration_seconds_bucket{model=\"none\",le=\"0.001\"} 1\n"
+	"penstock_request_duration_seconds_bucket{model=\"none\",le=\"0.0025\"} 1\n"
+	"penstock_request_duration_seconds_bucket{model=\"none\",le=\"0.005\"} 1\n"
+	"penstock_request_duration_seconds_bucket{model=\"none\",le=\"0.01\"} 1\n"
+	"penstock_request_duration_seconds_bucket{model=\"none\",le=\"0.025\"} 1\n"
+	"penstock_request_duration_seconds_bucket{model=\"none\",le=\"0.05\"} 1\n"
+	"penstock_request_duration_seconds_bucket{model=\"none\",le=\"0.1\"} 1\n"
+	"penstock_request_duration_seconds_bucket{model=\"none\",le=\"0.25\"} 1\n"
+	"penstock_request_duration_seconds_bucket{model=\"none\",le=\"0.5\"} 1\n"
+	"penstock_request_duration_seconds_bucket{model=\"none\",le=\"1\"} 1\n"
+	"penstock_request_duration_seconds_bucket{model=\"none\",le=\"2.5\"} 1\n"
+	"penstock_request_duration_seconds_bucket{model=\"none\",le=\"5\"} 1\n"
+	"penstock_request_duration_seconds_bucket{model=\"none\",le=\"10\"} 1\n"
+	"penstock_request_duration_seconds_bucket{model=\"none\",le=\"30\"} 1\n"
+	"penstock_request_duration_seconds_bucket{model=\"none\",le=\"60\"} 1\n"
+	"penstock_request_duration_seconds_bucket{model=\"none\",le=\"120\"} 1\n"
+	"penstock_request_duration_seconds_bucket{model=\"none\",le=\"+Inf\"} 1\n"
+	"penstock_request_duration_seconds_sum{model=\"none\"} 0.000010\n"
+	"penstock_request_duration_seconds_count{model=\"none\"} 1\n"
+	"# HELP penstock_time_to_first_byte_seconds From a request's arrival to the first byte"
+	" sent to the client, by model.\n"
+	"# TYPE penstock_time_to_first_byte_seconds histogram\n"
+	"# HELP penstock_upstream_duration_seconds A request's last upstream attempt, from sending"
+	" it to its end, by provider.\n"
+	"# TYPE penstock_upstream_duration_seconds histogram\n"
+	"# HELP penstock_upstream_errors_total Failed upstream attempts, by provider and kind.\n"
+	"# TYPE penstock_upstream_errors_total counter\n"
+	"penstock_upstream_errors_total{provider=\"p1\",kind=\"reset\"} 1\n"
+	"# HELP penstock_fallbacks_total Attempts made on a fallback model, by the model asked.\n"
+	"# TYPE penstock_fallbacks_total counter\n"
+	"penstock_fallbacks_total{model=\"m1\"} 0\n"
+	"penstock_fallbacks_total{model=\"we\\\\ird\\\"m\"} 0\n"
+	"# HELP penstock_ratelimit_rejections_total Requests refused by a rate limit (429), by"
+	" team.\n"
+	"# TYPE penstock_ratelimit_rejections_total counter\n"
+	"penstock_ratelimit_rejections_total{team=\"t1\"} 1\n"
+	"penstock_ratelimit_rejections_total{team=\"t2\"} 0\n"
+	"# HELP penstock_budget_rejections_total Requests refused by a budget (429), by team.\n"
+	"# TYPE penstock_budget_rejections_total counter\n"
+	"penstock_budget_rejections_total{team=\"t1\"} 0\n"
+	"penstock_budget_rejections_total{team=\"t2\"} 0\n"
+	"penstock_budget_rejections_total{team=\"none\"} 1\n"
+	"# HELP penstock_token_count_disagreements_total Requests whose provider usage and gateway"
+	" count differ by over 10% and 16 tokens, by model.\n"
+	"# TYPE penstock_token_count_disagreements_total counter\n"
+	"penstock_token_count_disagreements_total{model=\"m1\"} 0\n"
+	"penstock_token_count_disagreements_total{model=\"we\\\\ird\\\"m\"} 0\n"
+	"# HELP penstock_billed_from_gateway_count_total Requests billed from the gateway's own"
+	" token count, by model.\n"
+	"# TYPE penstock_billed_from_gateway_count_total counter\n"
+	"penstock_billed_from_gateway_count_total{model=\"m1\"} 0\n"
+	"penstock_billed_from_gateway_count_total{model=\"we\\\\ird\\\"m\"} 1\n";
+
+static void record_boot_sample(struct metrics *m)
+{
+	struct metrics_request a = { .model = 1, .provider = 1, .team = 1, .status = 200,
+		.input_tokens = 10, .output_tokens = 2, .cost_micro_usd = 30, .total_us = 3000,
+		.first_byte_us = -1, .upstream_us = -1, .usage = METRICS_USAGE_GATEWAY };
+	struct metrics_request b = { .model = -1, .provider = -1, .team = -1, .status = 404,
+		.total_us = 10, .first_byte_us = -1, .upstream_us = -1 };
+	metrics_request_done(m, 0, &a);
+	metrics_request_done(m, 1, &b);
+	metrics_refused(m, 1, 0, METRICS_REFUSED_RATELIMIT);
+	metrics_refused(m, 0, -1, METRICS_REFUSED_BUDGET);
+	metrics_upstream_error(m, 1, 0, METRICS_UP_RESET);
+	metrics_in_flight(m, 0, +1);
+}
+
+static void test_boot_output_unchanged(void **state)
+{
+	(void)state;
+	struct config cfg;
+	load_config(small_yaml, &cfg);
+	struct metrics *m = metrics_new(&cfg, 2);
+	assert_non_null(m);
+	/* the boot config's slots are its indexes, so callers passing indexes keep working */
+	for (size_t i = 0; i < cfg.nmodels; i++)
+		assert_int_equal(metrics_label(m, METRICS_LABEL_MODEL, cfg.models[i].name), (int)i);
+	for (size_t i = 0; i < cfg.nproviders; i++)
+		assert_int_equal(metrics_label(m, METRICS_LABEL_PROVIDER, cfg.providers[i].name),
+				 (int)i);
+	for (size_t i = 0; i < cfg.nteams; i++)
+		assert_int_equal(metrics_label(m, METRICS_LABEL_TEAM, cfg.teams[i].name), (int)i);
+	config_free(&cfg);
+
+	record_boot_sample(m);
+	struct buf b = scrape(m, NULL, NULL);
+	if (b.len != sizeof boot_golden - 1 || memcmp(b.p, boot_golden, b.len) != 0)
+		fail_msg("the boot config's scrape changed:\n%.*s", (int)b.len, b.p);
+	buf_free(&b);
+	metrics_free(m);
+}
+
+/* The offset of the line starting with series in b, or SIZE_MAX. */
+static size_t line_at(const struct buf *b, const char *series)
+{
+	size_t n = strlen(series);
+	for (size_t at = 0; at < b->len;) {
+		const char *nl = memchr(b->p + at, '\n', b->len - at);
+		if (b->len - at > n && memcmp(b->p + at, series, n) == 0 && b->p[at + n] == ' ')
+			return at;
+		at = (size_t)(nl - b->p) + 1;
+	}
+	return SIZE_MAX;
+}
+
+static void test_labels_after_traffic(void **state)
+{
+	(void)state;
+	struct config cfg;
+	load_config(small_yaml, &cfg);
+	struct metrics *m = metrics_new(&cfg, 2);
+	config_free(&cfg);
+	assert_non_null(m);
+	metrics_request_done(m, 0, &ok_m1);
+	struct metrics_request none = { .model = -1, .provider = -1, .team = -1, .status = 200,
+					.first_byte_us = -1, .upstream_us = -1, .fallbacks = 1 };
+	metrics_request_done(m, 0, &none);
+	/* not registered yet: a slot beyond the names counts under none, not under a later name */
+	struct metrics_request early = none;
+	early.model = 2;
+	metrics_request_done(m, 1, &early);
+
+	/* a reload adds a model, a provider and a team: the next slots, the same on asking again */
+	int m3 = metrics_label(m, METRICS_LABEL_MODEL, "m3");
+	int p3 = metrics_label(m, METRICS_LABEL_PROVIDER, "p3");
+	int t3 = metrics_label(m, METRICS_LABEL_TEAM, "t\n3");
+	assert_int_equal(m3, 2);
+	assert_int_equal(p3, 2);
+	assert_int_equal(t3, 2);
+	assert_int_equal(metrics_label(m, METRICS_LABEL_MODEL, "m3"), m3);
+	assert_int_equal(metrics_label(m, METRICS_LABEL_MODEL, "m1"), 0);
+	assert_int_equal(metrics_label(m, METRICS_LABEL_TEAM, "m3"), 3); /* kinds are apart */
+
+	struct buf b = scrape(m, NULL, NULL);
+	/* one-label counters list a new name at zero at once, after the boot names, before none */
+	assert_true(sample(&b, "penstock_fallbacks_total{model=\"m3\"}") == 0);
+	assert_true(sample(&b, "penstock_fallbacks_total{model=\"none\"}") == 2);
+	assert_true(sample(&b, "penstock_ratelimit_rejections_total{team=\"t\\n3\"}") == 0);
+	size_t at_m1 = line_at(&b, "penstock_fallbacks_total{model=\"m1\"}");
+	size_t at_m3 = line_at(&b, "penstock_fallbacks_total{model=\"m3\"}");
+	size_t at_none = line_at(&b, "penstock_fallbacks_total{model=\"none\"}");
+	assert_true(at_m1 < at_m3 && at_m3 < at_none && at_none != SIZE_MAX);
+	assert_true(isnan(sample(&b, "penstock_requests_total{model=\"m3\",status=\"200\"}")));
+	buf_free(&b);
+
+	struct metrics_request r = ok_m1;
+	r.model = m3, r.provider = p3, r.team = t3, r.status = 503, r.fallbacks = 1;
+	metrics_request_done(m, 1, &r);
+	metrics_refused(m, 0, t3, METRICS_REFUSED_BUDGET);
+	metrics_upstream_error(m, 1, p3, METRICS_UP_CONNECT);
+	b = scrape(m, NULL, NULL);
+	assert_true(sample(&b, "penstock_requests_total{model=\"m3\",status=\"503\"}") == 1);
+	assert_true(sample(&b, "penstock_requests_total{model=\"m1\",status=\"200\"}") == 1);
+	assert_true(sample(&b, "penstock_requests_by_team_total{team=\"t\\n3\",status=\"503\"}") ==
+		    1);
+	assert_true(sample(&b, "penstock_requests_by_provider_total{provider=\"p3\","
+			       "status=\"503\"}") == 1);
+	assert_true(sample(&b, "penstock_tokens_total{model=\"m3\",direction=\"input\"}") == 100);
+	assert_true(sample(&b, "penstock_cost_by_team_micro_usd_total{team=\"t\\n3\"}") == 1500);
+	assert_true(sample(&b, "penstock_request_duration_seconds_count{model=\"m3\"}") == 1);
+	assert_true(sample(&b, "penstock_upstream_duration_seconds_count{provider=\"p3\"}") == 1);
+	assert_true(sample(&b, "penstock_fallbacks_total{model=\"m3\"}") == 1);
+	assert_true(sample(&b, "penstock_fallbacks_total{model=\"none\"}") == 2);
+	assert_true(sample(&b, "penstock_budget_rejections_total{team=\"t\\n3\"}") == 1);
+	assert_true(sample(&b, "penstock_upstream_errors_total{provider=\"p3\",kind=\"connect\"}")
+		    == 1);
+	buf_free(&b);
+	metrics_free(m);
+}
+
+/* The config a reload brings: m1, p1 and t1 are gone, the rest reordered, m2 and p9 new. */
+static const char reload_yaml[] =
+	"providers:\n"
+	"  - { name: p9, kind: openai, base_url: http://127.0.0.1:9 }\n"
+	"  - { name: 'p\"2', kind: anthropic, base_url: http://127.0.0.1:2 }\n"
+	"models:\n"
+	"  - { name: m2, targets: [ { provider: p9, model: u1 } ] }\n"
+	"  - { name: 'we\\ird\"m', targets: [ { provider: 'p\"2', model: u2 } ] }\n"
+	"teams:\n"
+	"  - { name: t2 }\n";
+
+static void test_removed_name_keeps_counters(void **state)
+{
+	(void)state;
+	struct config cfg;
+	load_config(small_yaml, &cfg);
+	struct metrics *m = metrics_new(&cfg, 2);
+	config_free(&cfg);
+	assert_non_null(m);
+	metrics_request_done(m, 0, &ok_m1);
+	metrics_refused(m, 0, 0, METRICS_REFUSED_RATELIMIT);
+
+	/* the integrator's mapping at snapshot build: one metrics_label per name */
+	load_config(reload_yaml, &cfg);
+	int mslot[2] = { -2, -2 }, pslot[2] = { -2, -2 }, tslot[1] = { -2 };
+	assert_true(cfg.nmodels == 2 && cfg.nproviders == 2 && cfg.nteams == 1);
+	for (size_t i = 0; i < cfg.nmodels; i++)
+		mslot[i] = metrics_label(m, METRICS_LABEL_MODEL, cfg.models[i].name);
+	for (size_t i = 0; i < cfg.nproviders; i++)
+		pslot[i] = metrics_label(m, METRICS_LABEL_PROVIDER, cfg.providers[i].name);
+	for (size_t i = 0; i < cfg.nteams; i++)
+		tslot[i] = metrics_label(m, METRICS_LABEL_TEAM, cfg.teams[i].name);
+	config_free(&cfg);
+	assert_int_equal(mslot[0], 2); /* m2: new */
+	assert_int_equal(mslot[1], 1); /* the weird one keeps its slot at its new index */
+	assert_int_equal(pslot[0], 2); /* p9: new */
+	assert_int_equal(pslot[1], 1);
+	assert_int_equal(tslot[0], 1);
+
+	/* a request admitted under the old config finishes after the reload, on its old slots */
+	metrics_request_done(m, 1, &ok_m1);
+	struct metrics_request r = ok_m1;
+	r.model = mslot[0], r.provider = pslot[0], r.team = tslot[0];
+	metrics_request_done(m, 0, &r);
+
+	struct buf b = scrape(m, NULL, NULL);
+	/* m1, p1 and t1 are gone from the config, not from the counters */
+	assert_true(sample(&b, "penstock_requests_total{model=\"m1\",status=\"200\"}") == 2);
+	assert_true(sample(&b, "penstock_cost_micro_usd_total{model=\"m1\"}") == 3000);
+	assert_true(sample(&b, "penstock_requests_by_provider_total{provider=\"p1\","
+			       "status=\"200\"}") == 2);
+	assert_true(sample(&b, "penstock_requests_by_team_total{team=\"t1\",status=\"200\"}") == 2);
+	assert_true(sample(&b, "penstock_ratelimit_rejections_total{team=\"t1\"}") == 1);
+	assert_true(sample(&b, "penstock_requests_total{model=\"m2\",status=\"200\"}") == 1);
+	assert_true(sample(&b, "penstock_requests_by_provider_total{provider=\"p9\","
+			       "status=\"200\"}") == 1);
+	assert_true(sample(&b, "penstock_requests_by_team_total{team=\"t2\",status=\"200\"}") == 1);
+	buf_free(&b);
+
+	/* a later reload that brings m1 back finds its slot, and its counters go on from 2 */
+	assert_int_equal(metrics_label(m, METRICS_LABEL_MODEL, "m1"), 0);
+	metrics_request_done(m, 1, &ok_m1);
+	b = scrape(m, NULL, NULL);
+	assert_true(sample(&b, "penstock_requests_total{model=\"m1\",status=\"200\"}") == 3);
+	buf_free(&b);
+	metrics_free(m);
+}
+
+static void test_label_overflow(void **state)
+{
+	(void)state;
+	struct config cfg;
+	load_config(small_yaml, &cfg);
+	struct metrics *m = metrics_new(&cfg, 2);
+	config_free(&cfg);
+	assert_non_null(m);
+
+	/* 2 boot models: room for 2 + METRICS_LABEL_HEADROOM_MIN */
+	const int cap = 2 + METRICS_LABEL_HEADROOM_MIN;
+	char name[32];
+	for (int i = 2; i < cap; i++) {
+		snprintf(name, sizeof name, "model-%d", i);
+		assert_int_equal(metrics_label(m, METRICS_LABEL_MODEL, name), i);
+	}
+	/* full: new names get none, and the error log says so once */
+	FILE *err = tmpfile();
+	assert_non_null(err);
+	int saved = dup(STDERR_FILENO);
+	assert_true(saved >= 0 && dup2(fileno(err), STDERR_FILENO) >= 0);
+	int over1 = metrics_label(m, METRICS_LABEL_MODEL, "one-too-many");
+	int over2 = metrics_label(m, METRICS_LABEL_MODEL, "two-too-many");
+	assert_true(dup2(saved, STDERR_FILENO) >= 0);
+	close(saved);
+	assert_int_equal(over1, -1);
+	assert_int_equal(over2, -1);
+	char logged[1024] = "";
+	rewind(err);
+	size_t nlog = fread(logged, 1, sizeof logged - 1, err);
+	logged[nlog] = '\0';
+	fclose(err);
+	const char *hit = strstr(logged, "label slots are taken");
+	assert_non_null(hit);
+	assert_null(strstr(hit + 1, "label slots are taken"));
+
+	/* names already there still find their slots; other kinds have their own room */
+	assert_int_equal(metrics_label(m, METRICS_LABEL_MODEL, "m1"), 0);
+	assert_int_equal(metrics_label(m, METRICS_LABEL_MODEL, "model-65"), 65);
+	assert_int_equal(metrics_label(m, METRICS_LABEL_TEAM, "t3"), 2);
+	assert_int_equal(metrics_label(m, METRICS_LABEL_MODEL, NULL), -1);
+	assert_int_equal(metrics_label(m, (enum metrics_label_kind)7, "x"), -1);
+
+	struct metrics_request r = ok_m1;
+	r.model = over1;
+	metrics_request_done(m, 0, &r);
+	r.model = cap; /* never handed out: none as well */
+	metrics_request_done(m, 0, &r);
+	r.model = cap - 1;
+	metrics_request_done(m, 1, &r);
+	struct buf b = scrape(m, NULL, NULL);
+	assert_true(sample(&b, "penstock_requests_total{model=\"none\",status=\"200\"}") == 2);
+	assert_true(sample(&b, "penstock_requests_total{model=\"model-65\",status=\"200\"}") == 1);
+	assert_true(sample(&b, "penstock_fallbacks_total{model=\"model-64\"}") == 0);
+	assert_null(strstr(b.p, "too-many"));
+	buf_free(&b);
+	metrics_free(m);
+}
+
+/* ---- registering while workers record and the admin thread scrapes ---- */
+
+#define REG_MODELS 200 /* of the largest config: 100 boot models + 100 of headroom */
+
+struct reg_race {
+	struct metrics *m;
+	atomic_int latest;     /* the newest model slot, published to the writer */
+	atomic_bool done;
+	atomic_uint failures;  /* threads other than the main one cannot assert */
+	atomic_ulong recorded;
+};
+
+static void *registrar_run(void *arg)
+{
+	struct reg_race *race = arg;
+	char name[32];
+	for (int i = 100; i < REG_MODELS; i++) {
+		snprintf(name, sizeof name, "reloaded-%d", i);
+		int slot = metrics_label(race->m, METRICS_LABEL_MODEL, name);
+		if (slot != i)
+			atomic_fetch_add(&race->failures, 1);
+		atomic_store_explicit(&race->latest, slot, memory_order_release);
+		nanosleep(&(struct timespec){ .tv_nsec = 200000 }, NULL);
+	}
+	atomic_store(&race->done, true);
+	return NULL;
+}
+
+static void *recorder_run(void *arg)
+{
+	struct reg_race *race = arg;
+	struct metrics_request q = ok_m1;
+	for (;;) {
+		bool last = atomic_load(&race->done);
+		q.model = atomic_load_explicit(&race->latest, memory_order_acquire);
+		metrics_request_done(race->m, 5, &q);
+		atomic_fetch_add(&race->recorded, 1);
+		if (last)
+			return NULL;
+	}
+}
+
+/* The names a scrape lists in penstock_fallbacks_total (every registered model, in order):
+ * how many of "reloaded-N" there are, or -1 when they are not exactly 100, 101, ... */
+static int reloaded_listed(const struct buf *b)
+{
+	static const char pre[] = "penstock_fallbacks_total{model=\"reloaded-";
+	int n = 0;
+	for (const char *p = strstr(b->p, pre); p; p = strstr(p + 1, pre), n++)
+		if (atoi(p + sizeof pre - 1) != 100 + n)
+			return -1;
+	return n;
+}
+
+static void test_register_while_scraping(void **state)
+{
+	(void)state;
+	char *yaml = big_yaml(100, 20, 100);
+	struct config cfg;
+	load_config(yaml, &cfg);
+	free(yaml);
+	struct reg_race race = { .m = metrics_new(&cfg, 8), .latest = 0 };
+	config_free(&cfg);
+	assert_non_null(race.m);
+
+	pthread_t reg, rec;
+	assert_int_equal(pthread_create(&rec, NULL, recorder_run, &race), 0);
+	assert_int_equal(pthread_create(&reg, NULL, registrar_run, &race), 0);
+	int last_listed = 0;
+	double last_total = 0;
+	unsigned scrapes = 0, partial = 0;
+	for (bool last_round = false; !last_round; scrapes++) {
+		last_round = atomic_load(&race.done);
+		struct buf b = scrape(race.m, NULL, NULL); /* valid text at every point */
+		int listed = reloaded_listed(&b);
+		assert_true(listed >= last_listed && listed <= REG_MODELS - 100);
+		partial += listed > 0 && listed < REG_MODELS - 100;
+		/* every request counts under some listed model: their sum only grows */
+		double total = 0;
+		char series[96];
+		for (int i = 0; i < 100 + listed; i++) {
+			snprintf(series, sizeof series,
+				 i < 100 ? "penstock_requests_total{model=\"model-%d\",status=\"200\"}"
+					 : "penstock_requests_total{model=\"reloaded-%d\",status=\"200\"}",
+				 i);
+			double v = sample(&b, series);
+			total += isnan(v) ? 0 : v;
+		}
+		assert_true(total >= last_total);
+		last_listed = listed, last_total = total;
+		buf_free(&b);
+	}
+	pthread_join(reg, NULL);
+	pthread_join(rec, NULL);
+	print_message("%u scrapes, %u while registering\n", scrapes, partial);
+	assert_int_equal(atomic_load(&race.failures), 0);
+
+	struct buf b = scrape(race.m, NULL, NULL);
+	assert_int_equal(reloaded_listed(&b), REG_MODELS - 100);
+	double total = 0;
+	char series[96];
+	for (int i = 0; i < REG_MODELS; i++) {
+		snprintf(series, sizeof series,
+			 i < 100 ? "penstock_requests_total{model=\"model-%d\",status=\"200\"}"
+				 : "penstock_requests_total{model=\"reloaded-%d\",status=\"200\"}", i);
+		double v = sample(&b, series);
+		total += isnan(v) ? 0 : v;
+	}
+	/* nothing went to none: every slot the writer used was published to it */
+	assert_true(isnan(sample(&b, "penstock_requests_total{model=\"none\",status=\"200\"}")));
+	assert_true(total == (double)atomic_load(&race.recorded));
+	buf_free(&b);
+	metrics_free(race.m);
+}
+
 /* ---- bench ---- */
 
 static double now_s(void)
@@ -739,6 +1214,11 @@ int main(int argc, char **argv)
 		cmocka_unit_test(test_helpers),
 		cmocka_unit_test(test_writers_and_reader),
 		cmocka_unit_test(test_largest_config),
+		cmocka_unit_test(test_boot_output_unchanged),
+		cmocka_unit_test(test_labels_after_traffic),
+		cmocka_unit_test(test_removed_name_keeps_counters),
+		cmocka_unit_test(test_label_overflow),
+		cmocka_unit_test(test_register_while_scraping),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
