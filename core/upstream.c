@@ -110,6 +110,30 @@ const char *upstream_error_text(enum upstream_error e)
 
 /* ---------------------------------------------------------------- pool */
 
+/* Through a proxy only the proxy is resolved here: the proxy resolves the upstream. A
+ * name that does not resolve leaves the endpoint without an address: its calls fail at once
+ * (502) and the gateway keeps serving the other providers. Always true. */
+static bool endpoint_resolve(struct upstream_endpoint *ep)
+{
+	const char *host = ep->proxy_host ? ep->proxy_host : ep->host;
+	uint16_t port = ep->proxy_host ? ep->proxy_port : ep->port;
+	struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM };
+	struct addrinfo *ai;
+	char portstr[8];
+	snprintf(portstr, sizeof(portstr), "%u", port);
+	int rc = getaddrinfo(host, portstr, &hints, &ai);
+	if (rc) {
+		log_error("upstream %s:%u: %s: requests to it fail until a reload or restart "
+			  "resolves it",
+			  host, port, gai_strerror(rc));
+		return true;
+	}
+	memcpy(&ep->addr, ai->ai_addr, ai->ai_addrlen);
+	ep->addrlen = ai->ai_addrlen;
+	freeaddrinfo(ai);
+	return true;
+}
+
 bool upstream_endpoint_init(struct upstream_endpoint *ep, const struct config *cfg,
 			    const struct config_provider *cp, char *err, size_t errlen)
 {
@@ -119,7 +143,7 @@ bool upstream_endpoint_init(struct upstream_endpoint *ep, const struct config *c
 		return false;
 	}
 	if (!cp->tls)
-		return true;
+		return endpoint_resolve(ep);
 	char why[CONFIG_ERR_MAX];
 	ep->tls = tls_client_new(cp->host, cp->tls_verify, cp->ca_file, why, sizeof(why));
 	if (!ep->tls) {
@@ -140,7 +164,7 @@ bool upstream_endpoint_init(struct upstream_endpoint *ep, const struct config *c
 			return false;
 		}
 	}
-	return true;
+	return endpoint_resolve(ep);
 }
 
 void upstream_endpoint_fini(struct upstream_endpoint *ep)
@@ -186,35 +210,15 @@ struct upstream_pool *upstream_pool_new(struct worker *w, const struct upstream_
 			  ep->host, ep->port, TLS_MAX_PLAINTEXT);
 		return NULL;
 	}
-	/* Through a proxy only the proxy is resolved here: the proxy resolves the upstream. */
-	const char *host = ep->proxy_host ? ep->proxy_host : ep->host;
-	uint16_t port = ep->proxy_host ? ep->proxy_port : ep->port;
-	struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM };
-	struct addrinfo *ai;
-	char portstr[8];
-	snprintf(portstr, sizeof(portstr), "%u", port);
-	/* Resolved once when the worker starts; see docs for DNS changes. A name that does
-	 * not resolve leaves the pool without an address: its calls fail at once (502) and
-	 * the gateway keeps serving the other providers. */
-	int rc = getaddrinfo(host, portstr, &hints, &ai);
-	if (rc)
-		log_error("upstream %s:%u: %s: requests to it fail until penstock restarts", host,
-			  port, gai_strerror(rc));
 	struct upstream_pool *p = calloc(1, sizeof(*p));
-	if (!p) {
-		if (!rc)
-			freeaddrinfo(ai);
+	if (!p)
 		return NULL;
-	}
 	p->w = w;
 	p->port = ep->port;
 	p->tls = ep->tls;
 	p->proxy_port = ep->proxy_port;
-	if (!rc) {
-		memcpy(&p->addr, ai->ai_addr, ai->ai_addrlen);
-		p->addrlen = ai->ai_addrlen;
-		freeaddrinfo(ai);
-	}
+	memcpy(&p->addr, &ep->addr, sizeof(p->addr));
+	p->addrlen = ep->addrlen;
 	if (!(p->host = strdup(ep->host)) ||
 	    (ep->proxy_host && (!(p->proxy_host = strdup(ep->proxy_host)) ||
 				!pool_connect_request(p)))) {

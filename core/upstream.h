@@ -19,6 +19,7 @@
 
 #include <stdbool.h>
 #include <stdint.h>
+#include <sys/socket.h>
 #include <sys/uio.h>
 
 #include "engine.h"
@@ -73,13 +74,18 @@ struct upstream_endpoint {
 	struct tls_client *tls;  /* https: the shared client context; NULL: plain http */
 	char *proxy_host;        /* CONNECT proxy (https only), or NULL */
 	uint16_t proxy_port;
+	/* Where connections go (the proxy's address when proxied): resolved once, when the
+	 * endpoint is made (at start, or by a reload: never on a worker). addrlen 0: the
+	 * name did not resolve; calls then fail at once (502). */
+	struct sockaddr_storage addr;
+	socklen_t addrlen;
 };
 
 struct config;
 struct config_provider;
-/* The endpoint of a configured provider: TLS context for an https base_url (a warning
- * is logged when its verification is off), the provider's proxy or else the top-level
- * egress_proxy. Plain http providers are never proxied: they are expected on the
+/* The endpoint of a configured provider: its address (resolved here, blocking), TLS
+ * context for an https base_url (a warning is logged when its verification is off), the
+ * provider's proxy or else the top-level egress_proxy. Plain http providers are never proxied: they are expected on the
  * local network. False with a reason in err. */
 bool upstream_endpoint_init(struct upstream_endpoint *ep, const struct config *cfg,
 			    const struct config_provider *cp, char *err, size_t errlen);

@@ -42,8 +42,7 @@ struct admin {
 	struct store_reader *reader; /* the admin worker's own */
 	struct metrics *metrics;     /* GET /metrics; NULL: not served */
 	struct engine *data_plane;   /* its connection counts, for /metrics */
-	admin_reload_fn *reload;     /* POST /admin/reload; NULL: not served */
-	void *reload_ctx;
+	struct admin_control control; /* reload, config figures; zero: not served */
 	bool token_set;
 	uint8_t token_hash[SHA256_DIGEST_LENGTH];
 };
@@ -819,7 +818,7 @@ static bool method_is(const struct exchange *ex, const char *m)
 static void reload(struct admin *a, struct exchange *ex)
 {
 	struct admin_reload_result r = { 0 };
-	if (a->reload(a->reload_ctx, &r)) {
+	if (a->control.reload(a->control.ctx, &r)) {
 		reply_error(ex, 400, NULL, "reload refused: %s", r.error);
 		return;
 	}
@@ -855,7 +854,10 @@ static void serve_metrics(struct admin *a, struct exchange *ex)
 	if (a->data_plane)
 		engine_stats(a->data_plane, &es);
 	store_stats(gov_store(a->gov), &ss);
-	if (metrics_render(a->metrics, &es, &ss, &b) != 0) {
+	struct metrics_config_stats cs;
+	if (a->control.config_stats)
+		a->control.config_stats(a->control.ctx, &cs);
+	if (metrics_render(a->metrics, &es, &ss, a->control.config_stats ? &cs : NULL, &b) != 0) {
 		buf_free(&b);
 		ex_respond(ex, 500, "application/json", NULL, SLICE_LIT(OOM_BODY));
 		return;
@@ -939,7 +941,7 @@ static void admin_on_request(struct exchange *ex)
 		get ? audit_query_api(a, ex, query) : not_allowed(ex, "GET");
 	} else if (slice_eq_cstr(path, "/admin/alerts")) {
 		get ? list_alerts(a, ex) : not_allowed(ex, "GET");
-	} else if (slice_eq_cstr(path, "/admin/reload") && a->reload) {
+	} else if (slice_eq_cstr(path, "/admin/reload") && a->control.reload) {
 		method_is(ex, "POST") ? reload(a, ex) : not_allowed(ex, "POST");
 	} else {
 		reply_error(ex, 404, NULL, "no such endpoint: %.*s", (int)(path.n > 128 ? 128 : path.n),
@@ -1040,11 +1042,7 @@ void admin_stop(struct admin *a)
 	free(a);
 }
 
-void admin_set_reload(struct admin *a, admin_reload_fn *fn, void *ctx)
-{
-	a->reload = fn;
-	a->reload_ctx = ctx;
-}
+void admin_set_control(struct admin *a, const struct admin_control *c) { a->control = *c; }
 
 void admin_set_metrics(struct admin *a, struct metrics *m, struct engine *data_plane)
 {

@@ -32,15 +32,21 @@ struct engine;
 /* Serve GET /metrics (open, like /healthz) from m, with data_plane's connection counts.
  * Call before traffic; m and data_plane must outlive the admin plane. */
 void admin_set_metrics(struct admin *a, struct metrics *m, struct engine *data_plane);
-/* POST /admin/reload (token required) calls fn on the admin thread: 0 when the new
- * configuration is in effect, -1 with r->error filled when it was refused. */
 struct admin_reload_result {
 	uint64_t generation;
 	size_t providers, models;
 	char error[512];
 };
-typedef int admin_reload_fn(void *ctx, struct admin_reload_result *r);
-void admin_set_reload(struct admin *a, admin_reload_fn *fn, void *ctx);
+struct metrics_config_stats;
+/* The configuration's controls, on the admin thread: POST /admin/reload (token required)
+ * calls reload, 0 when the new configuration is in effect, -1 with r->error filled when
+ * it was refused; /metrics shows config_stats. Before traffic. */
+struct admin_control {
+	int (*reload)(void *ctx, struct admin_reload_result *r);
+	void (*config_stats)(void *ctx, struct metrics_config_stats *out);
+	void *ctx;
+};
+void admin_set_control(struct admin *a, const struct admin_control *c);
 /* Stop accepting, finish what is in flight, free everything. Before gov_close(). */
 void admin_stop(struct admin *a);
 

@@ -88,9 +88,9 @@ static int reload(void *ctx, struct admin_reload_result *r)
 					       r->error, sizeof(r->error))
 			  : config_load_file(rl->path, next, r->error, sizeof(r->error));
 	struct pipeline_reload_info info;
-	if (rc) {
+	if (rc)
 		free(next);
-	} else if (pipeline_reload(rl->pl, next, &info, r->error, sizeof(r->error)) == 0) {
+	if (pipeline_reload(rl->pl, rc ? NULL : next, &info, r->error, sizeof(r->error)) == 0) {
 		engine_wake(rl->e); /* idle workers let go of the old snapshot too */
 		r->generation = info.generation;
 		r->providers = info.providers;
@@ -101,6 +101,11 @@ static int reload(void *ctx, struct admin_reload_result *r)
 	}
 	log_error("configuration reload refused, the running one stays: %s", r->error);
 	return -1;
+}
+
+static void config_stats(void *ctx, struct metrics_config_stats *out)
+{
+	pipeline_config_stats(((struct reloader *)ctx)->pl, out);
 }
 
 static bool has_model(void *ctx, const char *name) { return pipeline_has_model(ctx, name); }
@@ -211,7 +216,9 @@ int main(int argc, char **argv)
 	struct admin *adm = admin_start(&cfg, gov, err, sizeof(err));
 	if (adm) {
 		admin_set_metrics(adm, metrics, e);
-		admin_set_reload(adm, reload, &rl);
+		admin_set_control(adm, &(struct admin_control){ .reload = reload,
+								.config_stats = config_stats,
+								.ctx = &rl });
 	}
 	if (!adm) {
 		log_error("%s", err);

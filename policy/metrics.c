@@ -592,7 +592,8 @@ static void store_commit_histogram(struct out *o, const struct store_stats *ss)
 }
 
 int metrics_render(const struct metrics *m, const struct engine_stats *es,
-		   const struct store_stats *ss, struct buf *out)
+		   const struct store_stats *ss, const struct metrics_config_stats *cs,
+		   struct buf *out)
 {
 	assert(m);
 	assert(out);
@@ -680,6 +681,20 @@ int metrics_render(const struct metrics *m, const struct engine_stats *es,
 		store_commit_histogram(&o, ss);
 		scalar(&o, "penstock_store_audit_pruned_total", "counter",
 		       "Audit records removed by retention.", ss->audit_pruned);
+	}
+	if (cs) {
+		scalar(&o, "penstock_config_generation", "gauge",
+		       "The configuration in effect: 1 at start, +1 per applied reload.",
+		       cs->generation);
+		scalar(&o, "penstock_config_snapshots", "gauge",
+		       "Configuration generations in memory (requests in flight hold older ones).",
+		       cs->snapshots);
+		family(&o, "penstock_config_reloads_total", "counter",
+		       "Configuration reloads, by result.");
+		put(&o, "penstock_config_reloads_total{result=\"applied\"} %llu\n",
+		    (unsigned long long)cs->reloads_applied);
+		put(&o, "penstock_config_reloads_total{result=\"refused\"} %llu\n",
+		    (unsigned long long)cs->reloads_refused);
 	}
 	free(v);
 	if (o.failed) {

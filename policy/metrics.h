@@ -116,11 +116,19 @@ void metrics_in_flight(struct metrics *m, unsigned worker, int delta);
 /* The largest scrape metrics_render() writes. */
 #define METRICS_RENDER_MAX (16u << 20)
 
+/* The configuration in effect and its reloads (policy/pipeline). */
+struct metrics_config_stats {
+	uint64_t generation;      /* 1 at start, +1 per applied reload */
+	uint64_t snapshots;       /* generations still in memory (in-flight requests hold old ones) */
+	uint64_t reloads_applied, reloads_refused;
+};
+
 /* Append a whole scrape to out (the admin thread; any thread, concurrently with the
- * workers). es and ss may be NULL: their families are then left out. 0, or -ENOMEM when
- * out could not grow (out->len is then back where it was). */
+ * workers). es, ss and cs may be NULL: their families are then left out. 0, or -ENOMEM
+ * when out could not grow (out->len is then back where it was). */
 int metrics_render(const struct metrics *m, const struct engine_stats *es,
-		   const struct store_stats *ss, struct buf *out);
+		   const struct store_stats *ss, const struct metrics_config_stats *cs,
+		   struct buf *out);
 
 /* The Content-Type of what metrics_render() writes. */
 #define METRICS_CONTENT_TYPE "text/plain; version=0.0.4; charset=utf-8"

@@ -82,6 +82,7 @@ struct pipeline {
 	const struct config *boot;   /* the config the process started with: what a reload
 				      * cannot change (teams, audit, limits) is read here */
 	_Atomic(struct snapshot *) cur; /* providers, catalog, routing: replaced by a reload */
+	_Atomic uint64_t reloads_applied, reloads_refused;
 	pthread_mutex_t reload_lock; /* serialises reloads and readers off the request path */
 	struct engine_handler handler;
 	struct gov *gov;             /* keys, limits, budgets; NULL when only checking */
@@ -777,7 +778,8 @@ static void px_on_head(void *arg, const struct http1_response *res)
 	struct metrics *m = px->pw->pl->metrics;
 	int kind = m ? metrics_upstream_kind(0, res->status) : -1;
 	if (kind >= 0)
-		metrics_upstream_error(m, px->pw->id, (int)px->target->provider, kind);
+		metrics_upstream_error(m, px->pw->id, px->v->s->metrics_provider[px->target->provider],
+				       kind);
 	if (ra && ra->value.n < sizeof(px->retry_after))
 		snprintf(px->retry_after, sizeof(px->retry_after), SLICE_FMT, SLICE_ARG(ra->value));
 	buf_free(&px->req); /* sent: the upstream call no longer needs it */
@@ -1004,7 +1006,8 @@ static void px_on_error(void *arg, enum upstream_error err, bool head_seen)
 	struct metrics *m = px->pw->pl->metrics;
 	int kind = m ? metrics_upstream_kind(err, 0) : -1;
 	if (kind >= 0)
-		metrics_upstream_error(m, px->pw->id, (int)px->target->provider, kind);
+		metrics_upstream_error(m, px->pw->id, px->v->s->metrics_provider[px->target->provider],
+				       kind);
 	if (px_failed_attempt(px, err, head_seen))
 		return;
 	if (head_seen && px->relay == RELAY_RAW) {
@@ -2258,7 +2261,7 @@ struct pipeline *pipeline_new(const struct config *cfg, struct gov *gov, char *e
 	if (!s)
 		goto fail;
 	s->generation = 1;
-	/* the boot config's labels are its indexes (metrics_new saw it first) */
+	/* the boot config's metrics labels are its indexes (metrics_new saw it first) */
 	for (size_t i = 0; i < cfg->nmodels; i++)
 		s->metrics_model[i] = (int)i;
 	for (size_t i = 0; i < cfg->nproviders; i++)
@@ -2292,36 +2295,34 @@ void pipeline_observe(struct pipeline *p, struct metrics *m, struct accesslog *a
 	p->alog = al;
 }
 
-/* Where a config's model (or provider) is counted: the boot config's slot of the same
- * name, else none. */
-static int boot_slot(const struct pipeline *pl, bool model, const char *name)
-{
-	const struct config *b = pl->boot;
-	size_t n = model ? b->nmodels : b->nproviders;
-	for (size_t i = 0; i < n; i++)
-		if (strcmp(model ? b->models[i].name : b->providers[i].name, name) == 0)
-			return (int)i;
-	return -1;
-}
-
 int pipeline_reload(struct pipeline *pl, struct config *next, struct pipeline_reload_info *info,
 		    char *err, size_t errlen)
 {
-	if (snapshot_reloadable(pl->boot, next, err, errlen)) {
-		config_free(next);
-		free(next);
+	if (!next || snapshot_reloadable(pl->boot, next, err, errlen)) {
+		if (next) {
+			config_free(next);
+			free(next);
+		}
+		atomic_fetch_add(&pl->reloads_refused, 1);
 		return -1;
 	}
 	pthread_mutex_lock(&pl->reload_lock);
 	struct snapshot *s = snapshot_new(next, true, NULL, err, errlen);
 	if (!s) {
 		pthread_mutex_unlock(&pl->reload_lock);
+		atomic_fetch_add(&pl->reloads_refused, 1);
 		return -1;
 	}
+	/* a name new to the metrics gets its label here, before the workers can see it */
 	for (size_t i = 0; i < next->nmodels; i++)
-		s->metrics_model[i] = boot_slot(pl, true, next->models[i].name);
+		s->metrics_model[i] = pl->metrics ? metrics_label(pl->metrics, METRICS_LABEL_MODEL,
+								  next->models[i].name)
+						  : -1;
 	for (size_t i = 0; i < next->nproviders; i++)
-		s->metrics_provider[i] = boot_slot(pl, false, next->providers[i].name);
+		s->metrics_provider[i] = pl->metrics ? metrics_label(pl->metrics,
+								     METRICS_LABEL_PROVIDER,
+								     next->providers[i].name)
+						     : -1;
 	struct snapshot *old = atomic_load_explicit(&pl->cur, memory_order_relaxed);
 	s->generation = old->generation + 1;
 	atomic_store_explicit(&pl->cur, s, memory_order_release);
@@ -2331,7 +2332,18 @@ int pipeline_reload(struct pipeline *pl, struct config *next, struct pipeline_re
 						       .models = next->nmodels };
 	pthread_mutex_unlock(&pl->reload_lock);
 	snapshot_unref(old); /* the workers' views hold it as long as they need it */
+	atomic_fetch_add(&pl->reloads_applied, 1);
 	return 0;
+}
+
+void pipeline_config_stats(struct pipeline *pl, struct metrics_config_stats *out)
+{
+	pthread_mutex_lock(&pl->reload_lock);
+	out->generation = atomic_load_explicit(&pl->cur, memory_order_relaxed)->generation;
+	pthread_mutex_unlock(&pl->reload_lock);
+	out->snapshots = snapshot_live();
+	out->reloads_applied = atomic_load(&pl->reloads_applied);
+	out->reloads_refused = atomic_load(&pl->reloads_refused);
 }
 
 bool pipeline_has_model(struct pipeline *pl, const char *name)

@@ -30,7 +30,7 @@ void pipeline_observe(struct pipeline *p, struct metrics *m, struct accesslog *a
 void pipeline_free(struct pipeline *p);
 
 /* Hot reload (docs/routing.md): `next` (malloc'd, loaded; the pipeline owns it from here,
- * also on failure) replaces providers, models and routing. It is checked against what the
+ * also on failure; NULL: it could not be loaded, err says why, counted as refused) replaces providers, models and routing. It is checked against what the
  * process started with (policy/snapshot: a change only a restart can apply is refused)
  * and built whole before it is published with one atomic store; requests in flight finish
  * on the snapshot they started on, and each worker frees its hold on the old one when its
@@ -42,6 +42,9 @@ struct pipeline_reload_info {
 };
 int pipeline_reload(struct pipeline *p, struct config *next, struct pipeline_reload_info *info,
 		    char *err, size_t errlen);
+struct metrics_config_stats;
+/* Generation in effect, generations in memory, reloads applied and refused. Any thread. */
+void pipeline_config_stats(struct pipeline *p, struct metrics_config_stats *out);
 /* Whether the current catalog has the model (the admin plane, issuing keys). */
 bool pipeline_has_model(struct pipeline *p, const char *name);
 

@@ -58,8 +58,13 @@ static void provider_fini(struct snapshot_provider *p)
 		upstream_endpoint_fini(&p->ep);
 }
 
+static _Atomic uint64_t live; /* snapshots not yet freed, for the metrics */
+
+uint64_t snapshot_live(void) { return atomic_load_explicit(&live, memory_order_relaxed); }
+
 static void snapshot_free(struct snapshot *s)
 {
+	atomic_fetch_sub_explicit(&live, 1, memory_order_relaxed);
 	for (size_t i = 0; i < s->nproviders; i++)
 		provider_fini(&s->providers[i]);
 	free(s->providers);
@@ -105,6 +110,7 @@ struct snapshot *snapshot_new(const struct config *cfg, bool own, struct router_
 		snprintf(err, errlen, "out of memory");
 		return NULL;
 	}
+	atomic_fetch_add_explicit(&live, 1, memory_order_relaxed);
 	s->cfg = cfg;
 	s->owned = own ? (struct config *)cfg : NULL;
 	atomic_init(&s->refs, 1);

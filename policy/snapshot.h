@@ -58,6 +58,8 @@ struct snapshot {
  * One reference is held by the caller. NULL with err filled on failure. */
 struct snapshot *snapshot_new(const struct config *cfg, bool own, struct router_health *health,
 			      char *err, size_t errlen);
+/* Snapshots alive in the process (a leak shows here). */
+uint64_t snapshot_live(void);
 void snapshot_ref(struct snapshot *s);
 void snapshot_unref(struct snapshot *s);
 

@@ -206,12 +206,14 @@ class Proc:
     def fd_count(self):
         return len(os.listdir("/proc/%d/fd" % self.pid))
 
-    def rss_kb(self):
+    def rss_kb(self, field="VmRSS"):
+        """Resident KiB; field="RssAnon" leaves out file pages (LMDB's map grows with
+        every record written, and its pages count in VmRSS)."""
         with open("/proc/%d/status" % self.pid) as f:
             for line in f:
-                if line.startswith("VmRSS:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1])
-        raise HarnessError("no VmRSS for pid %d" % self.pid)
+        raise HarnessError("no %s for pid %d" % (field, self.pid))
 
 
 def wait_accepting(port, proc, timeout=10):
@@ -398,8 +400,8 @@ class Gateway:
     def fd_count(self):
         return self.proc.fd_count()
 
-    def rss_kb(self):
-        return self.proc.rss_kb()
+    def rss_kb(self, field="VmRSS"):
+        return self.proc.rss_kb(field)
 
     def stop(self, grace=15):
         rc, killed = self.proc.stop(grace)

@@ -335,7 +335,7 @@ static struct buf scrape(const struct metrics *m, const struct engine_stats *es,
 			 const struct store_stats *ss)
 {
 	struct buf b = { 0 };
-	assert_int_equal(metrics_render(m, es, ss, &b), 0);
+	assert_int_equal(metrics_render(m, es, ss, NULL, &b), 0);
 	check_exposition(b.p, b.len);
 	return b;
 }
@@ -516,7 +516,7 @@ static void test_values_summed_across_workers(void **state)
 
 	/* a render appends; a second one is the same text again */
 	size_t first = b.len;
-	assert_int_equal(metrics_render(m, &es, &ss, &b), 0);
+	assert_int_equal(metrics_render(m, &es, &ss, NULL, &b), 0);
 	assert_int_equal(b.len, 2 * first);
 	assert_memory_equal(b.p, b.p + first, first);
 	buf_free(&b);
@@ -1193,7 +1193,7 @@ static int bench(void)
 	}
 	double t1 = now_s();
 	struct buf b = { 0 };
-	metrics_render(m, NULL, NULL, &b);
+	metrics_render(m, NULL, NULL, NULL, &b);
 	double t2 = now_s();
 	printf("metrics_request_done: %.1f ns per call (%u calls)\n", (t1 - t0) * 1e9 / n, n);
 	printf("metrics_render: %.2f ms for %zu bytes (100 models, 20 providers, 100 teams, "
