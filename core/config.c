@@ -1529,6 +1529,13 @@ static const struct field breaker_fields[] = {
 	      .max = 1000000),
 	FIELD(struct config_breaker, cooldown, "cooldown", .type = &type_duration, .def = "10s",
 	      .min = 1),
+	FIELD(struct config_breaker, error_rate, "error_rate", .type = &type_uint, .def = "50",
+	      .max = 100),
+	FIELD(struct config_breaker, min_requests, "min_requests", .type = &type_uint,
+	      .def = "20", .min = 1, .max = 1000000),
+	/* at least 10 ms: a tenth of it is the bucket the window slides by */
+	FIELD(struct config_breaker, window, "window", .type = &type_duration, .def = "10s",
+	      .min = 10, .max = 3600000),
 };
 static const struct schema breaker_schema = SCHEMA("breaker", breaker_fields, NULL);
 

@@ -121,6 +121,11 @@ struct config_retry {
 struct config_breaker {
 	uint32_t failures; /* consecutive failed attempts that open it; default 5, 0 = never */
 	uint32_t cooldown; /* ms open before one probe may go; default 10000 */
+	/* Also opens when more than error_rate percent of the attempts in the last window
+	 * failed, once at least min_requests were seen there. */
+	uint32_t error_rate;   /* percent; default 50, 0 = off */
+	uint32_t min_requests; /* default 20 */
+	uint32_t window;       /* ms; default 10000 */
 };
 
 /* Latency routing: peak-EWMA of the time to first byte. */

@@ -894,6 +894,32 @@ static void test_errors_table(void **state)
 	assert_int_equal(failed, 0);
 }
 
+/* The breaker's error-rate keys: defaults, values, and bounds. */
+static void test_breaker_error_rate(void **state)
+{
+	char err[CONFIG_ERR_MAX];
+	struct config c;
+
+	(void)state;
+	load_ok("", &c);
+	assert_int_equal(c.breaker.error_rate, 50);
+	assert_int_equal(c.breaker.min_requests, 20);
+	assert_int_equal(c.breaker.window, 10000);
+	config_free(&c);
+	load_ok("breaker: { error_rate: 0, min_requests: 5, window: 30s }\n", &c);
+	assert_int_equal(c.breaker.error_rate, 0);
+	assert_int_equal(c.breaker.min_requests, 5);
+	assert_int_equal(c.breaker.window, 30000);
+	assert_int_equal(c.breaker.failures, 5); /* the rest keep their defaults */
+	config_free(&c);
+	assert_int_equal(load("breaker: { error_rate: 101 }\n", &c, err), -1);
+	assert_non_null(strstr(err, "error_rate"));
+	assert_int_equal(load("breaker: { min_requests: 0 }\n", &c, err), -1);
+	assert_non_null(strstr(err, "min_requests"));
+	assert_int_equal(load("breaker: { window: 5ms }\n", &c, err), -1);
+	assert_non_null(strstr(err, "window"));
+}
+
 /* Secrets in the wrong place are reported without being echoed. */
 static void test_errors_never_echo_secrets(void **state)
 {
@@ -1114,6 +1140,7 @@ int main(void)
 		cmocka_unit_test(test_references),
 		cmocka_unit_test(test_aliases),
 		cmocka_unit_test(test_errors_table),
+		cmocka_unit_test(test_breaker_error_rate),
 		cmocka_unit_test(test_errors_never_echo_secrets),
 		cmocka_unit_test(test_error_from_file_names_file),
 		cmocka_unit_test(test_error_buffer_bounds),
