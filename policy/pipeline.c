@@ -2219,7 +2219,7 @@ struct pipeline *pipeline_new(const struct config *cfg, struct gov *gov, char *e
 		.latency_decay_us = (uint64_t)cfg->latency.decay * 1000,
 		.explore_every = cfg->latency.explore_percent ? 100 / cfg->latency.explore_percent : 0,
 	};
-	pl->router = router_new(cfg, &ro, err, errlen);
+	pl->router = router_new(cfg, &ro, NULL, err, errlen);
 	if (!pl->router)
 		goto fail;
 	/* Client keys live in gov; checked here too, for --check-config (no gov then). */
