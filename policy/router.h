@@ -60,7 +60,7 @@ struct router_target {
 	unsigned weight;
 	double input_per_tok, output_per_tok; /* USD */
 	uint32_t context_window;    /* tokens; 0 = unknown */
-	unsigned health;            /* shared health slot: one per (provider, upstream model) */
+	unsigned health;            /* its health entry (registry: one per provider, upstream model) */
 	unsigned slot;              /* index of this target's per-worker state */
 };
 
