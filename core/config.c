@@ -1300,6 +1300,33 @@ static const struct field admin_fields[] = {
 };
 static const struct schema admin_schema = SCHEMA("admin", admin_fields, NULL);
 
+/* The path goes into a request line: one absolute path, nothing that could end the line. */
+static int check_health_check(struct loader *ld, yaml_node_t *map, char *base)
+{
+	const struct config_health_check *hc = (const struct config_health_check *)(void *)base;
+
+	if (hc->path[0] != '/' || strpbrk(hc->path, " \t\r\n"))
+		return fail_at(ld, map_get(ld, map, "path")->start_mark,
+			       "bad value '%s' for 'path' (expected an absolute path such as "
+			       "/v1/models)", show(hc->path).s);
+	const yaml_node_t *at = map_get(ld, map, "timeout");
+	if (hc->timeout > hc->interval)
+		return fail_at(ld, (at ? at : map)->start_mark,
+			       "'timeout' (%u ms) is longer than 'interval' (%u ms)", hc->timeout,
+			       hc->interval);
+	return 0;
+}
+
+static const struct field health_check_fields[] = {
+	FIELD(struct config_health_check, path, "path", .type = &type_str, .required = true),
+	FIELD(struct config_health_check, interval, "interval", .type = &type_duration,
+	      .def = "10s", .min = 100, .max = 3600000),
+	FIELD(struct config_health_check, timeout, "timeout", .type = &type_duration,
+	      .def = "2s", .min = 10, .max = 60000),
+};
+static const struct schema health_check_schema =
+	SCHEMA("health_check", health_check_fields, check_health_check);
+
 static const struct field provider_fields[] = {
 	FIELD(struct config_provider, name, "name", .type = &type_str, .required = true),
 	FIELD(struct config_provider, kind, "kind", .type = &type_enum, .spec = provider_kinds,
@@ -1316,6 +1343,8 @@ static const struct field provider_fields[] = {
 	FIELD(struct config_provider, ca_file, "ca_file", .type = &type_str),
 	FIELD(struct config_provider, proxy, "proxy", .type = &type_proxy),
 	FIELD(struct config_provider, api_version, "api_version", .type = &type_str),
+	FIELD(struct config_provider, health_check, "health_check", .type = &type_map,
+	      .spec = &health_check_schema),
 };
 static const struct schema provider_schema = SCHEMA("provider", provider_fields, NULL);
 
@@ -1529,6 +1558,13 @@ static const struct field breaker_fields[] = {
 	      .max = 1000000),
 	FIELD(struct config_breaker, cooldown, "cooldown", .type = &type_duration, .def = "10s",
 	      .min = 1),
+	FIELD(struct config_breaker, error_rate, "error_rate", .type = &type_uint, .def = "50",
+	      .max = 100),
+	FIELD(struct config_breaker, min_requests, "min_requests", .type = &type_uint,
+	      .def = "20", .min = 1, .max = 1000000),
+	/* at least 10 ms: a tenth of it is the bucket the window slides by */
+	FIELD(struct config_breaker, window, "window", .type = &type_duration, .def = "10s",
+	      .min = 10, .max = 3600000),
 };
 static const struct schema breaker_schema = SCHEMA("breaker", breaker_fields, NULL);
 

@@ -34,6 +34,14 @@ struct config_proxy {
 	uint16_t port;
 };
 
+/* Active health check of a provider (policy/healthcheck): GET base_url + path every
+ * interval; a 2xx closes the breakers of its targets, anything else opens them. */
+struct config_health_check {
+	char *path;        /* e.g. /v1/models; NULL = no health check */
+	uint32_t interval; /* ms between checks; default 10000 */
+	uint32_t timeout;  /* ms for connect, request and status line; default 2000 */
+};
+
 struct config_provider {
 	char *name;
 	enum provider_kind kind;
@@ -49,6 +57,7 @@ struct config_provider {
 	char *ca_file;
 	struct config_proxy proxy; /* CONNECT proxy; NULL url = the top-level egress_proxy */
 	char *api_version;       /* anthropic-version sent upstream (default 2023-06-01) */
+	struct config_health_check health_check;
 };
 
 struct config_target {
@@ -121,6 +130,11 @@ struct config_retry {
 struct config_breaker {
 	uint32_t failures; /* consecutive failed attempts that open it; default 5, 0 = never */
 	uint32_t cooldown; /* ms open before one probe may go; default 10000 */
+	/* Also opens when more than error_rate percent of the attempts in the last window
+	 * failed, once at least min_requests were seen there. */
+	uint32_t error_rate;   /* percent; default 50, 0 = off */
+	uint32_t min_requests; /* default 20 */
+	uint32_t window;       /* ms; default 10000 */
 };
 
 /* Latency routing: peak-EWMA of the time to first byte. */

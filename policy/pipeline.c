@@ -39,6 +39,7 @@
 #include "providers/provider.h"
 #include "providers/tokcount.h"
 #include "providers/translate.h"
+#include "healthcheck.h"
 #include "router.h"
 #include "snapshot.h"
 
@@ -84,6 +85,8 @@ struct pipeline {
 	_Atomic(struct snapshot *) cur; /* providers, catalog, routing: replaced by a reload */
 	_Atomic uint64_t reloads_applied, reloads_refused;
 	pthread_mutex_t reload_lock; /* serialises reloads and readers off the request path */
+	struct router_health *health; /* breaker state, carried from one snapshot to the next */
+	struct healthcheck *checks;  /* active health checks of the current snapshot's providers */
 	struct engine_handler handler;
 	struct gov *gov;             /* keys, limits, budgets; NULL when only checking */
 	struct metrics *metrics;     /* may be NULL */
@@ -2248,6 +2251,23 @@ static void pl_worker_fini(struct worker *w, void *state)
 
 /* ---------------------------------------------------------------- setup */
 
+/* Active health checks of s's providers (those with health_check), sent with their auth
+ * headers; NULL with err filled if they cannot start. */
+static struct healthcheck *checks_start(struct pipeline *pl, const struct snapshot *s, char *err,
+					size_t errlen)
+{
+	const char **headers = calloc(s->nproviders + 1, sizeof(*headers));
+	if (!headers) {
+		snprintf(err, errlen, "out of memory");
+		return NULL;
+	}
+	for (size_t i = 0; i < s->nproviders; i++)
+		headers[i] = s->providers[i].auth_header;
+	struct healthcheck *hc = healthcheck_start(s->cfg, pl->health, headers, err, errlen);
+	free(headers);
+	return hc;
+}
+
 struct pipeline *pipeline_new(const struct config *cfg, struct gov *gov, char *err,
 			      size_t errlen)
 {
@@ -2257,9 +2277,13 @@ struct pipeline *pipeline_new(const struct config *cfg, struct gov *gov, char *e
 	pl->boot = cfg;
 	pl->gov = gov;
 	pthread_mutex_init(&pl->reload_lock, NULL);
-	struct snapshot *s = snapshot_new(cfg, false, NULL, err, errlen);
-	if (!s)
+	pl->health = router_health_new();
+	struct snapshot *s = pl->health ? snapshot_new(cfg, false, pl->health, err, errlen) : NULL;
+	if (!s) {
+		if (!pl->health)
+			snprintf(err, errlen, "out of memory");
 		goto fail;
+	}
 	s->generation = 1;
 	/* the boot config's metrics labels are its indexes (metrics_new saw it first) */
 	for (size_t i = 0; i < cfg->nmodels; i++)
@@ -2271,6 +2295,8 @@ struct pipeline *pipeline_new(const struct config *cfg, struct gov *gov, char *e
 		snprintf(err, errlen, "out of memory");
 		goto fail;
 	}
+	if (gov && !(pl->checks = checks_start(pl, s, err, errlen)))
+		goto fail;
 	pl->handler = (struct engine_handler){
 		.worker_init = pl_worker_init,
 		.worker_fini = pl_worker_fini,
@@ -2307,12 +2333,16 @@ int pipeline_reload(struct pipeline *pl, struct config *next, struct pipeline_re
 		return -1;
 	}
 	pthread_mutex_lock(&pl->reload_lock);
-	struct snapshot *s = snapshot_new(next, true, NULL, err, errlen);
-	if (!s) {
+	struct snapshot *s = snapshot_new(next, true, pl->health, err, errlen);
+	struct healthcheck *checks = s && pl->gov ? checks_start(pl, s, err, errlen) : NULL;
+	if (!s || (pl->gov && !checks)) {
 		pthread_mutex_unlock(&pl->reload_lock);
+		snapshot_unref(s);
 		atomic_fetch_add(&pl->reloads_refused, 1);
 		return -1;
 	}
+	healthcheck_stop(pl->checks);
+	pl->checks = checks;
 	/* a name new to the metrics gets its label here, before the workers can see it */
 	for (size_t i = 0; i < next->nmodels; i++)
 		s->metrics_model[i] = pl->metrics ? metrics_label(pl->metrics, METRICS_LABEL_MODEL,
@@ -2359,7 +2389,9 @@ void pipeline_free(struct pipeline *pl)
 {
 	if (!pl)
 		return;
-	snapshot_unref(atomic_load(&pl->cur));
+	healthcheck_stop(pl->checks);
+	snapshot_unref(atomic_load(&pl->cur)); /* the workers have let go of theirs */
+	router_health_free(pl->health);
 	if (pl->tok)
 		tokcount_reg_close(pl->tok);
 	pthread_mutex_destroy(&pl->reload_lock);

@@ -1,9 +1,12 @@
 /* router.c - routing tables built from the config, per-worker policy state, shared health.
  *
- * Health is one cache line per target (provider and upstream model), so workers that
- * report on different targets never contend; a breaker's state and its deadline are two
- * atomics, and the single half-open probe is granted by a compare-and-swap on the
- * deadline, so two workers can never both take it.
+ * Health is a registry entry per target (provider and upstream model) on cache lines of
+ * its own, so workers that report on different targets never contend; a breaker's state
+ * and its deadline are two atomics, and the single half-open probe is granted by a
+ * compare-and-swap on the deadline, so two workers can never both take it. The error
+ * rate is counted in a ring of time buckets, each a word (bucket epoch << 32 | count) for
+ * successes and one for failures: a report is one atomic add on the current bucket's
+ * word, plus a compare-and-swap by the first report of a bucket to reset it.
  */
 #include "router.h"
 
@@ -23,13 +26,29 @@
 /* Completion tokens assumed for cost routing when neither the request nor the catalog
  * says. */
 #define NOMINAL_COMPLETION 256
+/* The error-rate window is this many buckets of window / WINDOW_BUCKETS: it slides by a
+ * tenth, and its counts cover between 9 and 10 tenths of it. */
+#define WINDOW_BUCKETS 10
+/* A report that finds its bucket stale and loses the race to reset it tries again; after
+ * this many lost races in a row (never seen in practice) the one count is dropped. */
+#define BUCKET_TRIES 16
 
-struct health {
+struct bucket {
+	_Atomic uint64_t ok, fail; /* epoch << 32 | count; epoch 0 = never used */
+};
+
+struct router_health_entry {
 	alignas(64) _Atomic uint32_t state; /* enum breaker_state */
 	_Atomic uint32_t consecutive;       /* failures since the last success */
 	_Atomic uint64_t until_us;          /* open: no probe before; half-open: probe's end */
-	_Atomic uint64_t ok, failed, timeouts;
-	const char *provider, *model;       /* for log lines */
+	struct bucket window[WINDOW_BUCKETS];
+	/* The key (copies: the registry outlives configs); provider and model name log lines. */
+	char *provider, *base_url, *model;
+	struct router_health_entry *next; /* registry list: only router_new's thread walks it */
+};
+
+struct router_health {
+	struct router_health_entry *head;
 };
 
 struct router {
@@ -39,8 +58,9 @@ struct router {
 	struct router_target *targets; /* every model's, one after the other */
 	size_t ntargets;
 	unsigned *fallback;
-	struct health *health;
+	struct router_health_entry **health; /* by router_target.health */
 	size_t nhealth;
+	struct router_health *own; /* the private registry when router_new was given none */
 };
 
 /* One target's state in one worker. */
@@ -71,23 +91,90 @@ static enum route_policy policy_of(const char *s)
 	return ROUTE_WEIGHTED;
 }
 
-/* ---------------------------------------------------------------- building */
+/* ---------------------------------------------------------------- the registry */
 
-static unsigned health_slot(struct router *r, const struct config *cfg, unsigned provider,
-			    const char *model)
+struct router_health *router_health_new(void)
 {
-	const char *pname = cfg->providers[provider].name;
-	for (size_t i = 0; i < r->nhealth; i++)
-		if (strcmp(r->health[i].provider, pname) == 0 && strcmp(r->health[i].model, model) == 0)
-			return (unsigned)i;
-	struct health *h = &r->health[r->nhealth];
-	h->provider = pname;
-	h->model = model;
-	return (unsigned)r->nhealth++;
+	return calloc(1, sizeof(struct router_health));
 }
 
-struct router *router_new(const struct config *cfg, const struct router_opts *o, char *err,
-			  size_t errlen)
+static void entry_free(struct router_health_entry *e)
+{
+	free(e->provider);
+	free(e->base_url);
+	free(e->model);
+	free(e);
+}
+
+void router_health_free(struct router_health *h)
+{
+	if (!h)
+		return;
+	for (struct router_health_entry *e = h->head, *next; e; e = next) {
+		next = e->next;
+		entry_free(e);
+	}
+	free(h);
+}
+
+static struct router_health_entry *entry_get(struct router_health *h, const char *provider,
+					     const char *base_url, const char *model)
+{
+	for (struct router_health_entry *e = h->head; e; e = e->next)
+		if (strcmp(e->provider, provider) == 0 && strcmp(e->base_url, base_url) == 0 &&
+		    strcmp(e->model, model) == 0)
+			return e;
+	struct router_health_entry *e = aligned_alloc(alignof(struct router_health_entry),
+						      sizeof(*e));
+	if (!e)
+		return NULL;
+	memset(e, 0, sizeof(*e));
+	e->provider = strdup(provider);
+	e->base_url = strdup(base_url);
+	e->model = strdup(model);
+	if (!e->provider || !e->base_url || !e->model) {
+		entry_free(e);
+		return NULL;
+	}
+	/* Workers never walk the list (they hold entries through their routers), so linking
+	 * it needs no ordering. */
+	e->next = h->head;
+	h->head = e;
+	return e;
+}
+
+size_t router_health_entries(struct router_health *h, const char *provider,
+			     const char *base_url, struct router_health_entry **out, size_t cap)
+{
+	size_t n = 0;
+	for (struct router_health_entry *e = h->head; e; e = e->next)
+		if (strcmp(e->provider, provider) == 0 && strcmp(e->base_url, base_url) == 0) {
+			if (n < cap)
+				out[n] = e;
+			n++;
+		}
+	return n;
+}
+
+/* ---------------------------------------------------------------- building */
+
+/* The index of this target's entry among r's, added to the registry and to r if new;
+ * -1 if out of memory. */
+static int health_slot(struct router *r, struct router_health *reg,
+		       const struct config_provider *cp, const char *model)
+{
+	struct router_health_entry *e = entry_get(reg, cp->name, cp->base_url, model);
+	if (!e)
+		return -1;
+	for (size_t i = 0; i < r->nhealth; i++)
+		if (r->health[i] == e)
+			return (int)i;
+	r->health[r->nhealth] = e;
+	return (int)r->nhealth++;
+}
+
+struct router *router_new(const struct config *cfg, const struct router_opts *o,
+			  struct router_health *health, char *err, size_t errlen)
 {
 	size_t ntargets = 0, nfallback = 0;
 	for (size_t i = 0; i < cfg->nmodels; i++) {
@@ -106,10 +193,11 @@ struct router *router_new(const struct config *cfg, const struct router_opts *o,
 	r->models = calloc(cfg->nmodels + 1, sizeof(*r->models));
 	r->targets = calloc(ntargets + 1, sizeof(*r->targets));
 	r->fallback = calloc(nfallback + 1, sizeof(*r->fallback));
-	r->health = aligned_alloc(alignof(struct health), (ntargets + 1) * sizeof(*r->health));
-	if (!r->models || !r->targets || !r->fallback || !r->health)
+	r->health = calloc(ntargets + 1, sizeof(*r->health));
+	if (!health)
+		health = r->own = router_health_new();
+	if (!r->models || !r->targets || !r->fallback || !r->health || !health)
 		goto oom;
-	memset(r->health, 0, (ntargets + 1) * sizeof(*r->health));
 	unsigned *fb = r->fallback;
 	for (size_t i = 0; i < cfg->nmodels; i++) {
 		const struct config_model *cm = &cfg->models[i];
@@ -136,7 +224,10 @@ struct router *router_new(const struct config *cfg, const struct router_opts *o,
 			t->input_per_tok = (ct->priced ? ct->input_per_mtok : cm->input_per_mtok) / 1e6;
 			t->output_per_tok = (ct->priced ? ct->output_per_mtok : cm->output_per_mtok) / 1e6;
 			t->context_window = ct->context_window ? ct->context_window : cm->context_window;
-			t->health = health_slot(r, cfg, t->provider, t->upstream_model);
+			int hs = health_slot(r, health, cp, t->upstream_model);
+			if (hs < 0)
+				goto oom;
+			t->health = (unsigned)hs;
 			t->slot = (unsigned)r->ntargets++;
 		}
 		m->fallback = fb;
@@ -162,6 +253,7 @@ void router_free(struct router *r)
 	free(r->targets);
 	free(r->fallback);
 	free(r->health);
+	router_health_free(r->own);
 	free(r);
 }
 
@@ -204,9 +296,16 @@ void router_worker_free(struct router_worker *rw)
 
 /* ---------------------------------------------------------------- health */
 
-static struct health *health_of(const struct router *r, const struct router_target *t)
+static struct router_health_entry *health_of(const struct router *r,
+					     const struct router_target *t)
 {
-	return &r->health[t->health];
+	return r->health[t->health];
+}
+
+struct router_health_entry *router_health_of(const struct router *r,
+					     const struct router_target *t)
+{
+	return health_of(r, t);
 }
 
 enum breaker_state router_breaker(const struct router *r, const struct router_target *t)
@@ -215,8 +314,87 @@ enum breaker_state router_breaker(const struct router *r, const struct router_ta
 							memory_order_acquire);
 }
 
+/* The window's buckets are numbered from 1 (0 marks a word never used) by the reporting
+ * router's bucket length. */
+static uint32_t epoch_of(const struct router_opts *o, uint64_t now)
+{
+	uint64_t len = o->breaker_window_us / WINDOW_BUCKETS;
+	return (uint32_t)(now / (len ? len : 1) + 1);
+}
+
+/* One attempt into the bucket word w for epoch: a plain add when the bucket is current,
+ * which it is for all but the first report of each bucket. */
+static void count(_Atomic uint64_t *w, uint32_t epoch)
+{
+	uint64_t v = atomic_fetch_add_explicit(w, 1, memory_order_relaxed) + 1;
+	for (int i = 0; i < BUCKET_TRIES; i++) {
+		uint32_t e = (uint32_t)(v >> 32);
+		uint64_t next;
+		if (e == epoch) {
+			if (i == 0)
+				return; /* the add landed */
+			next = v + 1; /* someone reset the bucket since our add: count again */
+		} else if ((int32_t)(e - epoch) > 0) {
+			return; /* a later bucket: this report's clock is behind, drop it */
+		} else {
+			next = (uint64_t)epoch << 32 | 1; /* stale: restart it with ours */
+		}
+		if (atomic_compare_exchange_weak_explicit(w, &v, next, memory_order_relaxed,
+							  memory_order_relaxed))
+			return;
+	}
+}
+
+/* An attempt's outcome into the window, when the router keeps one. */
+static void tally(struct router_health_entry *h, const struct router_opts *o, uint64_t now,
+		  bool ok)
+{
+	if (!o->breaker_window_us)
+		return;
+	uint32_t epoch = epoch_of(o, now);
+	struct bucket *b = &h->window[epoch % WINDOW_BUCKETS];
+	count(ok ? &b->ok : &b->fail, epoch);
+}
+
+static uint64_t in_window(const _Atomic uint64_t *w, uint32_t epoch)
+{
+	uint64_t v = atomic_load_explicit(w, memory_order_relaxed);
+	return (uint32_t)(epoch - (uint32_t)(v >> 32)) < WINDOW_BUCKETS ? (uint32_t)v : 0;
+}
+
+static void window_counts(const struct router_health_entry *h, const struct router_opts *o,
+			  uint64_t now, uint64_t *ok, uint64_t *fail)
+{
+	uint32_t epoch = epoch_of(o, now);
+	*ok = *fail = 0;
+	for (size_t i = 0; i < WINDOW_BUCKETS; i++) {
+		*ok += in_window(&h->window[i].ok, epoch);
+		*fail += in_window(&h->window[i].fail, epoch);
+	}
+}
+
+void router_health_counts(const struct router *r, const struct router_target *t,
+			  uint64_t now_us, uint64_t *ok, uint64_t *fail)
+{
+	window_counts(health_of(r, t), &r->o, now_us, ok, fail);
+}
+
+/* A closed breaker starts afresh: the failures that opened it are not held against it. */
+static void close_breaker(struct router_health_entry *h, uint32_t from, const char *why)
+{
+	if (!atomic_compare_exchange_strong_explicit(&h->state, &from, BREAKER_CLOSED,
+						     memory_order_acq_rel, memory_order_acquire))
+		return;
+	atomic_store_explicit(&h->consecutive, 0, memory_order_relaxed);
+	for (size_t i = 0; i < WINDOW_BUCKETS; i++) {
+		atomic_store_explicit(&h->window[i].ok, 0, memory_order_relaxed);
+		atomic_store_explicit(&h->window[i].fail, 0, memory_order_relaxed);
+	}
+	log_info("breaker %s/%s: closed (%s)", h->provider, h->model, why);
+}
+
 /* Closed, or open with its cool-down over (a probe may go). */
-static bool could_pass(const struct health *h, uint64_t now)
+static bool could_pass(const struct router_health_entry *h, uint64_t now)
 {
 	if (atomic_load_explicit(&h->state, memory_order_acquire) == BREAKER_CLOSED)
 		return true;
@@ -224,7 +402,7 @@ static bool could_pass(const struct health *h, uint64_t now)
 }
 
 /* Let a request through a breaker that is not closed: only one wins the probe. */
-static bool take_probe(const struct router *r, struct health *h, uint64_t now)
+static bool take_probe(const struct router *r, struct router_health_entry *h, uint64_t now)
 {
 	uint64_t until = atomic_load_explicit(&h->until_us, memory_order_acquire);
 	if (now < until ||
@@ -239,19 +417,72 @@ static bool take_probe(const struct router *r, struct health *h, uint64_t now)
 	return true;
 }
 
-static void open_breaker(const struct router *r, struct health *h, uint32_t from, uint64_t now)
+/* Whether this call opened it (the caller says why in the log). */
+static bool open_breaker(struct router_health_entry *h, uint32_t from, uint64_t cooldown_us,
+			 uint64_t now)
 {
-	atomic_store_explicit(&h->until_us, now + r->o.breaker_cooldown_us, memory_order_release);
-	if (!atomic_compare_exchange_strong_explicit(&h->state, &from, BREAKER_OPEN,
-						     memory_order_acq_rel, memory_order_acquire))
+	atomic_store_explicit(&h->until_us, now + cooldown_us, memory_order_release);
+	return atomic_compare_exchange_strong_explicit(&h->state, &from, BREAKER_OPEN,
+						       memory_order_acq_rel, memory_order_acquire);
+}
+
+/* A failed attempt on a breaker in state st: open it if a rule says so. */
+static void judge_failure(const struct router *r, struct router_health_entry *h, uint32_t st,
+			  uint32_t consecutive, uint64_t now)
+{
+	const struct router_opts *o = &r->o;
+	unsigned long long ms = (unsigned long long)(o->breaker_cooldown_us / 1000);
+	if (st == BREAKER_HALF_OPEN) {
+		if (open_breaker(h, st, o->breaker_cooldown_us, now))
+			log_warn("breaker %s/%s: the probe failed, open again for %llu ms",
+				 h->provider, h->model, ms);
 		return;
-	if (from == BREAKER_HALF_OPEN)
-		log_warn("breaker %s/%s: the probe failed, open again for %llu ms", h->provider,
-			 h->model, (unsigned long long)(r->o.breaker_cooldown_us / 1000));
-	else
-		log_warn("breaker %s/%s: open after %u consecutive failures, for %llu ms",
-			 h->provider, h->model, r->o.breaker_failures,
-			 (unsigned long long)(r->o.breaker_cooldown_us / 1000));
+	}
+	if (st != BREAKER_CLOSED)
+		return;
+	if (o->breaker_failures && consecutive >= o->breaker_failures) {
+		if (open_breaker(h, st, o->breaker_cooldown_us, now))
+			log_warn("breaker %s/%s: open after %u consecutive failures, for %llu ms",
+				 h->provider, h->model, consecutive, ms);
+		return;
+	}
+	if (!o->breaker_error_rate || !o->breaker_window_us)
+		return;
+	uint64_t ok, fail;
+	window_counts(h, o, now, &ok, &fail);
+	uint64_t n = ok + fail;
+	if (n < o->breaker_min_requests || fail * 100 <= (uint64_t)o->breaker_error_rate * n)
+		return;
+	if (open_breaker(h, st, o->breaker_cooldown_us, now))
+		log_warn("breaker %s/%s: open after %llu of %llu attempts failed in %llu ms, "
+			 "for %llu ms", h->provider, h->model, (unsigned long long)fail,
+			 (unsigned long long)n,
+			 (unsigned long long)(o->breaker_window_us / 1000), ms);
+}
+
+void router_health_mark(struct router_health_entry *h, bool ok, uint64_t cooldown_us,
+			uint64_t now_us)
+{
+	uint32_t st = atomic_load_explicit(&h->state, memory_order_acquire);
+	if (ok) {
+		if (st != BREAKER_CLOSED)
+			close_breaker(h, st, "the health check passed");
+		return;
+	}
+	if (st == BREAKER_CLOSED) {
+		if (open_breaker(h, st, cooldown_us, now_us))
+			log_warn("breaker %s/%s: open, the health check failed", h->provider,
+				 h->model);
+		return;
+	}
+	if (st != BREAKER_OPEN)
+		return; /* half-open: its probe decides */
+	/* Still failing: no probe before the next check could say otherwise. */
+	uint64_t until = atomic_load_explicit(&h->until_us, memory_order_acquire);
+	while (until < now_us + cooldown_us &&
+	       !atomic_compare_exchange_weak_explicit(&h->until_us, &until, now_us + cooldown_us,
+						      memory_order_acq_rel, memory_order_acquire))
+		;
 }
 
 bool router_has_usable(const struct router *r, const struct router_model *m, uint64_t tried,
@@ -267,7 +498,7 @@ uint64_t router_next_probe_us(const struct router *r, const struct router_model 
 {
 	uint64_t next = 0;
 	for (size_t i = 0; i < m->ntargets; i++) {
-		const struct health *h = health_of(r, &m->targets[i]);
+		const struct router_health_entry *h = health_of(r, &m->targets[i]);
 		if (atomic_load_explicit(&h->state, memory_order_acquire) == BREAKER_CLOSED)
 			continue;
 		uint64_t u = atomic_load_explicit(&h->until_us, memory_order_acquire);
@@ -406,7 +637,7 @@ int router_pick(struct router_worker *rw, const struct router_model *m, uint64_t
 	while (ok) {
 		int i = choose(rw, m, ok, q);
 		const struct router_target *t = &m->targets[i];
-		struct health *h = health_of(r, t);
+		struct router_health_entry *h = health_of(r, t);
 		if (atomic_load_explicit(&h->state, memory_order_acquire) != BREAKER_CLOSED) {
 			if (!take_probe(r, h, now_us)) {
 				ok &= ~(UINT64_C(1) << i);
@@ -445,35 +676,29 @@ void router_report(struct router_worker *rw, const struct router_model *m, unsig
 	const struct router *r = rw->r;
 	const struct router_target *tg = &m->targets[t];
 	struct slot *s = &rw->slots[tg->slot];
-	struct health *h = health_of(r, tg);
+	struct router_health_entry *h = health_of(r, tg);
 	if (s->pending)
 		s->pending--;
 
 	switch (o) {
 	case ROUTE_OK: {
 		sample(r, s, (double)elapsed_us, now_us);
-		atomic_fetch_add_explicit(&h->ok, 1, memory_order_relaxed);
-		if (atomic_load_explicit(&h->consecutive, memory_order_relaxed))
-			atomic_store_explicit(&h->consecutive, 0, memory_order_relaxed);
 		uint32_t st = atomic_load_explicit(&h->state, memory_order_acquire);
-		if (st != BREAKER_CLOSED &&
-		    atomic_compare_exchange_strong_explicit(&h->state, &st, BREAKER_CLOSED,
-							    memory_order_acq_rel,
-							    memory_order_acquire))
-			log_info("breaker %s/%s: closed (a request succeeded)", h->provider, h->model);
+		if (st != BREAKER_CLOSED)
+			close_breaker(h, st, "a request succeeded");
+		else if (atomic_load_explicit(&h->consecutive, memory_order_relaxed))
+			atomic_store_explicit(&h->consecutive, 0, memory_order_relaxed);
+		tally(h, &r->o, now_us, true);
 		return;
 	}
 	case ROUTE_FAILED:
 	case ROUTE_TIMEOUT: {
 		double us = (double)elapsed_us;
 		sample(r, s, us > FAIL_PENALTY_US ? us : FAIL_PENALTY_US, now_us);
-		atomic_fetch_add_explicit(o == ROUTE_TIMEOUT ? &h->timeouts : &h->failed, 1,
-					  memory_order_relaxed);
+		tally(h, &r->o, now_us, false);
 		uint32_t c = atomic_fetch_add_explicit(&h->consecutive, 1, memory_order_relaxed) + 1;
-		uint32_t st = atomic_load_explicit(&h->state, memory_order_acquire);
-		if (st == BREAKER_HALF_OPEN ||
-		    (st == BREAKER_CLOSED && r->o.breaker_failures && c >= r->o.breaker_failures))
-			open_breaker(r, h, st, now_us);
+		judge_failure(r, h, atomic_load_explicit(&h->state, memory_order_acquire), c,
+			      now_us);
 		return;
 	}
 	case ROUTE_CANCELLED:

@@ -100,7 +100,6 @@ static bool keys_resolve(const struct config *cfg, char *err, size_t errlen)
 struct snapshot *snapshot_new(const struct config *cfg, bool own, struct router_health *health,
 			      char *err, size_t errlen)
 {
-	(void)health;
 	struct snapshot *s = calloc(1, sizeof(*s));
 	if (!s) {
 		if (own) {
@@ -143,8 +142,11 @@ struct snapshot *snapshot_new(const struct config *cfg, bool own, struct router_
 		.probe_timeout_us = ((uint64_t)t->upstream_connect + t->upstream_first_byte) * 1000,
 		.latency_decay_us = (uint64_t)cfg->latency.decay * 1000,
 		.explore_every = cfg->latency.explore_percent ? 100 / cfg->latency.explore_percent : 0,
+		.breaker_error_rate = cfg->breaker.error_rate,
+		.breaker_min_requests = cfg->breaker.min_requests,
+		.breaker_window_us = (uint64_t)cfg->breaker.window * 1000,
 	};
-	s->router = router_new(cfg, &ro, err, errlen);
+	s->router = router_new(cfg, &ro, health, err, errlen);
 	if (!s->router || !keys_resolve(cfg, err, errlen))
 		goto fail;
 	return s;

@@ -3,6 +3,7 @@
 that break after they began. Each test writes its own models (settings=) over several
 mockllm instances; the mocks' /mock/stats counters say where requests went."""
 import json
+import signal
 import threading
 import time
 
@@ -158,6 +159,57 @@ def test_breaker_opens_and_closes(env):
         assert r.status == 200 and r.header("x-penstock-provider") == "flaky", r
     assert requests_of(s, "flaky") == 5
     assert "breaker flaky/m: closed" in s.gw.proc.stderr()
+
+
+def test_error_rate_opens_a_breaker(env):
+    """Failures that never run 5 in a row still open the breaker once they pass the error
+    rate over the window."""
+    s = env.stack(mocks={"a": []}, settings={
+        "models": [model("p", "a"), TEST],
+        "retry": {"attempts": 1},
+        "breaker": {"failures": 5, "error_rate": 40, "min_requests": 10, "window": "30s",
+                    "cooldown": "30s"}})
+    for i in range(11):  # the rate is judged at a failure: the 11th, with 10 seen
+        fail = i % 2 == 0
+        r = s.gw.chat("p", headers={"x-mock-status": "503"} if fail else None)
+        assert r.status == (503 if fail else 200), r
+    assert "breaker a/m: open after 6 of 11 attempts failed" in s.gw.proc.stderr()
+    before = requests_of(s, "a")
+    r = s.gw.chat("p")
+    h.assert_openai_error(r, 503, code="upstream_unavailable")
+    assert "circuit breaker is open" in r.json()["error"]["message"]
+    assert requests_of(s, "a") == before  # refused without an attempt
+    # a reload keeps what the breakers learned
+    s.gw.proc.signal(signal.SIGHUP)
+    s.gw.proc.wait_log(r"configuration reloaded: generation 2", timeout=10)
+    h.assert_openai_error(s.gw.chat("p"), 503, code="upstream_unavailable")
+    assert requests_of(s, "a") == before
+
+
+@h.timeout(60)
+def test_active_health_check_skips_a_dead_provider_and_takes_it_back(env):
+    """A provider whose health check fails is skipped before any request is sent to it,
+    and taken back once the check passes again. The check is switched on by a reload."""
+    s = env.stack(mocks={"a": [], "b": []}, settings={"models": [model("p", "a", "b"), TEST]})
+    cfg = dict(s.gw.config)
+    cfg["providers"] = [dict(p, health_check={"path": "/v1/models", "interval": 100,
+                                              "timeout": 100}) if p["name"] == "a" else p
+                        for p in cfg["providers"]]
+    s.gw.config_path.write_text(h.to_yaml(cfg) + "\n")
+    s.gw.proc.signal(signal.SIGHUP)
+    s.gw.proc.wait_log(r"configuration reloaded: generation 2", timeout=10)
+    assert s.gw.chat("p").header("x-penstock-provider") == "a"
+    a = s.mocks["a"]
+    a.stop()
+    s.gw.proc.wait_log(r"breaker a/m: open, the health check failed", timeout=10)
+    for _ in range(5):
+        r = s.gw.chat("p")
+        assert r.status == 200 and r.header("x-penstock-provider") == "b", r
+        assert r.header("x-penstock-attempts") is None, r  # a was never tried
+    a.start()  # the same port
+    h.wait_until(lambda: s.gw.chat("p").header("x-penstock-provider") == "a", 10,
+                 what="the provider taken back")
+    assert "health check a: passes again" in s.gw.proc.stderr()
 
 
 def test_all_breakers_open_answers_503_at_once(env):

@@ -894,6 +894,74 @@ static void test_errors_table(void **state)
 	assert_int_equal(failed, 0);
 }
 
+/* The breaker's error-rate keys: defaults, values, and bounds. */
+static void test_breaker_error_rate(void **state)
+{
+	char err[CONFIG_ERR_MAX];
+	struct config c;
+
+	(void)state;
+	load_ok("", &c);
+	assert_int_equal(c.breaker.error_rate, 50);
+	assert_int_equal(c.breaker.min_requests, 20);
+	assert_int_equal(c.breaker.window, 10000);
+	config_free(&c);
+	load_ok("breaker: { error_rate: 0, min_requests: 5, window: 30s }\n", &c);
+	assert_int_equal(c.breaker.error_rate, 0);
+	assert_int_equal(c.breaker.min_requests, 5);
+	assert_int_equal(c.breaker.window, 30000);
+	assert_int_equal(c.breaker.failures, 5); /* the rest keep their defaults */
+	config_free(&c);
+	assert_int_equal(load("breaker: { error_rate: 101 }\n", &c, err), -1);
+	assert_non_null(strstr(err, "error_rate"));
+	assert_int_equal(load("breaker: { min_requests: 0 }\n", &c, err), -1);
+	assert_non_null(strstr(err, "min_requests"));
+	assert_int_equal(load("breaker: { window: 5ms }\n", &c, err), -1);
+	assert_non_null(strstr(err, "window"));
+}
+
+/* A provider's health_check: absent, given, and its checks. */
+static void test_provider_health_check(void **state)
+{
+	char err[CONFIG_ERR_MAX];
+	struct config c;
+
+	(void)state;
+	load_ok("providers: [ { name: a, kind: openai, base_url: http://x } ]\n", &c);
+	assert_null(c.providers[0].health_check.path);
+	config_free(&c);
+	load_ok("providers:\n"
+		"  - { name: a, kind: openai, base_url: http://x, health_check: { path: /v1/models } }\n"
+		"  - { name: b, kind: openai, base_url: http://y,\n"
+		"      health_check: { path: /health, interval: 500ms, timeout: 200 } }\n", &c);
+	assert_string_equal(c.providers[0].health_check.path, "/v1/models");
+	assert_int_equal(c.providers[0].health_check.interval, 10000);
+	assert_int_equal(c.providers[0].health_check.timeout, 2000);
+	assert_string_equal(c.providers[1].health_check.path, "/health");
+	assert_int_equal(c.providers[1].health_check.interval, 500);
+	assert_int_equal(c.providers[1].health_check.timeout, 200);
+	config_free(&c);
+	static const struct { const char *hc, *want; } bad[] = {
+		{ "{ interval: 1s }", "t.yaml:1:73: missing 'path' in health_check" },
+		{ "{ path: v1/models }", "t.yaml:1:81: bad value 'v1/models' for 'path'" },
+		{ "{ path: '/a b' }", "t.yaml:1:81: bad value '/a b' for 'path'" },
+		{ "{ path: /h, interval: 1s, timeout: 2s }",
+		  "t.yaml:1:108: 'timeout' (2000 ms) is longer than 'interval' (1000 ms)" },
+		{ "{ path: /h, interval: 1s }",
+		  "t.yaml:1:73: 'timeout' (2000 ms) is longer than 'interval' (1000 ms)" },
+		{ "{ path: /h, port: 1 }", "t.yaml:1:85: unknown key 'port' in health_check" },
+	};
+	for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+		char yaml[256];
+		snprintf(yaml, sizeof yaml,
+			 "providers: [ { name: a, kind: openai, base_url: http://x, health_check: %s } ]\n",
+			 bad[i].hc);
+		assert_int_equal(load(yaml, &c, err), -1);
+		if (strncmp(err, bad[i].want, strlen(bad[i].want)) != 0)
+			fail_msg("case %zu: got %s", i, err);
+	}
+}
+
 /* Secrets in the wrong place are reported without being echoed. */
 static void test_errors_never_echo_secrets(void **state)
 {
@@ -1114,6 +1182,8 @@ int main(void)
 		cmocka_unit_test(test_references),
 		cmocka_unit_test(test_aliases),
 		cmocka_unit_test(test_errors_table),
+		cmocka_unit_test(test_breaker_error_rate),
+		cmocka_unit_test(test_provider_health_check),
 		cmocka_unit_test(test_errors_never_echo_secrets),
 		cmocka_unit_test(test_error_from_file_names_file),
 		cmocka_unit_test(test_error_buffer_bounds),

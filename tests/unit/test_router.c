@@ -1,6 +1,8 @@
 /* test_router.c - routing policies and breakers under a clock the test moves: the exact
  * weighted split, latency routing leaving a slowed target and coming back, cost and
- * context windows, priority, and every breaker transition. No sleeps. */
+ * context windows, priority, every breaker transition, the error-rate window, and health
+ * shared by two routers through one registry (a reload). No sleeps. */
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -65,7 +67,7 @@ static int setup(void **state)
 		fprintf(stderr, "%s\n", err);
 		return -1;
 	}
-	f.r = router_new(&f.cfg, &opts, err, sizeof(err));
+	f.r = router_new(&f.cfg, &opts, NULL, err, sizeof(err));
 	f.rw = f.r ? router_worker_new(f.r) : NULL;
 	f.now = 1000 * MS;
 	*state = &f;
@@ -307,6 +309,273 @@ static void test_health_is_shared_by_target(void **state)
 	router_worker_free(other);
 }
 
+/* ---------------------------------------------------------------- error rate */
+
+static const struct router_opts rate_opts = {
+	.breaker_failures = 0, /* only the error rate opens these */
+	.breaker_cooldown_us = 1000 * MS,
+	.breaker_error_rate = 50,
+	.breaker_min_requests = 20,
+	.breaker_window_us = 10000 * MS,
+	.probe_timeout_us = 5000 * MS,
+	.latency_decay_us = 200 * MS,
+};
+
+/* A router on the fixture's config with other options, and one worker on it. */
+static struct router *router_with(struct fx *f, const struct router_opts *o,
+				  struct router_health *h, struct router_worker **rw)
+{
+	char err[256];
+	struct router *r = router_new(&f->cfg, o, h, err, sizeof(err));
+	assert_non_null(r);
+	*rw = router_worker_new(r);
+	assert_non_null(*rw);
+	return r;
+}
+
+/* One attempt on m's only target through rw, with the given outcome. */
+static void attempt(struct router_worker *rw, const struct router_model *m, uint64_t now,
+		    enum route_outcome o)
+{
+	bool probe;
+	assert_int_equal(router_pick(rw, m, 0, &(struct route_req){ 0 }, now, &probe), 0);
+	router_report(rw, m, 0, probe, o, 1 * MS, now);
+}
+
+static void assert_counts(const struct router *r, const struct router_model *m, uint64_t now,
+			  uint64_t want_ok, uint64_t want_fail)
+{
+	uint64_t ok, fail;
+	router_health_counts(r, &m->targets[0], now, &ok, &fail);
+	assert_int_equal(ok, want_ok);
+	assert_int_equal(fail, want_fail);
+}
+
+static void test_error_rate_threshold(void **state)
+{
+	struct fx *f = *state;
+	struct router_worker *rw;
+	struct router *r = router_with(f, &rate_opts, NULL, &rw);
+	const struct router_model *m = router_find(r, slice_cstr("other"));
+	const struct router_target *t = &m->targets[0];
+
+	/* 19 failures in a row: all failed, but fewer than min_requests */
+	for (int i = 0; i < 19; i++)
+		attempt(rw, m, f->now, ROUTE_FAILED);
+	assert_counts(r, m, f->now, 0, 19);
+	assert_int_equal(router_breaker(r, t), BREAKER_CLOSED);
+	/* cancelled attempts say nothing about the target */
+	for (int i = 0; i < 5; i++)
+		attempt(rw, m, f->now, ROUTE_CANCELLED);
+	assert_counts(r, m, f->now, 0, 19);
+	assert_int_equal(router_breaker(r, t), BREAKER_CLOSED);
+	/* 19 successes: 19 of 38 failed, exactly 50%: not more than the threshold */
+	for (int i = 0; i < 19; i++)
+		attempt(rw, m, f->now, ROUTE_OK);
+	assert_counts(r, m, f->now, 19, 19);
+	assert_int_equal(router_breaker(r, t), BREAKER_CLOSED);
+	/* one more failure (a timeout counts too): 20 of 39, over 50%: open */
+	attempt(rw, m, f->now, ROUTE_TIMEOUT);
+	assert_int_equal(router_breaker(r, t), BREAKER_OPEN);
+	assert_false(router_has_usable(r, m, 0, f->now));
+	/* the probe succeeds: closed, and the window starts afresh */
+	f->now += rate_opts.breaker_cooldown_us;
+	attempt(rw, m, f->now, ROUTE_OK);
+	assert_int_equal(router_breaker(r, t), BREAKER_CLOSED);
+	assert_counts(r, m, f->now, 1, 0);
+	router_worker_free(rw);
+	router_free(r);
+}
+
+static void test_error_rate_window_forgets(void **state)
+{
+	struct fx *f = *state;
+	struct router_worker *rw;
+	struct router *r = router_with(f, &rate_opts, NULL, &rw);
+	const struct router_model *m = router_find(r, slice_cstr("other"));
+	const struct router_target *t = &m->targets[0];
+	const uint64_t window = rate_opts.breaker_window_us, tenth = window / 10;
+
+	f->now = 50 * window; /* a bucket boundary */
+	for (int i = 0; i < 15; i++)
+		attempt(rw, m, f->now, ROUTE_FAILED);
+	/* nine tenths later they still count */
+	assert_counts(r, m, f->now + 9 * tenth + tenth - 1, 0, 15);
+	/* a whole window later they do not: these five failures of twenty would open it
+	 * (20 of 20) if the old ones were still counted */
+	f->now += window;
+	assert_counts(r, m, f->now, 0, 0);
+	for (int i = 0; i < 15; i++)
+		attempt(rw, m, f->now, ROUTE_OK);
+	for (int i = 0; i < 5; i++)
+		attempt(rw, m, f->now, ROUTE_FAILED);
+	assert_counts(r, m, f->now, 15, 5);
+	assert_int_equal(router_breaker(r, t), BREAKER_CLOSED);
+	/* half a window on, those still count: ten more failures make 15 of 30, not more
+	 * than half; the eleventh opens it (11 alone would be under min_requests) */
+	f->now += window / 2;
+	for (int i = 0; i < 10; i++)
+		attempt(rw, m, f->now, ROUTE_FAILED);
+	assert_counts(r, m, f->now, 15, 15);
+	assert_int_equal(router_breaker(r, t), BREAKER_CLOSED);
+	attempt(rw, m, f->now, ROUTE_FAILED);
+	assert_int_equal(router_breaker(r, t), BREAKER_OPEN);
+	router_worker_free(rw);
+	router_free(r);
+}
+
+struct hammer {
+	struct router *r;
+	const struct router_model *m;
+	uint64_t now;
+	unsigned n;
+};
+
+static void *hammer_run(void *arg)
+{
+	struct hammer *h = arg;
+	struct router_worker *rw = router_worker_new(h->r);
+	for (unsigned i = 0; rw && i < h->n; i++) {
+		bool probe;
+		int t = router_pick(rw, h->m, 0, &(struct route_req){ 0 }, h->now, &probe);
+		if (t == 0)
+			router_report(rw, h->m, 0, probe, i % 4 ? ROUTE_OK : ROUTE_FAILED, 1, h->now);
+	}
+	router_worker_free(rw);
+	return NULL;
+}
+
+/* Workers that enter a new bucket together: the reset of the stale one loses no count. */
+static void test_error_rate_counts_exact_under_threads(void **state)
+{
+	struct fx *f = *state;
+	struct router_worker *rw;
+	struct router_opts o = rate_opts;
+	o.breaker_error_rate = 0; /* counted, never opened: every pick goes through */
+	struct router *r = router_with(f, &o, NULL, &rw);
+	const struct router_model *m = router_find(r, slice_cstr("other"));
+	enum { THREADS = 4, EACH = 50000 };
+
+	/* stale words in the very buckets the threads will use */
+	for (int i = 0; i < 7; i++)
+		attempt(rw, m, f->now, i % 2 ? ROUTE_OK : ROUTE_FAILED);
+	struct hammer h = { r, m, f->now + o.breaker_window_us, EACH };
+	pthread_t th[THREADS];
+	for (int i = 0; i < THREADS; i++)
+		assert_int_equal(pthread_create(&th[i], NULL, hammer_run, &h), 0);
+	for (int i = 0; i < THREADS; i++)
+		pthread_join(th[i], NULL);
+	assert_counts(r, m, h.now, THREADS * EACH * 3 / 4, THREADS * EACH / 4);
+	router_worker_free(rw);
+	router_free(r);
+}
+
+/* ---------------------------------------------------------------- reload */
+
+/* The next config: a/m still there, a now also at another address, b gone. */
+static const char yaml_next[] =
+	"providers:\n"
+	"  - { name: a, kind: openai-compatible, base_url: http://127.0.0.1:1 }\n"
+	"  - { name: a2, kind: openai-compatible, base_url: http://127.0.0.1:1 }\n"
+	"models:\n"
+	"  - name: ordered\n"
+	"    routing: priority\n"
+	"    targets: [ { provider: a, model: m }, { provider: a2, model: m } ]\n";
+
+static void test_reload_shares_health(void **state)
+{
+	struct fx *f = *state;
+	char err[CONFIG_ERR_MAX];
+	struct config next;
+	assert_int_equal(config_load_string(yaml_next, sizeof(yaml_next) - 1, "next", &next, err,
+					    sizeof(err)), 0);
+	struct router_health *reg = router_health_new();
+	assert_non_null(reg);
+	struct router_worker *w1, *w2;
+	struct router *r1 = router_with(f, &opts, reg, &w1);
+	/* the new router: a longer cool-down */
+	struct router_opts o2 = opts;
+	o2.breaker_cooldown_us = 3 * opts.breaker_cooldown_us;
+	struct router *r2 = router_new(&next, &o2, reg, err, sizeof(err));
+	assert_non_null(r2);
+	w2 = router_worker_new(r2);
+	assert_non_null(w2);
+	const struct router_model *m1 = router_find(r1, slice_cstr("ordered"));
+	const struct router_model *m2 = router_find(r2, slice_cstr("ordered"));
+	assert_ptr_equal(router_health_of(r1, &m1->targets[0]), router_health_of(r2, &m2->targets[0]));
+	/* same name, same model, another provider entry: its own health */
+	assert_ptr_not_equal(router_health_of(r1, &m1->targets[1]),
+			     router_health_of(r2, &m2->targets[1]));
+	struct router_health_entry *ea[4];
+	assert_int_equal(router_health_entries(reg, "a", "http://127.0.0.1:1", ea, 4), 2); /* m, big */
+	assert_int_equal(router_health_entries(reg, "a", "http://127.0.0.1:9", ea, 4), 0);
+
+	/* the old router's worker trips it (3 failures, r1's rule); the new one sees it open */
+	bool probe;
+	for (int i = 0; i < 3; i++) {
+		assert_int_equal(router_pick(w1, m1, 0, &(struct route_req){ 0 }, f->now, &probe), 0);
+		router_report(w1, m1, 0, probe, ROUTE_FAILED, 1 * MS, f->now);
+	}
+	assert_int_equal(router_breaker(r2, &m2->targets[0]), BREAKER_OPEN);
+	assert_int_equal(router_pick(w2, m2, 0, &(struct route_req){ 0 }, f->now, &probe), 1);
+	router_report(w2, m2, 1, probe, ROUTE_OK, 1 * MS, f->now);
+	/* the old one is retired; the probe goes through the new one and fails: open for
+	 * the new router's cool-down */
+	router_worker_free(w1);
+	router_free(r1);
+	f->now += opts.breaker_cooldown_us;
+	assert_int_equal(router_pick(w2, m2, 0, &(struct route_req){ 0 }, f->now, &probe), 0);
+	assert_true(probe);
+	assert_int_equal(router_breaker(r2, &m2->targets[0]), BREAKER_HALF_OPEN);
+	router_report(w2, m2, 0, probe, ROUTE_FAILED, 1 * MS, f->now);
+	assert_int_equal(router_next_probe_us(r2, m2), f->now + o2.breaker_cooldown_us);
+	/* a third router on the same registry still sees it */
+	struct router *r3 = router_new(&next, &opts, reg, err, sizeof(err));
+	assert_non_null(r3);
+	assert_int_equal(router_breaker(r3, &router_find(r3, slice_cstr("ordered"))->targets[0]),
+			 BREAKER_OPEN);
+	router_free(r3);
+	router_worker_free(w2);
+	router_free(r2);
+	router_health_free(reg);
+	config_free(&next);
+}
+
+/* A health check's verdicts: a failed check opens (and keeps open), a passed one closes. */
+static void test_health_mark(void **state)
+{
+	struct fx *f = *state;
+	const struct router_model *m = model(f, "other");
+	struct router_health_entry *e = router_health_of(f->r, &m->targets[0]);
+	bool probe;
+
+	router_health_mark(e, false, 500 * MS, f->now);
+	assert_int_equal(router_breaker(f->r, &m->targets[0]), BREAKER_OPEN);
+	assert_int_equal(pick(f, m, 0, &probe), -1);
+	/* still failing: no probe before the next check is due */
+	f->now += 400 * MS;
+	router_health_mark(e, false, 500 * MS, f->now);
+	f->now += 400 * MS;
+	assert_int_equal(pick(f, m, 0, &probe), -1);
+	router_health_mark(e, true, 500 * MS, f->now);
+	assert_int_equal(router_breaker(f->r, &m->targets[0]), BREAKER_CLOSED);
+	assert_int_equal(pick(f, m, 0, &probe), 0);
+	assert_false(probe);
+	router_report(f->rw, m, 0, probe, ROUTE_OK, 1 * MS, f->now);
+	/* a half-open breaker is left to its probe */
+	for (int i = 0; i < 3; i++) {
+		assert_int_equal(pick(f, m, 0, &probe), 0);
+		report_fail(f, m, 0, probe);
+	}
+	f->now += opts.breaker_cooldown_us;
+	assert_int_equal(pick(f, m, 0, &probe), 0);
+	assert_true(probe);
+	router_health_mark(e, false, 500 * MS, f->now);
+	assert_int_equal(router_breaker(f->r, &m->targets[0]), BREAKER_HALF_OPEN);
+	router_report(f->rw, m, 0, probe, ROUTE_OK, 1 * MS, f->now);
+	assert_int_equal(router_breaker(f->r, &m->targets[0]), BREAKER_CLOSED);
+}
+
 /* The retry, breaker and latency sections: defaults, values, and a bad status named. */
 static void test_config_sections(void **state)
 {
@@ -354,6 +623,12 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_probe_that_never_reports_expires, setup,
 						teardown),
 		cmocka_unit_test_setup_teardown(test_health_is_shared_by_target, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_error_rate_threshold, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_error_rate_window_forgets, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_error_rate_counts_exact_under_threads, setup,
+						teardown),
+		cmocka_unit_test_setup_teardown(test_reload_shares_health, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_health_mark, setup, teardown),
 		cmocka_unit_test(test_config_sections),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -1,0 +1,313 @@
+/* healthcheck.c - the health-check thread: one blocking GET per provider and interval,
+ * its verdict marked on the provider's entries in the health registry.
+ *
+ * The thread sleeps in poll on an eventfd that healthcheck_stop writes, and every wait
+ * of a check (connect, send, receive) polls the same eventfd, so stopping never waits
+ * for a slow provider.
+ */
+#include "healthcheck.h"
+
+#include <errno.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "core/config.h"
+#include "core/log.h"
+#include "router.h"
+
+/* Only the status line is read: "HTTP/1.1 200 OK\r\n" fits with room for a long reason. */
+#define STATUS_LINE_MAX 256
+
+struct check {
+	char *name;   /* the provider, for log lines */
+	char *host;   /* as in base_url */
+	char port[8];
+	char *request; /* the whole GET, ready to send; holds the provider's secret headers */
+	size_t request_len;
+	uint64_t interval_us, timeout_us;
+	uint64_t due_us;
+	struct router_health_entry **entries;
+	size_t nentries;
+	int last; /* the previous verdict: -1 none yet, 0 failed, 1 passed (logs changes) */
+};
+
+struct healthcheck {
+	struct check *checks;
+	size_t nchecks;
+	int stop_fd; /* eventfd: readable once healthcheck_stop was called */
+	pthread_t thread;
+	bool running;
+};
+
+static uint64_t mono_us(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000 + (uint64_t)ts.tv_nsec / 1000;
+}
+
+enum wait_result { WAIT_READY, WAIT_TIMEOUT, WAIT_STOP };
+
+/* Wait until fd has `events`, the deadline passes, or a stop is asked for. fd -1: only
+ * the last two (sleeping between checks). */
+static enum wait_result wait_fd(const struct healthcheck *hc, int fd, short events,
+				uint64_t deadline_us)
+{
+	for (;;) {
+		/* A stop is seen even when the deadline has passed already (a check overdue). */
+		uint64_t now = mono_us();
+		uint64_t ms = now < deadline_us ? (deadline_us - now + 999) / 1000 : 0;
+		struct pollfd p[2] = { { .fd = hc->stop_fd, .events = POLLIN },
+				       { .fd = fd, .events = events } };
+		int n = poll(p, fd >= 0 ? 2 : 1, ms > 60000 ? 60000 : (int)ms);
+		if (n < 0 && errno != EINTR)
+			return WAIT_STOP; /* poll on our own two fds cannot fail otherwise */
+		if (n > 0 && p[0].revents)
+			return WAIT_STOP;
+		if (n > 0 && p[1].revents)
+			return WAIT_READY;
+		if (mono_us() >= deadline_us)
+			return WAIT_TIMEOUT;
+	}
+}
+
+/* One check: 1 a 2xx, 0 anything else (why says what), -1 stopped. */
+static int probe(const struct healthcheck *hc, const struct check *c, char *why, size_t whylen)
+{
+	uint64_t deadline = mono_us() + c->timeout_us;
+	struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
+				  .ai_flags = AI_NUMERICSERV };
+	struct addrinfo *ai = NULL;
+	int rc = getaddrinfo(c->host, c->port, &hints, &ai);
+	if (rc) {
+		snprintf(why, whylen, "cannot resolve %s: %s", c->host, gai_strerror(rc));
+		return 0;
+	}
+	int fd = socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC,
+			ai->ai_protocol);
+	int verdict = 0;
+	enum wait_result w = WAIT_READY;
+	if (fd < 0) {
+		snprintf(why, whylen, "socket: %s", strerror(errno));
+		goto out;
+	}
+	if (connect(fd, ai->ai_addr, ai->ai_addrlen) && errno != EINPROGRESS) {
+		snprintf(why, whylen, "connect: %s", strerror(errno));
+		goto out;
+	}
+	if ((w = wait_fd(hc, fd, POLLOUT, deadline)) != WAIT_READY) {
+		snprintf(why, whylen, "connect timed out");
+		goto out;
+	}
+	int soerr = 0;
+	socklen_t len = sizeof(soerr);
+	if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &len) || soerr) {
+		snprintf(why, whylen, "connect: %s", strerror(soerr ? soerr : errno));
+		goto out;
+	}
+	for (size_t sent = 0; sent < c->request_len;) {
+		ssize_t n = send(fd, c->request + sent, c->request_len - sent, MSG_NOSIGNAL);
+		if (n > 0) {
+			sent += (size_t)n;
+		} else if (n < 0 && errno != EAGAIN && errno != EINTR) {
+			snprintf(why, whylen, "send: %s", strerror(errno));
+			goto out;
+		} else if ((w = wait_fd(hc, fd, POLLOUT, deadline)) != WAIT_READY) {
+			snprintf(why, whylen, "send timed out");
+			goto out;
+		}
+	}
+	char line[STATUS_LINE_MAX];
+	size_t got = 0;
+	/* Bounded: each round adds at least one byte, or ends the check. */
+	while (got < sizeof(line) - 1 && !memchr(line, '\n', got)) {
+		ssize_t n = recv(fd, line + got, sizeof(line) - 1 - got, 0);
+		if (n > 0) {
+			got += (size_t)n;
+		} else if (n == 0) {
+			break;
+		} else if (errno != EAGAIN && errno != EINTR) {
+			snprintf(why, whylen, "receive: %s", strerror(errno));
+			goto out;
+		} else if ((w = wait_fd(hc, fd, POLLIN, deadline)) != WAIT_READY) {
+			snprintf(why, whylen, "no answer within %llu ms",
+				 (unsigned long long)(c->timeout_us / 1000));
+			goto out;
+		}
+	}
+	line[got] = 0;
+	unsigned status;
+	char sp;
+	if (sscanf(line, "HTTP/1.%*1[01] %3u%c", &status, &sp) != 2 || status < 100 ||
+	    status > 599 || (sp != ' ' && sp != '\r')) {
+		snprintf(why, whylen, got ? "not an HTTP response" : "closed without an answer");
+		goto out;
+	}
+	verdict = status >= 200 && status < 300;
+	if (!verdict)
+		snprintf(why, whylen, "status %u", status);
+out:
+	if (fd >= 0)
+		close(fd);
+	freeaddrinfo(ai);
+	return w == WAIT_STOP ? -1 : verdict;
+}
+
+static void run_check(const struct healthcheck *hc, struct check *c)
+{
+	char why[160] = "";
+	int ok = probe(hc, c, why, sizeof(why));
+	if (ok < 0)
+		return;
+	uint64_t now = mono_us();
+	/* A failed check keeps the targets out until the next one could say otherwise. */
+	for (size_t i = 0; i < c->nentries; i++)
+		router_health_mark(c->entries[i], ok, c->interval_us, now);
+	if (ok && c->last == 0)
+		log_info("health check %s: passes again", c->name);
+	else if (!ok && c->last != 0)
+		log_warn("health check %s: failed (%s)", c->name, why);
+	c->last = ok;
+	c->due_us = now + c->interval_us;
+}
+
+static void *run(void *arg)
+{
+	struct healthcheck *hc = arg;
+	for (;;) {
+		struct check *next = &hc->checks[0];
+		for (size_t i = 1; i < hc->nchecks; i++)
+			if (hc->checks[i].due_us < next->due_us)
+				next = &hc->checks[i];
+		if (wait_fd(hc, -1, 0, next->due_us) == WAIT_STOP)
+			return NULL;
+		run_check(hc, next);
+	}
+}
+
+static void check_free(struct check *c)
+{
+	if (c->request)
+		explicit_bzero(c->request, c->request_len);
+	free(c->request);
+	free(c->name);
+	free(c->host);
+	free(c->entries);
+}
+
+static void free_all(struct healthcheck *hc)
+{
+	for (size_t i = 0; i < hc->nchecks; i++)
+		check_free(&hc->checks[i]);
+	free(hc->checks);
+	if (hc->stop_fd >= 0)
+		close(hc->stop_fd);
+	free(hc);
+}
+
+static int check_init(struct check *c, const struct config_provider *cp, const char *headers,
+		      struct router_health *h, size_t nentries)
+{
+	char hostport[300];
+	bool v6 = strchr(cp->host, ':') != NULL; /* an IPv6 literal goes in brackets */
+	if (cp->port == 80)
+		snprintf(hostport, sizeof(hostport), v6 ? "[%s]" : "%s", cp->host);
+	else
+		snprintf(hostport, sizeof(hostport), v6 ? "[%s]:%u" : "%s:%u", cp->host, cp->port);
+	int len = asprintf(&c->request,
+			   "GET %s%s HTTP/1.1\r\nHost: %s\r\n%sUser-Agent: penstock-health\r\n"
+			   "Accept: */*\r\nConnection: close\r\n\r\n",
+			   cp->path_prefix, cp->health_check.path, hostport, headers ? headers : "");
+	if (len < 0) {
+		c->request = NULL;
+		return -1;
+	}
+	c->request_len = (size_t)len;
+	c->name = strdup(cp->name);
+	c->host = strdup(cp->host);
+	snprintf(c->port, sizeof(c->port), "%u", cp->port);
+	c->interval_us = (uint64_t)cp->health_check.interval * 1000;
+	c->timeout_us = (uint64_t)cp->health_check.timeout * 1000;
+	c->last = -1;
+	c->entries = calloc(nentries, sizeof(*c->entries));
+	if (!c->name || !c->host || !c->entries)
+		return -1;
+	c->nentries = router_health_entries(h, cp->name, cp->base_url, c->entries, nentries);
+	return 0;
+}
+
+struct healthcheck *healthcheck_start(const struct config *cfg, struct router_health *h,
+				      const char *const *headers, char *err, size_t errlen)
+{
+	struct healthcheck *hc = calloc(1, sizeof(*hc));
+	if (!hc) {
+		snprintf(err, errlen, "out of memory");
+		return NULL;
+	}
+	hc->stop_fd = -1;
+	hc->checks = calloc(cfg->nproviders + 1, sizeof(*hc->checks));
+	if (!hc->checks)
+		goto oom;
+	for (size_t i = 0; i < cfg->nproviders; i++) {
+		const struct config_provider *cp = &cfg->providers[i];
+		if (!cp->health_check.path)
+			continue;
+		if (cp->tls) {
+			log_warn("health check %s: not done, https health checks are not supported "
+				 "yet", cp->name);
+			continue;
+		}
+		size_t n = router_health_entries(h, cp->name, cp->base_url, NULL, 0);
+		if (!n) {
+			log_info("health check %s: not done, no model routes to it", cp->name);
+			continue;
+		}
+		if (check_init(&hc->checks[hc->nchecks++], cp, headers ? headers[i] : NULL, h, n))
+			goto oom;
+	}
+	if (!hc->nchecks)
+		return hc;
+	hc->stop_fd = eventfd(0, EFD_CLOEXEC);
+	if (hc->stop_fd < 0) {
+		snprintf(err, errlen, "health check: eventfd: %s", strerror(errno));
+		free_all(hc);
+		return NULL;
+	}
+	int rc = pthread_create(&hc->thread, NULL, run, hc);
+	if (rc) {
+		snprintf(err, errlen, "health check: cannot start its thread: %s", strerror(rc));
+		free_all(hc);
+		return NULL;
+	}
+	hc->running = true;
+	return hc;
+oom:
+	snprintf(err, errlen, "out of memory");
+	free_all(hc);
+	return NULL;
+}
+
+void healthcheck_stop(struct healthcheck *hc)
+{
+	if (!hc)
+		return;
+	if (hc->running) {
+		uint64_t one = 1;
+		/* An eventfd counter takes 8 bytes at once; it cannot fail short of overflow. */
+		while (write(hc->stop_fd, &one, sizeof(one)) < 0 && errno == EINTR)
+			;
+		pthread_join(hc->thread, NULL);
+	}
+	free_all(hc);
+}
