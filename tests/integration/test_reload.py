@@ -211,7 +211,9 @@ def test_100_reloads_under_load_fail_nothing_and_leak_nothing(env):
     m = scrape(s)
     assert m["penstock_config_generation"] == 101, m
     assert m['penstock_config_reloads_total{result="applied"}'] == 100, m
-    # memory back near the baseline
+    # memory back near the baseline (under ASan freed memory sits in its quarantine, and
+    # its leak check at exit is the test instead)
     rss_after = s.gw.rss_kb("RssAnon")
-    assert rss_after - rss_before < 4 * 1024, (rss_before, rss_after)
+    if not h.is_sanitized_build():
+        assert rss_after - rss_before < 4 * 1024, (rss_before, rss_after)
     s.gw.assert_serving()
