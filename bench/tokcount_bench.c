@@ -17,6 +17,7 @@
  *
  *   build/bench/tokcount_bench [-d vocab_dir] [-r rounds] [-t ms_per_round] [-m mode]
  *                              [-s stream]   (a stream's name, e.g. openai-16: that one only)
+ *                              [-n streams]  (per round, instead of a time: for perf stat)
  * Times are CPU time of this thread, the best round of each case (the machine is shared).
  */
 #include <errno.h>
@@ -212,7 +213,10 @@ static double cpu_ns(void)
 	return (double)ts.tv_sec * 1e9 + (double)ts.tv_nsec;
 }
 
-/* ns per stream: the best of rounds, each at least ms of CPU time. */
+/* With -n: streams per round (for perf stat: a fixed amount of work). */
+static uint64_t fixed;
+
+/* ns per stream: the best of rounds, each at least ms of CPU time (or fixed streams). */
 static double measure(struct tokcount_ctx *c, struct tokcount_tokenizer t, const struct stream *s,
 		      enum mode mode, bool per_event, int rounds, int ms, uint64_t *events)
 {
@@ -222,7 +226,10 @@ static double measure(struct tokcount_ctx *c, struct tokcount_tokenizer t, const
 		uint64_t n = 0;
 		r.events = 0;
 		double t0 = cpu_ns(), t1 = t0;
-		for (unsigned batch = 64; t1 - t0 < ms * 1e6; batch += batch < 4096 ? batch : 0) {
+		for (unsigned batch = 64; fixed ? n < fixed : t1 - t0 < ms * 1e6;
+		     batch += batch < 4096 ? batch : 0) {
+			if (fixed && batch > fixed - n)
+				batch = (unsigned)(fixed - n);
 			for (unsigned i = 0; i < batch; i++)
 				one_stream(c, t, s, mode, per_event, &r);
 			n += batch;
@@ -244,12 +251,13 @@ int main(int argc, char **argv)
 	int rounds = 5, ms = 200, opt;
 	int only = -1;
 	const char *only_stream = NULL;
-	while ((opt = getopt(argc, argv, "d:r:t:m:s:")) != -1) {
+	while ((opt = getopt(argc, argv, "d:r:t:m:s:n:")) != -1) {
 		switch (opt) {
 		case 'd': dir = optarg; break;
 		case 'r': rounds = atoi(optarg); break;
 		case 't': ms = atoi(optarg); break;
 		case 's': only_stream = optarg; break;
+		case 'n': fixed = strtoull(optarg, NULL, 10); break;
 		case 'm':
 			for (int m = 0; m < M_N; m++)
 				if (strcmp(optarg, mode_names[m]) == 0)
@@ -259,7 +267,7 @@ int main(int argc, char **argv)
 			break;
 		default:
 			fprintf(stderr, "usage: %s [-d vocab_dir] [-r rounds] [-t ms_per_round] "
-				"[-m parse|scan|count] [-s stream]\n", argv[0]);
+				"[-m parse|scan|count] [-s stream] [-n streams]\n", argv[0]);
 			return 2;
 		}
 	}

@@ -2,6 +2,7 @@
  * docs/tokens.md. */
 #include "tokcount.h"
 
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,10 +20,17 @@ struct tokcount_reg {
 	struct tok_enc *enc[NVOCAB]; /* NULL: unavailable */
 };
 
+/* Stream counters a context keeps for its next streams (memory and its first text buffer
+ * reused: a 4 KiB malloc and free per stream are a tenth of the counting). */
+#define SPARE_STREAMS 8
+#define SPARE_TEXT_CAP (16u * 1024)
+
 struct tokcount_ctx {
 	const struct tokcount_reg *reg;
 	struct tok_ctx *tok[NVOCAB];
 	struct buf scratch; /* a decoded prompt string */
+	struct tokcount_stream *spare[SPARE_STREAMS];
+	unsigned nspare;
 };
 
 const char *tokcount_method_name(enum tokcount_method m)
@@ -126,6 +134,8 @@ struct tokcount_tokenizer tokcount_pick(const struct tokcount_reg *r, const char
 	return t;
 }
 
+static void stream_destroy(struct tokcount_stream *s);
+
 struct tokcount_ctx *tokcount_ctx_new(const struct tokcount_reg *r)
 {
 	struct tokcount_ctx *c = calloc(1, sizeof(*c));
@@ -151,6 +161,8 @@ void tokcount_ctx_free(struct tokcount_ctx *c)
 	for (int i = 0; i < NVOCAB; i++)
 		tok_ctx_free(c->tok[i]);
 	buf_free(&c->scratch);
+	for (unsigned i = 0; i < c->nspare; i++)
+		stream_destroy(c->spare[i]);
 	free(c);
 }
 
@@ -1056,7 +1068,7 @@ struct shape {
 	uint32_t part;
 	enum dialect d;
 	bool known;
-	char bytes[SHAPE_MAX];
+	char bytes[SHAPE_MAX]; /* last (see tokcount_stream_new) */
 };
 
 static void shape_learn(struct shape *sh, enum dialect d, struct slice data, int rc,
@@ -1101,6 +1113,7 @@ static bool shape_match(const struct shape *sh, enum dialect d, struct slice dat
 }
 
 struct tokcount_stream {
+	struct tokcount_ctx *c;
 	struct tokcount_tokenizer t;
 	struct tok_ctx *tok;   /* NULL: count bytes */
 	struct buf text;       /* decoded text from the first unfinished piece on */
@@ -1115,14 +1128,23 @@ struct tokcount_stream {
 	bool by_bytes;         /* no tokenizer, or it failed: every byte is a token */
 	bool cut;              /* a piece longer than TOKCOUNT_MAX_TAIL was cut */
 	struct usage usage;
-	struct shape shape;
+	struct shape shape; /* last: a reused counter is cleared up to its bytes */
 };
 
 struct tokcount_stream *tokcount_stream_new(struct tokcount_ctx *c, struct tokcount_tokenizer t)
 {
-	struct tokcount_stream *s = calloc(1, sizeof(*s));
-	if (!s)
+	struct tokcount_stream *s;
+	struct buf text = { 0 };
+	if (c->nspare) {
+		s = c->spare[--c->nspare];
+		text = s->text;
+		text.len = 0;
+		memset(s, 0, offsetof(struct tokcount_stream, shape) + offsetof(struct shape, bytes));
+	} else if (!(s = calloc(1, sizeof(*s)))) {
 		return NULL;
+	}
+	s->c = c;
+	s->text = text;
 	s->t = t;
 	s->tok = tok_for(c, t);
 	s->by_bytes = s->tok == NULL;
@@ -1130,12 +1152,21 @@ struct tokcount_stream *tokcount_stream_new(struct tokcount_ctx *c, struct tokco
 	return s;
 }
 
+static void stream_destroy(struct tokcount_stream *s)
+{
+	buf_free(&s->text);
+	free(s);
+}
+
 void tokcount_stream_free(struct tokcount_stream *s)
 {
 	if (!s)
 		return;
-	buf_free(&s->text);
-	free(s);
+	struct tokcount_ctx *c = s->c;
+	if (c->nspare < SPARE_STREAMS && s->text.cap <= SPARE_TEXT_CAP)
+		c->spare[c->nspare++] = s;
+	else
+		stream_destroy(s);
 }
 
 /* Give up on the tokenizer: what is held counts as bytes from now on. */
