@@ -2,6 +2,7 @@
  * docs/tokens.md. */
 #include "tokcount.h"
 
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,10 +20,17 @@ struct tokcount_reg {
 	struct tok_enc *enc[NVOCAB]; /* NULL: unavailable */
 };
 
+/* Stream counters a context keeps for its next streams (memory and its first text buffer
+ * reused: a 4 KiB malloc and free per stream are a tenth of the counting). */
+#define SPARE_STREAMS 8
+#define SPARE_TEXT_CAP (16u * 1024)
+
 struct tokcount_ctx {
 	const struct tokcount_reg *reg;
 	struct tok_ctx *tok[NVOCAB];
 	struct buf scratch; /* a decoded prompt string */
+	struct tokcount_stream *spare[SPARE_STREAMS];
+	unsigned nspare;
 };
 
 const char *tokcount_method_name(enum tokcount_method m)
@@ -126,6 +134,8 @@ struct tokcount_tokenizer tokcount_pick(const struct tokcount_reg *r, const char
 	return t;
 }
 
+static void stream_destroy(struct tokcount_stream *s);
+
 struct tokcount_ctx *tokcount_ctx_new(const struct tokcount_reg *r)
 {
 	struct tokcount_ctx *c = calloc(1, sizeof(*c));
@@ -151,6 +161,8 @@ void tokcount_ctx_free(struct tokcount_ctx *c)
 	for (int i = 0; i < NVOCAB; i++)
 		tok_ctx_free(c->tok[i]);
 	buf_free(&c->scratch);
+	for (unsigned i = 0; i < c->nspare; i++)
+		stream_destroy(c->spare[i]);
 	free(c);
 }
 
@@ -847,6 +859,16 @@ static bool rd_flat(struct rd *r, struct slice *v)
 	return v->n > 0;
 }
 
+/* A member's key at r->p (its opening quote), and the colon: 1, or -1. */
+static int rd_key(struct rd *r, struct slice *k)
+{
+	struct slice v;
+	if (r->p >= r->end || *r->p != '"' || !rd_string(r, &v) || !rd_char(r, ':'))
+		return -1;
+	*k = (struct slice){ v.p + 1, v.n - 2 };
+	return 1;
+}
+
 /* The next member of an object whose '{' was read (*first: none read yet): 1 and its key as
  * sent (no quotes), r after the colon; 0 at the closing brace; -1 for anything else. */
 static int rd_member(struct rd *r, bool *first, struct slice *k)
@@ -856,12 +878,8 @@ static int rd_member(struct rd *r, bool *first, struct slice *k)
 	if (!*first && !rd_char(r, ','))
 		return -1;
 	*first = false;
-	struct slice v;
 	rd_ws(r);
-	if (r->p >= r->end || *r->p != '"' || !rd_string(r, &v) || !rd_char(r, ':'))
-		return -1;
-	*k = (struct slice){ v.p + 1, v.n - 2 };
-	return 1;
+	return rd_key(r, k);
 }
 
 /* k is the literal lit (a key as sent). */
@@ -937,22 +955,83 @@ static bool fast_openai_choice(struct rd *r, uint32_t i, struct tokcount_event *
 	return true;
 }
 
-/* {"choices": [choice...], "usage": null, flat others} */
-static bool fast_openai(struct slice data, struct tokcount_event *ev)
+static int usage_slot(struct slice k)
+{
+	return KEY_IS(k, "prompt_tokens") ? 0 : KEY_IS(k, "completion_tokens") ? 1 : -1;
+}
+
+static int cached_slot(struct slice k) { return KEY_IS(k, "cached_tokens") ? 0 : -1; }
+
+/* OpenAI's usage object, as openai_usage reads it: flat members, and objects of flat members
+ * (prompt_tokens_details, completion_tokens_details, ...). */
+static bool rd_openai_usage(struct rd *r, struct tokcount_event *ev)
+{
+	struct slice v[2] = { { NULL, 0 } }, cached = { NULL, 0 }, k, x;
+	bool first = true;
+	int m;
+	if (!rd_char(r, '{'))
+		return false;
+	while ((m = rd_member(r, &first, &k)) == 1) {
+		rd_ws(r);
+		bool details = KEY_IS(k, "prompt_tokens_details");
+		int i = usage_slot(k);
+		if (r->p < r->end && *r->p == '{') {
+			const char *o = r->p;
+			struct slice c;
+			if (!rd_flat_object(r, cached_slot, &c, 1))
+				return false;
+			x = (struct slice){ o, (size_t)(r->p - o) };
+			if (details)
+				cached = c;
+		} else {
+			if (!rd_flat(r, &x))
+				return false;
+			if (details) /* not an object: no cached tokens */
+				cached = (struct slice){ NULL, 0 };
+		}
+		if (i >= 0)
+			v[i] = x;
+	}
+	if (m != 0)
+		return false;
+	ev->has_prompt = uint_of(v[0], &ev->usage.prompt_tokens);
+	ev->has_completion = uint_of(v[1], &ev->usage.completion_tokens);
+	uint_of(cached, &ev->usage.cached_tokens);
+	ev->usage.present = ev->has_prompt || ev->has_completion;
+	return true;
+}
+
+/* {"choices": [choice...], "usage": null or {usage}, flat others}. resume: 0, or where a key
+ * starts after members that an earlier event had byte for byte (as *lead reported: the start
+ * of its "choices" key); the reader goes on from there. */
+static bool fast_openai(struct slice data, size_t resume, struct tokcount_event *ev,
+			size_t *lead)
 {
 	struct rd r = { data.p, data.p + data.n };
 	struct slice k;
-	bool first = true, choices = false;
+	bool first = true, choices = false, any_choice = false, usage = false;
 	int m;
-	if (!rd_char(&r, '{'))
-		return false;
-	while ((m = rd_member(&r, &first, &k)) == 1) {
+	if (resume) {
+		r.p += resume;
+		first = false;
+		m = rd_key(&r, &k);
+	} else {
+		if (!rd_char(&r, '{'))
+			return false;
+		m = rd_member(&r, &first, &k);
+	}
+	for (; m == 1; m = rd_member(&r, &first, &k)) {
 		if (KEY_IS(k, "choices")) {
-			if (choices || !rd_char(&r, '['))
+			if (choices)
+				return false;
+			if (lead && !usage) /* a lead holds nothing but what it skips */
+				*lead = (size_t)(k.p - 1 - data.p);
+			if (!rd_char(&r, '['))
 				return false;
 			choices = true;
 			if (rd_char(&r, ']'))
 				continue;
+			any_choice = true;
 			uint32_t i = 0;
 			do {
 				if (!fast_openai_choice(&r, i++, ev))
@@ -960,14 +1039,29 @@ static bool fast_openai(struct slice data, struct tokcount_event *ev)
 			} while (rd_char(&r, ','));
 			if (!rd_char(&r, ']'))
 				return false;
+		} else if (KEY_IS(k, "usage")) { /* the last one counts */
+			usage = true;
+			ev->usage = (struct usage){ 0 };
+			ev->has_prompt = ev->has_completion = false;
+			struct slice v;
+			rd_ws(&r);
+			if (r.p < r.end && *r.p == '{') {
+				if (!rd_openai_usage(&r, ev))
+					return false;
+			} else if (!rd_flat(&r, &v) || !json_is_null(v)) {
+				return false;
+			}
 		} else {
 			struct slice v;
-			if (!rd_flat(&r, &v) || (KEY_IS(k, "usage") && !json_is_null(v)))
+			if (!rd_flat(&r, &v))
 				return false;
 		}
 	}
 	rd_ws(&r);
-	return m == 0 && r.p == r.end;
+	if (m != 0 || r.p != r.end)
+		return false;
+	ev->usage_only = !any_choice && ev->usage.present;
+	return true;
 }
 
 /* {"type", "index", "delta": {flat}, flat others}: content_block_delta, content_block_stop,
@@ -1028,7 +1122,7 @@ int tokcount_scan_event(enum dialect d, struct slice type, struct slice data,
 {
 	(void)type; /* both dialects say in the data what the event is */
 	event_clear(ev);
-	if (d == DIALECT_OPENAI ? fast_openai(data, ev) : fast_anthropic(data, ev))
+	if (d == DIALECT_OPENAI ? fast_openai(data, 0, ev, NULL) : fast_anthropic(data, ev))
 		return 0;
 	event_clear(ev);
 	int rc = d == DIALECT_OPENAI ? scan_openai(data, ev) : scan_anthropic(data, ev);
@@ -1056,7 +1150,7 @@ struct shape {
 	uint32_t part;
 	enum dialect d;
 	bool known;
-	char bytes[SHAPE_MAX];
+	char bytes[SHAPE_MAX]; /* last (see tokcount_stream_new) */
 };
 
 static void shape_learn(struct shape *sh, enum dialect d, struct slice data, int rc,
@@ -1100,7 +1194,19 @@ static bool shape_match(const struct shape *sh, enum dialect d, struct slice dat
 	return true;
 }
 
+/* ---- a stream's repeated lead ----
+ *
+ * OpenAI's chunks of one stream start alike: the same id, object, created, model (and
+ * fingerprint) before "choices". Reading them is half the reading of a chunk that has no
+ * learned shape (the role, finish and usage chunks). The first chunk's bytes before its
+ * "choices" key are remembered; a chunk that starts with the same bytes is read from there, as
+ * the reader would have reached that point in the same state (what it read up to a key's
+ * opening quote decides nothing but that the members were flat). */
+
+#define LEAD_MAX 256
+
 struct tokcount_stream {
+	struct tokcount_ctx *c;
 	struct tokcount_tokenizer t;
 	struct tok_ctx *tok;   /* NULL: count bytes */
 	struct buf text;       /* decoded text from the first unfinished piece on */
@@ -1115,14 +1221,25 @@ struct tokcount_stream {
 	bool by_bytes;         /* no tokenizer, or it failed: every byte is a token */
 	bool cut;              /* a piece longer than TOKCOUNT_MAX_TAIL was cut */
 	struct usage usage;
-	struct shape shape;
+	size_t lead;        /* OpenAI: the first event's bytes before its "choices" key */
+	struct shape shape; /* a reused counter is cleared up to its bytes */
+	char lead_bytes[LEAD_MAX];
 };
 
 struct tokcount_stream *tokcount_stream_new(struct tokcount_ctx *c, struct tokcount_tokenizer t)
 {
-	struct tokcount_stream *s = calloc(1, sizeof(*s));
-	if (!s)
+	struct tokcount_stream *s;
+	struct buf text = { 0 };
+	if (c->nspare) {
+		s = c->spare[--c->nspare];
+		text = s->text;
+		text.len = 0;
+		memset(s, 0, offsetof(struct tokcount_stream, shape) + offsetof(struct shape, bytes));
+	} else if (!(s = calloc(1, sizeof(*s)))) {
 		return NULL;
+	}
+	s->c = c;
+	s->text = text;
 	s->t = t;
 	s->tok = tok_for(c, t);
 	s->by_bytes = s->tok == NULL;
@@ -1130,12 +1247,21 @@ struct tokcount_stream *tokcount_stream_new(struct tokcount_ctx *c, struct tokco
 	return s;
 }
 
+static void stream_destroy(struct tokcount_stream *s)
+{
+	buf_free(&s->text);
+	free(s);
+}
+
 void tokcount_stream_free(struct tokcount_stream *s)
 {
 	if (!s)
 		return;
-	buf_free(&s->text);
-	free(s);
+	struct tokcount_ctx *c = s->c;
+	if (c->nspare < SPARE_STREAMS && s->text.cap <= SPARE_TEXT_CAP)
+		c->spare[c->nspare++] = s;
+	else
+		stream_destroy(s);
 }
 
 /* Give up on the tokenizer: what is held counts as bytes from now on. */
@@ -1253,6 +1379,29 @@ void tokcount_stream_feed(struct tokcount_stream *s, uint32_t part, struct slice
 	}
 }
 
+/* tokcount_scan_event, reading an OpenAI chunk from after its lead. */
+static int stream_scan(struct tokcount_stream *s, enum dialect d, struct slice type,
+		       struct slice data, struct tokcount_event *ev)
+{
+	if (d != DIALECT_OPENAI)
+		return tokcount_scan_event(d, type, data, ev);
+	event_clear(ev);
+	size_t lead = 0;
+	bool ok;
+	if (s->lead && data.n > s->lead && memcmp(data.p, s->lead_bytes, s->lead) == 0) {
+		ok = fast_openai(data, s->lead, ev, NULL);
+	} else {
+		ok = fast_openai(data, 0, ev, s->lead ? NULL : &lead);
+		if (ok && lead > 0 && lead <= LEAD_MAX) {
+			memcpy(s->lead_bytes, data.p, lead);
+			s->lead = lead;
+		}
+	}
+	if (ok)
+		return 0;
+	return tokcount_scan_event(d, type, data, ev);
+}
+
 int tokcount_stream_event(struct tokcount_stream *s, enum dialect d, struct slice type,
 			  struct slice data, struct tokcount_event *ev)
 {
@@ -1266,7 +1415,7 @@ int tokcount_stream_event(struct tokcount_stream *s, enum dialect d, struct slic
 		if (raw.n)
 			ev->delta[ev->ndelta++] = (struct tokcount_delta){ raw, s->shape.part };
 	} else {
-		rc = tokcount_scan_event(d, type, data, ev);
+		rc = stream_scan(s, d, type, data, ev);
 		shape_learn(&s->shape, d, data, rc, ev);
 	}
 	for (unsigned i = 0; i < ev->ndelta; i++)

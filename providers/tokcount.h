@@ -152,9 +152,10 @@ int tokcount_scan_event(enum dialect d, struct slice type, struct slice data,
 
 struct tokcount_stream;
 
-/* A counter for one response, using c (which must outlive it) and tokenizer t. Its memory:
- * the unfinished tail of the text, at most TOKCOUNT_MAX_TAIL + TOKCOUNT_CHUNK bytes. NULL
- * when out of memory. */
+/* A counter for one response, using c (which must outlive it; c's thread makes every call)
+ * and tokenizer t. Its memory: the unfinished tail of the text, at most TOKCOUNT_MAX_TAIL +
+ * TOKCOUNT_CHUNK bytes. NULL when out of memory. Freed, a counter goes back to c for its next
+ * stream (a few are kept, with small text buffers). */
 struct tokcount_stream *tokcount_stream_new(struct tokcount_ctx *c, struct tokcount_tokenizer t);
 void tokcount_stream_free(struct tokcount_stream *s);
 

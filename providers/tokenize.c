@@ -63,6 +63,34 @@ struct tok_range {
 	uint32_t first, last;
 };
 
+/* The patterns whose pieces of ASCII text ascii_piece finds without PCRE2 (tokconv's `fast`
+ * pattern of each vocabulary, byte for byte; any other pattern is left to PCRE2). */
+enum tok_split {
+	SPLIT_PCRE,
+	SPLIT_O200K,
+	SPLIT_CL100K,
+};
+
+static const char o200k_fast[] =
+	"[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]*"
+	"[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
+	"|[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]+"
+	"[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
+	"|[\\p{N}]{1,3}"
+	"| ?[^\\p{White_Space}\\p{L}\\p{N}]+[\\r\\n/]*"
+	"|\\p{White_Space}*[\\r\\n]+"
+	"|\\p{White_Space}+(?!\\P{White_Space})"
+	"|\\p{White_Space}+";
+
+static const char cl100k_fast[] =
+	"(?i:'s|'t|'re|'ve|'m|'ll|'d)"
+	"|[^\\r\\n\\p{L}\\p{N}]?[\\p{L}]+"
+	"|[\\p{N}]{1,3}"
+	"| ?[^\\p{White_Space}\\p{L}\\p{N}]+[\\r\\n]*"
+	"|\\p{White_Space}*[\\r\\n]+"
+	"|\\p{White_Space}+(?!\\P{White_Space})"
+	"|\\p{White_Space}+";
+
 /* A compiled pre-split pattern. */
 struct tok_re {
 	pcre2_code *code;
@@ -87,6 +115,7 @@ struct tok_enc {
 	 * code points to its classes, which halves PCRE2's speed; texts without any of them
 	 * (nearly all) split the same with `fast`. */
 	struct tok_re full, fast;
+	enum tok_split split; /* `fast` is a pattern ascii_piece knows */
 };
 
 struct tok_ctx {
@@ -346,6 +375,10 @@ int tok_open(const char *path, struct tok_enc **out)
 		tok_close(e);
 		return rc;
 	}
+	const char *fast = (const char *)e->map + e->hdr->fast_off;
+	e->split = strcmp(fast, o200k_fast) == 0    ? SPLIT_O200K
+		   : strcmp(fast, cl100k_fast) == 0 ? SPLIT_CL100K
+						     : SPLIT_PCRE;
 	*out = e;
 	return 0;
 }
@@ -887,6 +920,89 @@ static size_t next_char(const char *text, size_t len, size_t i)
 	return i;
 }
 
+/* ---- ASCII pieces without PCRE2 ----
+ *
+ * Most text a gateway counts is ASCII, and most of its pieces are a word with the blank or
+ * punctuation before it. For the two known patterns those pieces follow from a few bytes:
+ * every position starts a match (the alternatives cover every character), so a piece is the
+ * first alternative that matches there, and in ASCII the classes are plain byte ranges
+ * (\p{L}: A-Z a-z, \p{Lu} A-Z, \p{Ll} a-z, \p{N} 0-9, \p{White_Space} \t-\r and space; no
+ * marks). Where the answer could depend on more (a non-ASCII byte that may be a letter, a
+ * contraction, runs of blanks, line breaks, the end of what may still grow) ascii_piece
+ * says 0 and PCRE2 decides. */
+
+static inline bool ascii_alpha(uint8_t c) { return (uint8_t)((c | 0x20) - 'a') < 26; }
+static inline bool ascii_digit(uint8_t c) { return (uint8_t)(c - '0') < 10; }
+static inline bool ascii_space(uint8_t c) { return c == ' ' || (uint8_t)(c - '\t') < 5; }
+
+/* Where the letters from s[i] (a letter) end, or 0 when s[0..n) does not decide it; end_ok:
+ * the subject ends at n (else more may follow). */
+static size_t ascii_word_end(enum tok_split k, const uint8_t *s, size_t n, size_t i, bool end_ok)
+{
+	if (k == SPLIT_O200K) { /* [Lu]*[Ll]+ or else [Lu]+[Ll]*: capitals, then small letters */
+		while (i < n && (uint8_t)(s[i] - 'A') < 26)
+			i++;
+		while (i < n && (uint8_t)(s[i] - 'a') < 26)
+			i++;
+	} else { /* \p{L}+ */
+		while (i < n && ascii_alpha(s[i]))
+			i++;
+	}
+	if (i == n)
+		return end_ok ? i : 0;
+	/* a non-ASCII byte may be a letter or mark; o200k_base's words take a contraction */
+	if (s[i] >= 0x80 || (k == SPLIT_O200K && s[i] == '\''))
+		return 0;
+	return i;
+}
+
+/* The length of the piece at s[i] (i < n) under pattern k, or 0: ask PCRE2. */
+static size_t ascii_piece(enum tok_split k, const uint8_t *s, size_t n, size_t i, bool end_ok)
+{
+	const size_t start = i;
+	uint8_t c = s[i];
+	size_t j;
+	if (ascii_alpha(c)) {
+		j = ascii_word_end(k, s, n, i, end_ok);
+		return j ? j - start : 0;
+	}
+	if (ascii_digit(c)) { /* \p{N}{1,3} */
+		for (j = i + 1; j < n && j - i < 3 && ascii_digit(s[j]); j++)
+			;
+		if (j == n)
+			return end_ok ? j - start : 0;
+		if (j - i < 3 && s[j] >= 0x80) /* maybe a digit of another script */
+			return 0;
+		return j - start;
+	}
+	if (c >= 0x80 || c == '\r' || c == '\n' || i + 1 >= n)
+		return 0;
+	uint8_t d = s[i + 1];
+	if (ascii_alpha(d)) { /* [^\r\n\p{L}\p{N}]? then a word */
+		if (k == SPLIT_CL100K && c == '\'') /* its contractions come first */
+			return 0;
+		j = ascii_word_end(k, s, n, i + 1, end_ok);
+		return j ? j - start : 0;
+	}
+	if (ascii_space(c)) {
+		if (c != ' ' || d >= 0x80 || ascii_space(d))
+			return 0;
+		if (ascii_digit(d)) /* no other alternative takes it: \p{White_Space}+ alone */
+			return 1;
+		i++; /* " ?" before punctuation */
+	}
+	/* [^\p{White_Space}\p{L}\p{N}]+, then line breaks (o200k_base: and '/', taken already) */
+	for (j = i; j < n && s[j] < 0x80 && !ascii_space(s[j]) && !ascii_alpha(s[j]) &&
+		    !ascii_digit(s[j]);
+	     j++)
+		;
+	if (j == n)
+		return end_ok ? j - start : 0;
+	if (s[j] >= 0x80 || s[j] == '\r' || s[j] == '\n')
+		return 0;
+	return j - start;
+}
+
 /* The next ordinary piece of the current segment [seg_start, seg_end). */
 static int segment_piece(struct tok_pieces *it, size_t seg_start, struct tok_piece *out)
 {
@@ -896,6 +1012,26 @@ static int segment_piece(struct tok_pieces *it, size_t seg_start, struct tok_pie
 	size_t ms = 0, me = 0;
 	int rc = 0;
 	bool final = !it->open_end;
+	enum tok_split split = it->ctx->enc->split;
+	if (split != SPLIT_PCRE && !it->full_unicode) {
+		/* An open text's piece is final when bytes before final_limit decide it, as PCRE2's
+		 * partial match below would say; past that, PCRE2 says what is unsettled. */
+		bool open = it->open_end && !it->unstable &&
+			    !(it->seg_special >= 0 && it->seg_end <= it->final_limit);
+		size_t avail = n;
+		if (open)
+			avail = it->final_limit <= seg_start	       ? 0
+				: it->final_limit - seg_start < n ? it->final_limit - seg_start
+								  : n;
+		size_t k = off < avail ? ascii_piece(split, (const uint8_t *)subject, avail, off, !open)
+				       : 0;
+		if (k) {
+			*out = (struct tok_piece){ .off = it->pos, .len = k, .special = -1,
+						   .final = !it->open_end || !it->unstable };
+			it->pos += k;
+			return 1;
+		}
+	}
 	/* Open text: match as if the text ended at final_limit, with hard partial matching. A
 	 * complete match never looked at the limit, so no appended text can change it. A
 	 * segment that a settled special token ends cannot grow: its pieces are final. */

@@ -4,9 +4,11 @@
  * and client bodies. The input is used whole as a request body (both dialects), cut at
  * blank lines into events fed to a stream counter (both dialects; "event: name" first line
  * optional), and redacted. For any bytes: no crash or leak; the stream's running count
- * never goes down; the prompt's bound is at least its estimate; a redacted text stays
- * within its bound. */
+ * never goes down; the stream reads each event as tokcount_scan_event does (its learned
+ * shapes and leads are shortcuts, not other answers); the prompt's bound is at least its
+ * estimate; a redacted text stays within its bound. */
 /* fuzz-sources: providers/tokcount.c providers/tokenize.c policy/redact.c core/json.c core/log.c -lpcre2-8 */
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -19,6 +21,23 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 static struct tokcount_reg *reg;
 static struct tokcount_ctx *ctx;
+
+static bool same_event(const struct tokcount_event *a, const struct tokcount_event *b)
+{
+	if (a->ndelta != b->ndelta || a->extra_bytes != b->extra_bytes ||
+	    a->has_prompt != b->has_prompt || a->has_completion != b->has_completion ||
+	    a->usage_only != b->usage_only || a->done != b->done ||
+	    a->usage.present != b->usage.present ||
+	    a->usage.prompt_tokens != b->usage.prompt_tokens ||
+	    a->usage.completion_tokens != b->usage.completion_tokens ||
+	    a->usage.cached_tokens != b->usage.cached_tokens)
+		return false;
+	for (unsigned i = 0; i < a->ndelta; i++)
+		if (a->delta[i].part != b->delta[i].part || a->delta[i].raw.p != b->delta[i].raw.p ||
+		    a->delta[i].raw.n != b->delta[i].raw.n)
+			return false;
+	return true;
+}
 
 static void stream_through(enum dialect d, struct slice in)
 {
@@ -37,8 +56,10 @@ static void stream_through(enum dialect d, struct slice in)
 			type = (struct slice){ ev.p + 7, (size_t)(nl - ev.p) - 7 };
 			data = (struct slice){ nl + 1, ev.n - (size_t)(nl + 1 - ev.p) };
 		}
-		struct tokcount_event te;
-		tokcount_stream_event(s, d, type, data, &te);
+		struct tokcount_event te, alone;
+		int rc = tokcount_stream_event(s, d, type, data, &te);
+		if (tokcount_scan_event(d, type, data, &alone) != rc || !same_event(&te, &alone))
+			abort();
 		int64_t now = tokcount_stream_so_far(s);
 		if (now < last)
 			abort();

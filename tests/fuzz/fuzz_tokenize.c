@@ -3,7 +3,10 @@
  * special tokens, o200k's pattern with added code points) and writes it to a temp file at
  * start. For any input: count == encode length, every id decodes, decode(encode(x)) is x
  * with invalid UTF-8 repaired, the pieces tile the text, and counting the text as it grows
- * (in steps cut by the first input bytes) ends at the same count.
+ * (in steps cut by the first input bytes) ends at the same count. And ascii_piece splits as
+ * PCRE2 does: o200k_base's and cl100k_base's own patterns iterated with and without it give
+ * the same pieces, closed and open texts, the input as it is and mapped to a small alphabet
+ * of the bytes that matter.
  * The module's statics are used to build the hash table, hence the #include. */
 /* fuzz-sources: -lpcre2-8 */
 #include "providers/tokenize.c"
@@ -45,6 +48,8 @@ static const char *const specials[] = { "<|endoftext|>", "<|fim|>" };
 
 static struct tok_enc *enc;
 static struct tok_ctx *ctx;
+static struct tok_re known[2]; /* o200k_fast, cl100k_fast */
+static const enum tok_split known_split[2] = { SPLIT_O200K, SPLIT_CL100K };
 
 static void put(uint8_t *buf, size_t *len, const void *p, size_t n)
 {
@@ -152,6 +157,46 @@ static void setup(void)
 	CHECK(rc == 0);
 	ctx = tok_ctx_new(enc);
 	CHECK(ctx != NULL);
+	CHECK(enc->split == SPLIT_PCRE);
+	CHECK(compile_pattern(&known[0], (const uint8_t *)o200k_fast, strlen(o200k_fast)) == 0);
+	CHECK(compile_pattern(&known[1], (const uint8_t *)cl100k_fast, strlen(cl100k_fast)) == 0);
+}
+
+/* The pieces of text[0..len) into out (room for len + 1); returns how many, or -1 for an
+ * error. */
+static long pieces_of(const char *text, size_t len, enum tok_special sp, bool open_end,
+		      struct tok_piece *out)
+{
+	struct tok_pieces it;
+	long n = 0;
+	int rc;
+	tok_pieces_init(&it, ctx, text, len, 0, sp, open_end);
+	while ((rc = tok_pieces_next(&it, &out[n])) == 1)
+		n++;
+	return rc == 0 ? n : -1;
+}
+
+/* With each known pattern, ascii_piece gives the pieces PCRE2 gives. */
+static void check_split(const char *text, size_t len, enum tok_special sp, bool open_end)
+{
+	struct tok_piece *a = malloc((len + 1) * sizeof(*a)), *b = malloc((len + 1) * sizeof(*b));
+	CHECK(a && b);
+	struct tok_re own = enc->fast;
+	for (int k = 0; k < 2; k++) {
+		enc->fast = known[k];
+		enc->split = SPLIT_PCRE;
+		long na = pieces_of(text, len, sp, open_end, a);
+		enc->split = known_split[k];
+		long nb = pieces_of(text, len, sp, open_end, b);
+		CHECK(na == nb);
+		for (long i = 0; i < na; i++)
+			CHECK(a[i].off == b[i].off && a[i].len == b[i].len &&
+			      a[i].special == b[i].special && a[i].final == b[i].final);
+	}
+	enc->fast = own;
+	enc->split = SPLIT_PCRE;
+	free(a);
+	free(b);
 }
 
 /* Count text as it grows in three steps; the total must match a full count each time. */
@@ -214,6 +259,25 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
 	size_t cut1 = clen ? data[1] % (clen + 1) : 0, cut2 = clen ? data[2] * 7u % (clen + 1) : 0;
 	check_growing(clean, clen, cut1, cut2, sp);
+
+	check_split(clean, clen, sp, false);
+	check_split(clean, cut1, sp, true);
+	/* the bytes the splitter looks at: letters of both cases, digits, blanks, line breaks,
+	 * punctuation, the apostrophe, a non-ASCII letter and digit, a special token's start */
+	static const char *const alphabet[] = { "a", "b", "Z", "Q", "1", "0", " ", " ", "\t",
+						"\n", "\r", ".", ",", "'", "/", "s", "ll", "\xc3\xa9",
+						"\xd9\xa2", "<|", "\x0b", "!" };
+	char *mapped = malloc(4 * len + 1);
+	CHECK(mapped);
+	size_t mlen = 0;
+	for (size_t i = 0; i < len; i++) {
+		const char *m = alphabet[(uint8_t)text[i] % (sizeof(alphabet) / sizeof(alphabet[0]))];
+		memcpy(mapped + mlen, m, strlen(m));
+		mlen += strlen(m);
+	}
+	check_split(mapped, mlen, sp, false);
+	check_split(mapped, mlen ? cut1 % (mlen + 1) : 0, sp, true);
+	free(mapped);
 	free(ids);
 	free(clean);
 	free(back);

@@ -432,6 +432,57 @@ static void test_stream_events(void **state)
 	tokcount_stream_free(s);
 }
 
+/* An OpenAI stream read from after its learned lead (and its learned shape) says what each
+ * chunk says on its own, usage included. */
+static void test_stream_lead(void **state)
+{
+	need_vocab();
+#define LEAD "{\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"m\","
+	static const char *const events[] = {
+		LEAD "\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"}}]}",
+		LEAD "\"choices\":[{\"index\":0,\"delta\":{\"content\":\"The answer\"}}]}",
+		LEAD "\"choices\":[{\"index\":0,\"delta\":{\"content\":\" is 42.\"}}]}",
+		LEAD "\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}],\"usage\":null}",
+		LEAD "\"choices\":[],\"usage\":{\"prompt_tokens\":{},\"prompt_tokens\":7,"
+		"\"completion_tokens\":5,\"prompt_tokens_details\":{\"cached_tokens\":3},"
+		"\"completion_tokens_details\":{\"reasoning_tokens\":0}},\"usage\":{\"prompt_tokens\":9,"
+		"\"completion_tokens\":6,\"prompt_tokens_details\":{\"cached_tokens\":2}}}",
+		LEAD "\"choices\":[],\"usage\":{\"prompt_tokens\":9,\"prompt_tokens_details\":"
+		"{\"cached_tokens\":2},\"prompt_tokens_details\":null}}",
+		LEAD "\"choices\":[{\"delta\":{\"content\":\"x\"}}],\"choices\":[]}",
+		"{\"id\":\"d\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"!\"}}]}",
+		"[DONE]",
+	};
+#undef LEAD
+	struct tokcount_stream *s = tokcount_stream_new(ctx, O200K);
+	for (size_t i = 0; i < sizeof(events) / sizeof(events[0]); i++) {
+		struct tokcount_event ev, alone;
+		struct slice data = slice_cstr(events[i]);
+		int rc = tokcount_stream_event(s, DIALECT_OPENAI, slice_cstr(""), data, &ev);
+		assert_int_equal(rc, tokcount_scan_event(DIALECT_OPENAI, slice_cstr(""), data, &alone));
+		assert_int_equal(ev.ndelta, alone.ndelta);
+		for (unsigned k = 0; k < ev.ndelta; k++) {
+			assert_ptr_equal(ev.delta[k].raw.p, alone.delta[k].raw.p);
+			assert_int_equal(ev.delta[k].raw.n, alone.delta[k].raw.n);
+			assert_int_equal(ev.delta[k].part, alone.delta[k].part);
+		}
+		assert_int_equal(ev.usage.present, alone.usage.present);
+		assert_int_equal(ev.has_prompt, alone.has_prompt);
+		assert_int_equal(ev.has_completion, alone.has_completion);
+		assert_int_equal(ev.usage.prompt_tokens, alone.usage.prompt_tokens);
+		assert_int_equal(ev.usage.completion_tokens, alone.usage.completion_tokens);
+		assert_int_equal(ev.usage.cached_tokens, alone.usage.cached_tokens);
+		assert_int_equal(ev.usage_only, alone.usage_only);
+		assert_int_equal(ev.done, alone.done);
+	}
+	const struct usage *u = tokcount_stream_usage(s);
+	assert_int_equal(u->prompt_tokens, 9);
+	assert_int_equal(u->completion_tokens, 6);
+	assert_int_equal(u->cached_tokens, 0); /* the last chunk's details were null */
+	assert_int_equal(tokcount_stream_end(s), count(O200K, "The answer is 42.!"));
+	tokcount_stream_free(s);
+}
+
 static void test_prompt_openai(void **state)
 {
 	need_vocab();
@@ -586,6 +637,7 @@ int main(void)
 		cmocka_unit_test(test_scan_openai),
 		cmocka_unit_test(test_scan_anthropic),
 		cmocka_unit_test(test_stream_events),
+		cmocka_unit_test(test_stream_lead),
 		cmocka_unit_test(test_prompt_openai),
 		cmocka_unit_test(test_prompt_anthropic),
 		cmocka_unit_test(test_prompt_bench_bodies),

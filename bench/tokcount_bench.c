@@ -1,0 +1,325 @@
+/* tokcount_bench.c - what counting a stream's completion tokens costs the gateway, per event
+ * and per stream, measured in one process without the network (the whole-gateway bench is
+ * too noisy on a shared machine to see a microsecond).
+ *
+ * It replays streams shaped like tools/mockllm's (the bench's upstream: OpenAI chunks with the
+ * usage chunk and [DONE], Anthropic's event sequence; 16 and 256 text deltas) through the
+ * calls policy/pipeline.c makes for a same-dialect stream: tokcount_stream_new, an SSE parser
+ * fed each fragment, tokcount_stream_event and tokcount_stream_past per event,
+ * tokcount_stream_end, the usage and exactness, the frees. Each stream is fed one fragment
+ * per event (the mock writes each event on its own) or whole (one fragment).
+ *
+ * Modes, each the one before plus a step, so that their differences say where time goes:
+ *   parse   the SSE parse alone (an empty callback)
+ *   scan    + tokcount_scan_event on each event (finding the deltas and the usage)
+ *   count   the pipeline's calls, counting included
+ * The counter's total is checked against tokcount_text of the whole text.
+ *
+ *   build/bench/tokcount_bench [-d vocab_dir] [-r rounds] [-t ms_per_round] [-m mode]
+ *                              [-s stream]   (a stream's name, e.g. openai-16: that one only)
+ *                              [-n streams]  (per round, instead of a time: for perf stat)
+ * Times are CPU time of this thread, the best round of each case (the machine is shared).
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "core/buf.h"
+#include "core/sse.h"
+#include "providers/tokcount.h"
+
+static const char *const words[] = {
+	"The", " quick", " brown", " fox", " jumps", " over", " the", " lazy", " dog", ".",
+	" Penstock", " routes", " every", " request", " through", " one", " gateway", ",",
+	" counting", " tokens", " as", " they", " pass", ".",
+};
+#define NWORDS (sizeof(words) / sizeof(words[0]))
+
+#define MAX_EVENTS 1024
+
+struct stream {
+	const char *name;
+	enum dialect d;
+	unsigned tokens;
+	struct buf bytes;
+	size_t ev_off[MAX_EVENTS + 1];
+	unsigned nev;
+	struct buf text; /* the decoded completion */
+};
+
+static void fail(const char *what)
+{
+	fprintf(stderr, "tokcount_bench: %s\n", what);
+	exit(1);
+}
+
+static void put(struct stream *s, const char *str)
+{
+	if (!buf_append(&s->bytes, str, strlen(str), SIZE_MAX))
+		fail("out of memory");
+}
+
+static void event_start(struct stream *s)
+{
+	if (s->nev == MAX_EVENTS)
+		fail("too many events");
+	s->ev_off[s->nev++] = s->bytes.len;
+}
+
+static void oa_chunk(struct stream *s)
+{
+	event_start(s);
+	put(s, "data: {\"id\":\"chatcmpl-mock123456\",\"object\":\"chat.completion.chunk\","
+	       "\"created\":1764000000,\"model\":\"gpt-4o-mini\",\"choices\":");
+}
+
+/* As tools/mockllm's openai_complete writes a stream with include_usage. */
+static void make_openai(struct stream *s)
+{
+	oa_chunk(s);
+	put(s, "[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"},"
+	       "\"finish_reason\":null}]}\n\n");
+	for (unsigned i = 0; i < s->tokens; i++) {
+		oa_chunk(s);
+		put(s, "[{\"index\":0,\"delta\":{\"content\":\"");
+		put(s, words[i % NWORDS]);
+		put(s, "\"},\"finish_reason\":null}]}\n\n");
+	}
+	oa_chunk(s);
+	put(s, "[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n");
+	oa_chunk(s);
+	char u[128];
+	snprintf(u, sizeof(u), "[],\"usage\":{\"prompt_tokens\":95,\"completion_tokens\":%u,"
+		 "\"total_tokens\":%u}}\n\n", s->tokens, 95 + s->tokens);
+	put(s, u);
+	event_start(s);
+	put(s, "data: [DONE]\n\n");
+}
+
+static void make_anthropic(struct stream *s)
+{
+	event_start(s);
+	put(s, "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":"
+	       "\"msg_mock123456\",\"type\":\"message\",\"role\":\"assistant\",\"content\":[],"
+	       "\"model\":\"claude-sonnet-4-5\",\"stop_reason\":null,\"stop_sequence\":null,"
+	       "\"usage\":{\"input_tokens\":95,\"output_tokens\":1}}}\n\n");
+	event_start(s);
+	put(s, "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,"
+	       "\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n");
+	event_start(s);
+	put(s, "event: ping\ndata: {\"type\":\"ping\"}\n\n");
+	for (unsigned i = 0; i < s->tokens; i++) {
+		event_start(s);
+		put(s, "event: content_block_delta\ndata: {\"type\":\"content_block_delta\","
+		       "\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"");
+		put(s, words[i % NWORDS]);
+		put(s, "\"}}\n\n");
+	}
+	event_start(s);
+	put(s, "event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n\n");
+	event_start(s);
+	char u[256];
+	snprintf(u, sizeof(u), "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":"
+		 "{\"stop_reason\":\"end_turn\",\"stop_sequence\":null},\"usage\":{\"output_tokens\":"
+		 "%u}}\n\n", s->tokens);
+	put(s, u);
+	event_start(s);
+	put(s, "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n");
+}
+
+static void make(struct stream *s)
+{
+	if (s->d == DIALECT_OPENAI)
+		make_openai(s);
+	else
+		make_anthropic(s);
+	s->ev_off[s->nev] = s->bytes.len;
+	for (unsigned i = 0; i < s->tokens; i++)
+		if (!buf_append(&s->text, words[i % NWORDS], strlen(words[i % NWORDS]), SIZE_MAX))
+			fail("out of memory");
+}
+
+enum mode { M_PARSE, M_SCAN, M_COUNT, M_N };
+static const char *const mode_names[M_N] = { "parse", "scan", "count" };
+
+struct run {
+	enum mode mode;
+	enum dialect d;
+	struct tokcount_stream *tcs;
+	uint64_t events, sink;
+	bool cut;
+};
+
+/* The pipeline's px_count_event, less what it does with the answer. */
+static bool on_event(void *arg, const struct sse_event *ev)
+{
+	struct run *r = arg;
+	r->events++;
+	if (r->mode == M_PARSE) {
+		r->sink += ev->data.n;
+		return true;
+	}
+	struct tokcount_event te;
+	if (r->mode == M_SCAN) {
+		if (tokcount_scan_event(r->d, ev->type, ev->data, &te) == 0)
+			r->sink += te.ndelta + te.usage_only;
+		return true;
+	}
+	if (tokcount_stream_event(r->tcs, r->d, ev->type, ev->data, &te) < 0)
+		return true;
+	if (tokcount_stream_past(r->tcs, 1u << 20))
+		r->cut = true;
+	r->sink += te.usage_only;
+	return !r->cut;
+}
+
+/* One stream, as the pipeline handles it. Returns the count (count mode). */
+static int64_t one_stream(struct tokcount_ctx *c, struct tokcount_tokenizer t,
+			  const struct stream *s, enum mode mode, bool per_event, struct run *r)
+{
+	struct sse_parser p;
+	r->mode = mode;
+	r->d = s->d;
+	r->tcs = NULL;
+	if (mode == M_COUNT && !(r->tcs = tokcount_stream_new(c, t)))
+		fail("out of memory");
+	sse_init(&p, 1024 * 1024);
+	if (per_event) {
+		for (unsigned i = 0; i < s->nev; i++)
+			sse_feed(&p, s->bytes.p + s->ev_off[i], s->ev_off[i + 1] - s->ev_off[i],
+				 on_event, r);
+	} else {
+		sse_feed(&p, s->bytes.p, s->bytes.len, on_event, r);
+	}
+	sse_free(&p);
+	int64_t n = 0;
+	if (r->tcs) {
+		n = tokcount_stream_end(r->tcs);
+		const struct usage *u = tokcount_stream_usage(r->tcs);
+		r->sink += u->completion_tokens + tokcount_stream_exact(r->tcs) +
+			   tokcount_stream_bytes(r->tcs);
+		tokcount_stream_free(r->tcs);
+	}
+	return n;
+}
+
+static double cpu_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+	return (double)ts.tv_sec * 1e9 + (double)ts.tv_nsec;
+}
+
+/* With -n: streams per round (for perf stat: a fixed amount of work). */
+static uint64_t fixed;
+
+/* ns per stream: the best of rounds, each at least ms of CPU time (or fixed streams). */
+static double measure(struct tokcount_ctx *c, struct tokcount_tokenizer t, const struct stream *s,
+		      enum mode mode, bool per_event, int rounds, int ms, uint64_t *events)
+{
+	struct run r = { 0 };
+	double best = 0;
+	for (int k = 0; k < rounds; k++) {
+		uint64_t n = 0;
+		r.events = 0;
+		double t0 = cpu_ns(), t1 = t0;
+		for (unsigned batch = 64; fixed ? n < fixed : t1 - t0 < ms * 1e6;
+		     batch += batch < 4096 ? batch : 0) {
+			if (fixed && batch > fixed - n)
+				batch = (unsigned)(fixed - n);
+			for (unsigned i = 0; i < batch; i++)
+				one_stream(c, t, s, mode, per_event, &r);
+			n += batch;
+			t1 = cpu_ns();
+		}
+		double per = (t1 - t0) / (double)n;
+		if (k == 0 || per < best)
+			best = per;
+		*events = r.events / n;
+	}
+	if (r.sink == 42) /* keep the work */
+		putchar(' ');
+	return best;
+}
+
+int main(int argc, char **argv)
+{
+	const char *dir = "tests/tokenizer/vocab";
+	int rounds = 5, ms = 200, opt;
+	int only = -1;
+	const char *only_stream = NULL;
+	while ((opt = getopt(argc, argv, "d:r:t:m:s:n:")) != -1) {
+		switch (opt) {
+		case 'd': dir = optarg; break;
+		case 'r': rounds = atoi(optarg); break;
+		case 't': ms = atoi(optarg); break;
+		case 's': only_stream = optarg; break;
+		case 'n': fixed = strtoull(optarg, NULL, 10); break;
+		case 'm':
+			for (int m = 0; m < M_N; m++)
+				if (strcmp(optarg, mode_names[m]) == 0)
+					only = m;
+			if (only < 0)
+				fail("modes: parse, scan, count");
+			break;
+		default:
+			fprintf(stderr, "usage: %s [-d vocab_dir] [-r rounds] [-t ms_per_round] "
+				"[-m parse|scan|count] [-s stream] [-n streams]\n", argv[0]);
+			return 2;
+		}
+	}
+	if (rounds < 1 || rounds > 1000 || ms < 1 || ms > 60000)
+		fail("rounds 1..1000, ms 1..60000");
+	struct tokcount_reg *reg = tokcount_reg_open(dir);
+	if (!reg || !tokcount_reg_has(reg, TOKCOUNT_O200K))
+		fail("no o200k_base vocabulary (give its directory with -d)");
+	struct tokcount_ctx *c = tokcount_ctx_new(reg);
+	if (!c)
+		fail("out of memory");
+	/* The bench's gpt-4o-mini, and Anthropic's estimate (o200k_base * 5/4). */
+	struct tokcount_tokenizer oa = { TOKCOUNT_O200K, true }, an = { TOKCOUNT_ESTIMATE, false };
+	struct stream streams[] = {
+		{ .name = "openai-16", .d = DIALECT_OPENAI, .tokens = 16 },
+		{ .name = "openai-256", .d = DIALECT_OPENAI, .tokens = 256 },
+		{ .name = "anthropic-16", .d = DIALECT_ANTHROPIC, .tokens = 16 },
+		{ .name = "anthropic-256", .d = DIALECT_ANTHROPIC, .tokens = 256 },
+	};
+	printf("%-14s %-9s %6s %6s %10s %9s\n", "stream", "fragments", "mode", "events",
+	       "ns/stream", "ns/event");
+	int bad = 0;
+	for (size_t i = 0; i < sizeof(streams) / sizeof(streams[0]); i++) {
+		struct stream *s = &streams[i];
+		if (only_stream && strcmp(only_stream, s->name) != 0)
+			continue;
+		struct tokcount_tokenizer t = s->d == DIALECT_OPENAI ? oa : an;
+		make(s);
+		struct run r = { 0 };
+		int64_t want = tokcount_text(c, t, s->text.p, s->text.len);
+		for (int per_event = 1; per_event >= 0; per_event--) {
+			int64_t got = one_stream(c, t, s, M_COUNT, per_event, &r);
+			if (got != want) {
+				printf("%s: counted %lld, tokcount_text says %lld\n", s->name,
+				       (long long)got, (long long)want);
+				bad = 1;
+			}
+			for (int m = 0; m < M_N; m++) {
+				if (only >= 0 && m != only)
+					continue;
+				uint64_t ev = 0;
+				double ns = measure(c, t, s, (enum mode)m, per_event, rounds, ms, &ev);
+				printf("%-14s %-9s %6s %6llu %10.0f %9.1f\n", s->name,
+				       per_event ? "per-event" : "whole", mode_names[m],
+				       (unsigned long long)ev, ns, ns / (double)(ev ? ev : 1));
+				fflush(stdout);
+			}
+		}
+		buf_free(&s->bytes);
+		buf_free(&s->text);
+	}
+	tokcount_ctx_free(c);
+	tokcount_reg_close(reg);
+	return bad;
+}
