@@ -1,6 +1,7 @@
 /* sse.c - incremental server-sent events parser; the contract is in sse.h. */
 #include "sse.h"
 
+#include <emmintrin.h>
 #include <string.h>
 
 void sse_init(struct sse_parser *p, size_t max_event_bytes)
@@ -166,12 +167,23 @@ static int process_line(struct sse_parser *p, struct slice line, bool in_frag, s
 	return SSE_OK;
 }
 
-/* The first CR or LF in s[0..n), or NULL. */
+/* The first CR or LF in s[0..n), or NULL: one pass, 16 bytes at a time (two memchr
+ * calls read a data line twice). */
 static const char *find_eol(const char *s, size_t n)
 {
-	const char *lf = memchr(s, '\n', n);
-	const char *cr = memchr(s, '\r', lf ? (size_t)(lf - s) : n);
-	return cr ? cr : lf;
+	const __m128i lf = _mm_set1_epi8('\n'), cr = _mm_set1_epi8('\r');
+	size_t i = 0;
+	for (; i + 16 <= n; i += 16) {
+		__m128i v = _mm_loadu_si128((const __m128i *)(const void *)(s + i));
+		unsigned m = (unsigned)_mm_movemask_epi8(
+			_mm_or_si128(_mm_cmpeq_epi8(v, lf), _mm_cmpeq_epi8(v, cr)));
+		if (m)
+			return s + i + __builtin_ctz(m);
+	}
+	for (; i < n; i++)
+		if (s[i] == '\n' || s[i] == '\r')
+			return s + i;
+	return NULL;
 }
 
 int sse_feed(struct sse_parser *p, const char *frag, size_t len, sse_event_fn fn, void *arg)
