@@ -10,7 +10,6 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
-#include <inttypes.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -479,6 +478,39 @@ static void conn_exchange_done(struct conn *c)
 	}
 }
 
+static const char hex_digits[16] = "0123456789abcdef";
+
+/* v's low 4*digits bits in lowercase hex, exactly `digits` digits. */
+static void hex_fixed(char *out, uint64_t v, unsigned digits)
+{
+	for (unsigned i = digits; i-- > 0; v >>= 4)
+		out[i] = hex_digits[v & 15];
+}
+
+/* v in lowercase hex without leading zeros; returns the digit count (1..16). */
+static size_t hex_min(char *out, uint64_t v)
+{
+	unsigned digits = 1;
+	while (digits < 16 && (v >> (4 * digits)))
+		digits++;
+	hex_fixed(out, v, digits);
+	return digits;
+}
+
+/* v in decimal; returns the digit count (1..20). */
+static size_t dec_u64(char *out, uint64_t v)
+{
+	char tmp[20];
+	size_t n = 0;
+	do {
+		tmp[n++] = (char)('0' + v % 10);
+		v /= 10;
+	} while (v);
+	for (size_t i = 0; i < n; i++)
+		out[i] = tmp[n - 1 - i];
+	return n;
+}
+
 static void conn_begin_exchange(struct conn *c)
 {
 	struct worker *w = c->w;
@@ -489,8 +521,11 @@ static void conn_begin_exchange(struct conn *c)
 	b->ex.conn = c;
 	b->ex.user = NULL;
 	b->ex.start_ms = w->now_ms;
-	snprintf(b->ex.id, sizeof(b->ex.id), "%02x%06x%012" PRIx64, w->id & 0xff,
-		 w->e->salt & 0xffffff, ++w->req_seq);
+	/* worker, process salt, sequence: 20 hex digits (the sequence wraps after 2^48) */
+	hex_fixed(b->ex.id, w->id & 0xff, 2);
+	hex_fixed(b->ex.id + 2, w->e->salt & 0xffffff, 6);
+	hex_fixed(b->ex.id + 8, ++w->req_seq, 12);
+	b->ex.id[20] = '\0';
 	c->framing = 0;
 }
 
@@ -947,23 +982,40 @@ static size_t head_format(struct conn *c, int status, const char *ctype, const c
 		return 0;
 	if (c->w->stopping)
 		c->close_after = true;
+	/* built by hand: the head goes out with every response, snprintf costs ~1% */
 	char *h = b->head.p;
-	int n = snprintf(h, need, "HTTP/1.1 %d %s\r\n", status, http_reason(status));
-	if (ctype)
-		n += snprintf(h + n, need - (size_t)n, "Content-Type: %s\r\n", ctype);
-	if (framing >= 0)
-		n += snprintf(h + n, need - (size_t)n, "Content-Length: %" PRId64 "\r\n", framing);
-	else if (framing == -1)
-		n += snprintf(h + n, need - (size_t)n, "Transfer-Encoding: chunked\r\n");
-	n += snprintf(h + n, need - (size_t)n, "x-request-id: %s\r\n", b->ex.id);
-	if (c->close_after || framing == -2)
-		n += snprintf(h + n, need - (size_t)n, "Connection: close\r\n");
-	if (extra_len) {
-		memcpy(h + n, extra, extra_len);
-		n += (int)extra_len;
+	size_t n = 0;
+#define PUT(str, len) (memcpy(h + n, (str), (len)), n += (len))
+#define PUT_LIT(lit) PUT(lit, sizeof(lit) - 1)
+	PUT_LIT("HTTP/1.1 ");
+	n += dec_u64(h + n, status >= 100 && status <= 999 ? (uint64_t)status : 500);
+	h[n++] = ' ';
+	const char *reason = http_reason(status);
+	PUT(reason, strlen(reason));
+	PUT_LIT("\r\n");
+	if (ctype) {
+		PUT_LIT("Content-Type: ");
+		PUT(ctype, strlen(ctype));
+		PUT_LIT("\r\n");
 	}
-	memcpy(h + n, "\r\n", 2);
-	return (size_t)n + 2;
+	if (framing >= 0) {
+		PUT_LIT("Content-Length: ");
+		n += dec_u64(h + n, (uint64_t)framing);
+		PUT_LIT("\r\n");
+	} else if (framing == -1) {
+		PUT_LIT("Transfer-Encoding: chunked\r\n");
+	}
+	PUT_LIT("x-request-id: ");
+	PUT(b->ex.id, strlen(b->ex.id));
+	PUT_LIT("\r\n");
+	if (c->close_after || framing == -2)
+		PUT_LIT("Connection: close\r\n");
+	if (extra_len)
+		PUT(extra, extra_len);
+	PUT_LIT("\r\n");
+#undef PUT_LIT
+#undef PUT
+	return n;
 }
 
 void ex_respond(struct exchange *ex, int status, const char *content_type,
@@ -1027,7 +1079,9 @@ bool ex_write(struct exchange *ex, struct slice data, void (*release)(void *arg,
 	}
 	struct outseg s = { .p = data.p, .n = data.n, .release = release, .arg = arg, .arg2 = arg2 };
 	if (c->framing == -1) {
-		s.pre_n = (uint8_t)snprintf(s.pre, sizeof(s.pre), "%zx\r\n", data.n);
+		size_t k = hex_min(s.pre, data.n); /* at most 11 digits fit: bodies are far smaller */
+		memcpy(s.pre + k, "\r\n", 2);
+		s.pre_n = (uint8_t)(k + 2);
 		s.crlf = true;
 	}
 	if (!out_push(c, &s)) {
