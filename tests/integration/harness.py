@@ -327,7 +327,7 @@ def gateway_config(port, providers, workdir, workers=2, timeouts=None, limits=No
         "keys": [{"name": "tester", "key_env": "PENSTOCK_TEST_CLIENT_KEY"}],
         # Tests inject faults per request (x-mock-status...) on a stack they share: a
         # breaker opened by one test would fail the next. Breaker tests set their own.
-        "breaker": {"failures": 0},
+        "breaker": {"failures": 0, "error_rate": 0},
     }
     for name, pport in providers.items():
         cfg["providers"].append({
