@@ -186,6 +186,45 @@ static const char *find_eol(const char *s, size_t n)
 	return NULL;
 }
 
+/* A whole event at frag[i..len) in the shape providers send, "data: D\n\n" or
+ * "event: T\ndata: D\n\n" (LF endings, one data line), dispatched without the line
+ * machinery: what the general rules make of it, at a fraction of the cost. Returns the
+ * offset just past it, or 0 when the bytes there are anything else (the general parser
+ * takes them). Only called between events. */
+static size_t fast_event(struct sse_parser *p, const char *frag, size_t i, size_t len,
+			 sse_event_fn fn, void *arg, int *rc)
+{
+	size_t start = i;
+	struct slice type = { "", 0 };
+	if (len - i > 7 && memcmp(frag + i, "event: ", 7) == 0) {
+		const char *eol = find_eol(frag + i + 7, len - i - 7);
+		if (!eol || *eol != '\n')
+			return 0;
+		type = slice_of(frag + i + 7, (size_t)(eol - (frag + i + 7)));
+		i = (size_t)(eol - frag) + 1;
+	}
+	if (len - i <= 6 || memcmp(frag + i, "data: ", 6) != 0)
+		return 0;
+	const char *eol = find_eol(frag + i + 6, len - i - 6);
+	if (!eol || *eol != '\n' || eol + 1 == frag + len || eol[1] != '\n')
+		return 0;
+	size_t end = (size_t)(eol - frag) + 2;
+	if (end - start > p->max)
+		return 0; /* the general parser says why */
+	struct sse_event ev = {
+		.type = type,
+		.data = slice_of(frag + i + 6, (size_t)(eol - (frag + i + 6))),
+		.id = p->id.p ? slice_of(p->id.p, p->id.len) : (struct slice){ "", 0 },
+		.retry = -1,
+		.has_id = p->has_id,
+		.raw_in_frag = true,
+		.raw_start = start,
+		.raw_end = end,
+	};
+	*rc = fn(arg, &ev) ? SSE_OK : SSE_STOPPED;
+	return end;
+}
+
 int sse_feed(struct sse_parser *p, const char *frag, size_t len, sse_event_fn fn, void *arg)
 {
 	if (p->failed)
@@ -198,6 +237,15 @@ int sse_feed(struct sse_parser *p, const char *frag, size_t len, sse_event_fn fn
 		p->after_cr = false;
 	int rc = SSE_OK;
 	while (i < len) {
+		if (p->event_bytes == 0 && p->line.len == 0 && p->started) { /* between events */
+			size_t end = fast_event(p, frag, i, len, fn, arg, &rc);
+			if (end) {
+				if (rc != SSE_OK)
+					return rc;
+				i = end;
+				continue;
+			}
+		}
 		const char *eol = find_eol(frag + i, len - i);
 		if (!eol) { /* the line goes on in the next fragment */
 			if (!buf_append(&p->line, frag + i, len - i, p->max))
