@@ -524,16 +524,27 @@ static void revoke_key(struct admin *a, struct exchange *ex, struct slice id)
 	reply(ex, 200, json_pack("{s:s, s:b}", "id", r->id, "revoked", 1), NULL);
 }
 
-static void list_teams(struct admin *a, struct exchange *ex)
+struct teams_call {
+	struct admin *a;
+	struct exchange *ex;
+};
+
+/* The teams as the configuration in effect has them (a reload may have changed their
+ * models and limits), with their budgets' state. */
+static void list_teams_of(const struct config *cfg, void *arg)
 {
+	struct teams_call *tc = arg;
+	struct admin *a = tc->a;
 	size_t n = 0;
 	const struct gov_team *t = gov_teams(a->gov, &n);
 	int64_t now = now_s();
 	json_t *data = json_array();
 	for (size_t i = 0; data && i < n; i++) {
-		const struct config_team *ct = config_team(a->cfg, t[i].name);
+		const struct config_team *ct = config_team(cfg, t[i].name);
+		const char *const *models = ct ? (const char *const *)ct->models : t[i].models;
+		size_t nmodels = ct ? ct->nmodels : t[i].nmodels;
 		json_t *o = json_pack("{s:s, s:o, s:{s:o, s:o}, s:o}", "name", t[i].name, "models",
-				      models_json(t[i].models, t[i].nmodels, t[i].models != NULL),
+				      models_json(models, nmodels, models != NULL),
 				      "limits", "rpm", limit_or_null(ct ? ct->rpm : 0), "tpm",
 				      limit_or_null(ct ? ct->tpm : 0), "budget",
 				      budget_json(a, t[i].budget_id, now));
@@ -542,7 +553,16 @@ static void list_teams(struct admin *a, struct exchange *ex)
 			data = NULL;
 		}
 	}
-	reply(ex, 200, data ? json_pack("{s:o}", "data", data) : NULL, NULL);
+	reply(tc->ex, 200, data ? json_pack("{s:o}", "data", data) : NULL, NULL);
+}
+
+static void list_teams(struct admin *a, struct exchange *ex)
+{
+	struct teams_call tc = { a, ex };
+	if (a->control.with_config)
+		a->control.with_config(a->control.ctx, list_teams_of, &tc);
+	else
+		list_teams_of(a->cfg, &tc);
 }
 
 /* The fired thresholds of one budget, appended to data. */

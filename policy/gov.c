@@ -114,6 +114,11 @@ static int prepare_loaded_key(void *arg, struct key_rec *rec)
 	return rc;
 }
 
+static int64_t budget_micro_usd(const struct config_team *ct)
+{
+	return (int64_t)(ct->budget_usd * 1e6 + 0.5);
+}
+
 static int add_teams(struct gov *g, char *err, size_t errlen)
 {
 	const struct config *cfg = g->cfg;
@@ -140,7 +145,7 @@ static int add_teams(struct gov *g, char *err, size_t errlen)
 			struct budget_spec spec = {
 				.scope = STORE_SCOPE_TEAM, .id = ct->name, .id_len = strlen(ct->name),
 				.period = period_of(ct->budget_period),
-				.limit_micro_usd = (int64_t)(ct->budget_usd * 1e6 + 0.5),
+				.limit_micro_usd = budget_micro_usd(ct),
 			};
 			int rc = budget_add(g->budget, &spec, &t->budget_id);
 			if (rc) {
@@ -275,6 +280,8 @@ enum keys_status gov_authenticate(struct gov *g, struct slice secret, int64_t no
 	if (st == KEYS_OK) {
 		c->key = rec;
 		c->team = rec->team_slot != KEYS_NONE ? &g->teams[rec->team_slot] : NULL;
+		c->team_models = c->team ? c->team->models : NULL;
+		c->team_nmodels = c->team ? c->team->nmodels : 0;
 	}
 	return st;
 }
@@ -291,7 +298,7 @@ bool gov_model_allowed(const struct gov *g, const struct gov_caller *c, struct s
 {
 	if (!keys_model_allowed(c->key, model))
 		return false;
-	return !c->team || !c->team->models || in_list(c->team->models, c->team->nmodels, model);
+	return !c->team || !c->team_models || in_list(c->team_models, c->team_nmodels, model);
 }
 
 static void refuse(struct gov_refusal *r, int status, enum xlat_err_kind kind, const char *code)
@@ -312,15 +319,20 @@ static void ratelimit_refusal(struct gov_refusal *r, enum ratelimit_verdict v,
 					 : "Request too large for %s: its prompt alone is over the "
 					   "tokens-per-minute limit.",
 		 who);
-	snprintf(r->headers, sizeof(r->headers),
-		 "retry-after: %u\r\nx-ratelimit-limit-requests: %llu\r\n"
-		 "x-ratelimit-remaining-requests: %llu\r\nx-ratelimit-limit-tokens: %llu\r\n"
-		 "x-ratelimit-remaining-tokens: %llu\r\n",
-		 info->retry_after_s ? info->retry_after_s : 1,
-		 (unsigned long long)info->limit_requests,
-		 (unsigned long long)info->remaining_requests,
-		 (unsigned long long)info->limit_tokens,
-		 (unsigned long long)info->remaining_tokens);
+	/* a dimension without a limit (0) has no x-ratelimit-* headers, as with OpenAI */
+	int n = snprintf(r->headers, sizeof(r->headers), "retry-after: %u\r\n",
+			 info->retry_after_s ? info->retry_after_s : 1);
+	if (info->limit_requests)
+		n += snprintf(r->headers + n, sizeof(r->headers) - (size_t)n,
+			      "x-ratelimit-limit-requests: %llu\r\n"
+			      "x-ratelimit-remaining-requests: %llu\r\n",
+			      (unsigned long long)info->limit_requests,
+			      (unsigned long long)info->remaining_requests);
+	if (info->limit_tokens)
+		snprintf(r->headers + n, sizeof(r->headers) - (size_t)n,
+			 "x-ratelimit-limit-tokens: %llu\r\nx-ratelimit-remaining-tokens: %llu\r\n",
+			 (unsigned long long)info->limit_tokens,
+			 (unsigned long long)info->remaining_tokens);
 }
 
 /* Completion tokens every one of the budgets can still pay for after the prompt. */
@@ -549,6 +561,39 @@ void gov_release(struct gov *g, unsigned worker, struct gov_ticket *t, int64_t n
 }
 
 /* ---- the admin plane ---- */
+
+int gov_reload_teams(struct gov *g, const struct config *next, char *err, size_t errlen)
+{
+	if (next->nteams != g->nteams) {
+		snprintf(err, errlen, "teams: a team added or removed takes a restart");
+		return -1;
+	}
+	/* all checked before anything changes */
+	for (size_t i = 0; i < g->nteams; i++) {
+		const struct config_team *ct = &next->teams[i];
+		const struct gov_team *t = &g->teams[i];
+		if (ct->rpm > RATELIMIT_LIMIT_MAX || ct->tpm > RATELIMIT_LIMIT_MAX ||
+		    budget_micro_usd(ct) > BUDGET_LIMIT_MAX || strcmp(ct->name, t->name) != 0 ||
+		    (t->ratelimit_subject != KEYS_NONE) != (ct->rpm || ct->tpm) ||
+		    (t->budget_id != KEYS_NONE) != (ct->budget_usd > 0)) {
+			snprintf(err, errlen, "team %s: limits or budget that cannot change on a "
+					      "reload", ct->name);
+			return -1;
+		}
+	}
+	for (size_t i = 0; i < g->nteams; i++) {
+		const struct config_team *ct = &next->teams[i];
+		const struct gov_team *t = &g->teams[i];
+		int rc = 0;
+		if (t->ratelimit_subject != KEYS_NONE)
+			rc = ratelimit_set(g->rl, t->ratelimit_subject,
+					   &(struct ratelimit_spec){ .rpm = ct->rpm, .tpm = ct->tpm });
+		if (!rc && t->budget_id != KEYS_NONE)
+			rc = budget_set_limits(g->budget, t->budget_id, budget_micro_usd(ct), 0);
+		assert(rc == 0); /* the values were checked above */
+	}
+	return 0;
+}
 
 void gov_set_catalog(struct gov *g, bool (*has_model)(void *ctx, const char *name), void *ctx)
 {

@@ -52,6 +52,11 @@ void gov_close(struct gov *g);
 struct gov_caller {
 	const struct key_rec *key;
 	const struct gov_team *team;
+	/* The team's model list as the caller's configuration has it (NULL: every model). A
+	 * reload may change it: gov_authenticate sets the list the process started with, the
+	 * pipeline the one of the config snapshot the request runs on. */
+	const char *const *team_models;
+	size_t team_nmodels;
 };
 
 /* Look the presented secret up. KEYS_OK fills c. */
@@ -131,6 +136,13 @@ struct keys *gov_keys(struct gov *g);
 struct budget *gov_budget(struct gov *g);
 const struct gov_team *gov_team(const struct gov *g, const char *name);
 const struct gov_team *gov_teams(const struct gov *g, size_t *n);
+
+/* A config reload: the teams' limits and budgets take next's values (the pool fill and
+ * the spend stay). next must have the same teams, in the same order, with limits and
+ * budgets where the running ones have them and the same budget periods (policy/snapshot
+ * checks that first). The control thread, serialised with other reloads. 0, or -1 with
+ * err filled and nothing changed. */
+int gov_reload_teams(struct gov *g, const struct config *next, char *err, size_t errlen);
 
 /* Where the admin plane looks up the catalog: a reload replaces the config's models (the
  * pipeline's). Before the admin plane starts. */

@@ -108,6 +108,11 @@ static void config_stats(void *ctx, struct metrics_config_stats *out)
 	pipeline_config_stats(((struct reloader *)ctx)->pl, out);
 }
 
+static void with_config(void *ctx, void (*fn)(const struct config *cfg, void *arg), void *arg)
+{
+	pipeline_with_config(((struct reloader *)ctx)->pl, fn, arg);
+}
+
 static bool has_model(void *ctx, const char *name) { return pipeline_has_model(ctx, name); }
 
 int main(int argc, char **argv)
@@ -218,6 +223,7 @@ int main(int argc, char **argv)
 		admin_set_metrics(adm, metrics, e);
 		admin_set_control(adm, &(struct admin_control){ .reload = reload,
 								.config_stats = config_stats,
+								.with_config = with_config,
 								.ctx = &rl });
 	}
 	if (!adm) {

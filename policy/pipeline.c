@@ -383,11 +383,12 @@ static void audit_base(struct exchange *ex, enum dialect d, int status, struct a
 	a->client = slice_cstr(client);
 }
 
-/* gov's teams are the config's, in its order: the caller's team index is its config's. */
-static bool team_keeps_bodies(const struct pipeline *pl, const struct gov_caller *c)
+/* gov's teams are the config's, in its order (a reload keeps it): the caller's team index
+ * is its snapshot's. */
+static bool team_keeps_bodies(const struct px *px, const struct gov_caller *c)
 {
-	int t = team_index(pl, c);
-	return t >= 0 && pl->boot->teams[t].audit_bodies;
+	int t = team_index(px->pw->pl, c);
+	return t >= 0 && px->v->s->teams[t].audit_bodies;
 }
 
 /* For a team with audit_bodies: the request as sent and the answer as the client got it
@@ -1073,8 +1074,16 @@ static bool authenticate(struct pipeline *pl, struct exchange *ex, enum dialect 
 			      : "You didn't provide an API key. Send it as 'Authorization: Bearer KEY'.";
 	} else {
 		switch (gov_authenticate(pl->gov, key, (int64_t)time(NULL), caller)) {
-		case KEYS_OK:
+		case KEYS_OK: {
+			/* the team's models as this worker's snapshot has them */
+			const struct snapshot *s = ((struct pl_worker *)worker_state(ex_worker(ex)))->view->s;
+			int t = team_index(pl, caller);
+			if (t >= 0) {
+				caller->team_models = s->teams[t].models;
+				caller->team_nmodels = s->teams[t].nmodels;
+			}
 			return true;
+		}
 		case KEYS_REVOKED:
 			msg = "This API key has been revoked.";
 			break;
@@ -1848,7 +1857,7 @@ static bool px_admit(struct px *px, const struct gov_caller *caller, uint64_t ma
 	struct exchange *ex = px->ex;
 	px->caller = *caller;
 	px->caller_p = &px->caller;
-	px->keep_bodies = team_keeps_bodies(pl, caller);
+	px->keep_bodies = team_keeps_bodies(px, caller);
 	if (!pl->gov)
 		return true;
 	const struct config_model *m = &px->v->s->cfg->models[px->asked->index];
@@ -2335,7 +2344,8 @@ int pipeline_reload(struct pipeline *pl, struct config *next, struct pipeline_re
 	pthread_mutex_lock(&pl->reload_lock);
 	struct snapshot *s = snapshot_new(next, true, pl->health, err, errlen);
 	struct healthcheck *checks = s && pl->gov ? checks_start(pl, s, err, errlen) : NULL;
-	if (!s || (pl->gov && !checks)) {
+	if (!s || (pl->gov && (!checks || gov_reload_teams(pl->gov, next, err, errlen)))) {
+		healthcheck_stop(checks);
 		pthread_mutex_unlock(&pl->reload_lock);
 		snapshot_unref(s);
 		atomic_fetch_add(&pl->reloads_refused, 1);
@@ -2374,6 +2384,14 @@ void pipeline_config_stats(struct pipeline *pl, struct metrics_config_stats *out
 	out->snapshots = snapshot_live();
 	out->reloads_applied = atomic_load(&pl->reloads_applied);
 	out->reloads_refused = atomic_load(&pl->reloads_refused);
+}
+
+void pipeline_with_config(struct pipeline *pl, void (*fn)(const struct config *cfg, void *arg),
+			  void *arg)
+{
+	pthread_mutex_lock(&pl->reload_lock);
+	fn(atomic_load_explicit(&pl->cur, memory_order_relaxed)->cfg, arg);
+	pthread_mutex_unlock(&pl->reload_lock);
 }
 
 bool pipeline_has_model(struct pipeline *pl, const char *name)

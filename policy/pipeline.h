@@ -45,6 +45,9 @@ int pipeline_reload(struct pipeline *p, struct config *next, struct pipeline_rel
 struct metrics_config_stats;
 /* Generation in effect, generations in memory, reloads applied and refused. Any thread. */
 void pipeline_config_stats(struct pipeline *p, struct metrics_config_stats *out);
+/* fn(the configuration in effect, arg), with no reload in between (the admin plane). */
+void pipeline_with_config(struct pipeline *p, void (*fn)(const struct config *cfg, void *arg),
+			  void *arg);
 /* Whether the current catalog has the model (the admin plane, issuing keys). */
 bool pipeline_has_model(struct pipeline *p, const char *name);
 

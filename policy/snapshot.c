@@ -70,6 +70,7 @@ static void snapshot_free(struct snapshot *s)
 	free(s->providers);
 	router_free(s->router);
 	free(s->prices);
+	free(s->teams);
 	free(s->metrics_model);
 	free(s->metrics_provider);
 	if (s->owned) {
@@ -117,7 +118,8 @@ struct snapshot *snapshot_new(const struct config *cfg, bool own, struct router_
 	s->prices = calloc(cfg->nmodels + 1, sizeof(*s->prices));
 	s->metrics_model = calloc(cfg->nmodels + 1, sizeof(int));
 	s->metrics_provider = calloc(cfg->nproviders + 1, sizeof(int));
-	if (!s->providers || !s->prices || !s->metrics_model || !s->metrics_provider) {
+	s->teams = calloc(cfg->nteams + 1, sizeof(*s->teams));
+	if (!s->providers || !s->prices || !s->metrics_model || !s->metrics_provider || !s->teams) {
 		snprintf(err, errlen, "out of memory");
 		goto fail;
 	}
@@ -127,6 +129,12 @@ struct snapshot *snapshot_new(const struct config *cfg, bool own, struct router_
 			goto fail;
 		s->metrics_provider[i] = -1;
 	}
+	for (size_t i = 0; i < cfg->nteams; i++)
+		s->teams[i] = (struct snapshot_team){
+			.models = (const char *const *)cfg->teams[i].models,
+			.nmodels = cfg->teams[i].nmodels,
+			.audit_bodies = cfg->teams[i].audit_bodies,
+		};
 	for (size_t i = 0; i < cfg->nmodels; i++) {
 		s->metrics_model[i] = -1;
 		if (budget_prices_from_model(&cfg->models[i], &s->prices[i])) {
@@ -182,16 +190,13 @@ static bool addr_same(const struct config_addr *a, const struct config_addr *b)
 	return a->port == b->port && strcmp(a->host, b->host) == 0;
 }
 
+/* What of a team is bound to running state: its name (issued keys name it), whether it
+ * has a rate-limit subject and a budget, and the budget's period (its spend counter). */
 static bool team_same(const struct config_team *a, const struct config_team *b)
 {
-	if (!str_same(a->name, b->name) || a->nmodels != b->nmodels || a->rpm != b->rpm ||
-	    a->tpm != b->tpm || a->budget_usd != b->budget_usd ||
-	    !str_same(a->budget_period, b->budget_period) || a->audit_bodies != b->audit_bodies)
-		return false;
-	for (size_t i = 0; i < a->nmodels; i++)
-		if (!str_same(a->models[i], b->models[i]))
-			return false;
-	return true;
+	return str_same(a->name, b->name) && (a->rpm || a->tpm) == (b->rpm || b->tpm) &&
+	       (a->budget_usd > 0) == (b->budget_usd > 0) &&
+	       str_same(a->budget_period, b->budget_period);
 }
 
 static bool timeouts_same(const struct config_timeouts *a, const struct config_timeouts *b)
@@ -238,10 +243,11 @@ static const char *restart_only(const struct config *a, const struct config *b)
 	if (!str_same(a->access_log.destination, b->access_log.destination))
 		return "access_log";
 	if (a->nteams != b->nteams)
-		return "teams";
+		return "teams: a team added or removed";
 	for (size_t i = 0; i < a->nteams; i++)
 		if (!team_same(&a->teams[i], &b->teams[i]))
-			return "teams";
+			return "teams: a name, the order, a budget period, or whether a team has "
+			       "limits or a budget";
 	if (a->nkeys != b->nkeys)
 		return "keys";
 	for (size_t i = 0; i < a->nkeys; i++)
@@ -259,8 +265,8 @@ int snapshot_reloadable(const struct config *running, const struct config *next,
 	if (!what)
 		return 0;
 	snprintf(err, errlen,
-		 "%s changed: a reload cannot apply that (it is bound to running state); restart "
+		 "%s%s: a reload cannot apply that (it is bound to running state); restart "
 		 "penstock to apply it, the running configuration stays",
-		 what);
+		 what, strchr(what, ':') ? "" : " changed");
 	return -1;
 }

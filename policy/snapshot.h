@@ -9,10 +9,12 @@
  * it, on whichever thread drops it.
  *
  * What a reload may change is the part in here: providers, models, routing, retry,
- * breaker, latency, forward_headers, egress_proxy. Everything else (the listeners,
- * workers, log level, timeouts, limits, data_dir, tokenizers, audit, access log, teams
- * and bootstrap keys) is bound to running state: snapshot_reloadable names the first of
- * those that differs, and the reload is refused with that reason.
+ * breaker, latency, forward_headers, egress_proxy, and of each team its model list,
+ * audit_bodies, and the amounts of its limits and budget (policy/gov applies those).
+ * Everything else (the listeners, workers, log level, timeouts, limits, data_dir,
+ * tokenizers, audit, access log, bootstrap keys, which teams there are, whether a team
+ * has limits or a budget and its period) is bound to running state: snapshot_reloadable
+ * names the first of those that differs, and the reload is refused with that reason.
  */
 #ifndef PENSTOCK_SNAPSHOT_H
 #define PENSTOCK_SNAPSHOT_H
@@ -29,6 +31,13 @@
 struct router;
 struct router_health;
 
+/* A team's rules that a reload may change (its limits and budget amounts live in gov). */
+struct snapshot_team {
+	const char *const *models; /* NULL: every model */
+	size_t nmodels;
+	bool audit_bodies;
+};
+
 /* A provider as requests are sent to it. */
 struct snapshot_provider {
 	const struct config_provider *cfg;
@@ -44,6 +53,7 @@ struct snapshot {
 	size_t nproviders;
 	struct router *router;
 	struct budget_prices *prices;        /* per cfg->models[i] */
+	struct snapshot_team *teams;         /* per cfg->teams[i]: the boot config's order */
 	/* The labels metrics count each model and provider under (policy/metrics slots);
 	 * -1: none. Filled by the pipeline, which knows the metrics. */
 	int *metrics_model, *metrics_provider;

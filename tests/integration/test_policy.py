@@ -113,6 +113,7 @@ def test_rpm_holds_across_workers_under_200_clients(env):
     assert int(r.header("retry-after")) >= 1, r
     assert r.header("x-ratelimit-limit-requests") == str(limit), r
     assert r.header("x-ratelimit-remaining-requests") is not None, r
+    assert r.header("x-ratelimit-limit-tokens") is None, r  # no TPM limit: no header
 
 
 def test_tpm_refuses_a_prompt_larger_than_the_limit(env):

@@ -104,7 +104,7 @@ def test_a_bad_config_is_refused_and_the_old_one_stays(env):
          "nope"),
         # what only a restart can apply
         (h.to_yaml(dict(s.gw.config, workers=3)), "workers changed"),
-        (h.to_yaml(dict(s.gw.config, teams=[{"name": "t"}])), "teams changed"),
+        (h.to_yaml(dict(s.gw.config, teams=[{"name": "t"}])), "a team added or removed"),
     ]
     for text, reason in cases:
         s.gw.config_path.write_text(text + "\n")
@@ -217,3 +217,49 @@ def test_100_reloads_under_load_fail_nothing_and_leak_nothing(env):
     if not h.is_sanitized_build():
         assert rss_after - rss_before < 4 * 1024, (rss_before, rss_after)
     s.gw.assert_serving()
+
+
+def test_team_rules_follow_a_reload(env):
+    """A team's model list, rate limits and budget amount change in place; which teams
+    there are and the budget's period take a restart."""
+    priced = {"input_per_mtok": 100, "output_per_mtok": 100}
+
+    def team(models, rpm, usd, period="monthly"):
+        return [{"name": "t", "models": models, "limits": {"rpm": rpm},
+                 "budget": {"usd": usd, "period": period}}]
+    models = [{"name": "r", "price": priced, "targets": [target("a")]},
+              {"name": "gpt-test", "price": priced, "targets": [target("mock")]}]
+    admin_port = h.free_port()
+    # one worker: the RPM pool is not lent out in parts to two
+    s = env.stack(workers=1, mocks={"a": []}, settings={
+        "admin": {"listen": "127.0.0.1:%d" % admin_port, "token": ADMIN_TOKEN},
+        "models": models, "teams": team(["r"], 2, 100),
+        "keys": [{"name": "tester", "team": "t", "key_env": "PENSTOCK_TEST_CLIENT_KEY"}]})
+    h.wait_until(lambda: h.request(admin_port, "GET", "/healthz", key=None).status == 200,
+                 10, what="admin listener")
+    s.admin_port = admin_port
+    h.assert_openai_error(s.gw.chat("gpt-test"), 403, code="model_not_allowed")
+    assert s.gw.chat("r").status == 200
+    assert s.gw.chat("r").status == 200
+    h.assert_openai_error(s.gw.chat("r"), 429, code="rate_limit_exceeded")
+    # the model list and the RPM change; the pool keeps its (empty) fill, refilling faster
+    rewrite(s, teams=team(["r", "gpt-test"], 6000, 100))
+    assert admin_reload(s).status == 200
+    h.wait_until(lambda: s.gw.chat("gpt-test").status == 200, 5, what="the new limit")
+    teams = h.request(admin_port, "GET", "/admin/teams", key=ADMIN_TOKEN).json()["data"]
+    assert teams[0]["models"] == ["r", "gpt-test"] and teams[0]["limits"]["rpm"] == 6000, teams
+    # a budget too small for any request, then a larger one: the spend so far stays
+    rewrite(s, teams=team(["r", "gpt-test"], 6000, 0.000001))
+    assert admin_reload(s).status == 200
+    h.assert_openai_error(s.gw.chat("r"), 429, code="budget_exceeded")
+    rewrite(s, teams=team(["r", "gpt-test"], 6000, 100))
+    assert admin_reload(s).status == 200
+    assert s.gw.chat("r").status == 200
+    # what only a restart can apply
+    for teams_, reason in [([], "a team added or removed"),
+                           (team(["r"], 6000, 100, period="daily"), "budget period")]:
+        rewrite(s, teams=teams_)
+        r = admin_reload(s)
+        assert r.status == 400 and reason in r.json()["error"]["message"], r
+    # the last applied rules still hold (the pool refills at 100 a second)
+    h.wait_until(lambda: s.gw.chat("gpt-test").status == 200, 5, what="a request admitted")
