@@ -85,11 +85,15 @@ static int rm_entry(const char *path, const struct stat *st, int flag, struct FT
 	return remove(path);
 }
 
-/* What the pipeline fills for a served OpenAI request: one attempt, provider usage. */
-static void fill_audit(struct audit_rec *a, uint64_t i, char *id, size_t idcap,
-		       const char *body)
+/* What the pipeline fills for a served OpenAI request: one attempt, provider usage; the
+ * request id as core/engine makes it (20 hex digits), a key id as policy/keys does. */
+static void fill_audit(struct audit_rec *a, uint64_t i, char id[24], const char *body)
 {
-	snprintf(id, idcap, "req_%016" PRIx64 "%016" PRIx64, i * 0x9e3779b97f4a7c15u, i);
+	static const char hex[] = "0123456789abcdef";
+	uint64_t v = i * 0x9e3779b97f4a7c15u;
+	for (int d = 19; d >= 0; d--, v >>= 4)
+		id[d] = hex[v & 15];
+	id[20] = 0;
 	*a = (struct audit_rec){
 		.time_ns = (int64_t)clock_ns(CLOCK_REALTIME) - 180000,
 		.request_id = slice_cstr(id),
@@ -99,7 +103,7 @@ static void fill_audit(struct audit_rec *a, uint64_t i, char *id, size_t idcap,
 		.dialect = AUDIT_DIALECT_OPENAI,
 		.model = slice_cstr("gpt-4o-mini"),
 		.provider = slice_cstr("openai"),
-		.upstream_model = slice_cstr("gpt-4o-mini-2024-07-18"),
+		.upstream_model = slice_cstr("gpt-4o-mini"),
 		.status = 200,
 		.usage = AUDIT_USAGE_PROVIDER,
 		.prompt_tokens = 200 + i % 500,
@@ -111,7 +115,7 @@ static void fill_audit(struct audit_rec *a, uint64_t i, char *id, size_t idcap,
 		.nattempts = 1,
 	};
 	a->attempts[0] = (struct audit_attempt){ slice_cstr("openai"),
-						 slice_cstr("gpt-4o-mini-2024-07-18"), 200,
+						 slice_cstr("gpt-4o-mini"), 200,
 						 slice_cstr("") };
 	if (body) {
 		a->has_request_body = a->has_response_body = true;
@@ -157,8 +161,8 @@ static unsigned settle_unit(const struct opts *o, uint64_t i, struct store_rec *
 	if (!o->audit)
 		return n;
 	struct audit_rec a;
-	char id[48];
-	fill_audit(&a, i, id, sizeof(id), body);
+	char id[24];
+	fill_audit(&a, i, id, body);
 	uint8_t small[AUDIT_CONTENT_MAX];
 	size_t cap = audit_encode_bound(&a);
 	uint8_t *content = cap <= sizeof(small) ? small : malloc(cap);
@@ -241,6 +245,7 @@ int main(int argc, char **argv)
 	}
 	uint64_t store0 = store_thread_ns(), proc0 = process_ns();
 	uint64_t wall0 = clock_ns(CLOCK_MONOTONIC), prod_ns = 0, dropped = 0, last = 0;
+	uint64_t audit_bytes = 0;
 	for (uint64_t i = 0; i < o.requests;) {
 		uint64_t due = wall0 + i * 1000000000u / o.rate;
 		uint64_t now = clock_ns(CLOCK_MONOTONIC);
@@ -256,6 +261,8 @@ int main(int argc, char **argv)
 				fprintf(stderr, "storebench: a record could not be made\n");
 				return 1;
 			}
+			if (o.audit)
+				audit_bytes += recs[n - 1].val_len;
 			uint64_t seq;
 			if (store_submit(s, 0, recs, n, &seq) == 0) {
 				last = seq;
@@ -282,9 +289,11 @@ int main(int argc, char **argv)
 	       o.durability == STORE_DURABILITY_BATCH ? "batch"
 	       : o.durability == STORE_DURABILITY_STRICT ? "strict" : "none",
 	       rc, dropped);
-	printf("commits %" PRIu64 ", records %" PRIu64 " (%.0f per commit), commit p-mean %.0f us\n",
+	printf("commits %" PRIu64 ", records %" PRIu64 " (%.0f per commit), commit mean %.0f us, "
+	       "audit record %.0f bytes\n",
 	       st.commits, st.records, st.commits ? (double)st.records / (double)st.commits : 0,
-	       st.commits ? (double)st.commit_us_sum / (double)st.commits : 0);
+	       st.commits ? (double)st.commit_us_sum / (double)st.commits : 0,
+	       (double)audit_bytes / n);
 	printf("cpu per request: producer %.3f us, store thread %.3f us, process %.3f us\n",
 	       (double)prod_ns / n / 1e3, (double)store_ns / n / 1e3, (double)proc_ns / n / 1e3);
 	return rc == 0 && dropped == 0 ? 0 : 1;
