@@ -33,6 +33,8 @@ struct opts {
 	unsigned budgets; /* budget records per request (policy-full: a team budget) */
 	bool audit;
 	size_t body;      /* bytes of request and response body kept (0: none) */
+	size_t ws, touch; /* the producer's own working set, and the bytes of it each request
+			   * reads (the rest of a worker's request: does the store evict it?) */
 	enum store_durability durability;
 };
 
@@ -176,7 +178,8 @@ static unsigned settle_unit(const struct opts *o, uint64_t i, struct store_rec *
 static void usage(void)
 {
 	fprintf(stderr, "usage: storebench [--requests N] [--rate R] [--budgets N] [--no-audit]\n"
-			"                  [--body BYTES] [--durability batch|strict|none] [--dir D]\n");
+			"                  [--body BYTES] [--durability batch|strict|none] [--dir D]\n"
+			"                  [--working-set-kb KB --touch-kb KB]\n");
 	exit(2);
 }
 
@@ -187,7 +190,9 @@ static void parse(int argc, char **argv, struct opts *o)
 		{ "budgets", required_argument, NULL, 'b' },  { "no-audit", no_argument, NULL, 'A' },
 		{ "body", required_argument, NULL, 'B' },
 		{ "durability", required_argument, NULL, 'd' },
-		{ "dir", required_argument, NULL, 'D' },      { NULL, 0, NULL, 0 },
+		{ "dir", required_argument, NULL, 'D' },
+		{ "working-set-kb", required_argument, NULL, 'W' },
+		{ "touch-kb", required_argument, NULL, 'T' },  { NULL, 0, NULL, 0 },
 	};
 	*o = (struct opts){ .requests = 500000, .rate = 50000, .budgets = 1, .audit = true,
 			    .durability = STORE_DURABILITY_BATCH };
@@ -200,6 +205,8 @@ static void parse(int argc, char **argv, struct opts *o)
 		case 'A': o->audit = false; break;
 		case 'B': o->body = strtoull(optarg, NULL, 10); break;
 		case 'D': o->dir = optarg; break;
+		case 'W': o->ws = strtoull(optarg, NULL, 10) << 10; break;
+		case 'T': o->touch = strtoull(optarg, NULL, 10) << 10; break;
 		case 'd':
 			if (strcmp(optarg, "batch") == 0)
 				o->durability = STORE_DURABILITY_BATCH;
@@ -213,7 +220,8 @@ static void parse(int argc, char **argv, struct opts *o)
 		default: usage();
 		}
 	}
-	if (!o->requests || !o->rate || o->budgets > 4 || o->body > AUDIT_BODY_MAX)
+	if (!o->requests || !o->rate || o->budgets > 4 || o->body > AUDIT_BODY_MAX ||
+	    o->touch > o->ws)
 		usage();
 }
 
@@ -236,6 +244,11 @@ int main(int argc, char **argv)
 			return 1;
 		body[o.body] = 0;
 	}
+	uint8_t *ws = o.ws ? calloc(1, o.ws) : NULL;
+	size_t ws_at = 0;
+	uint64_t ws_sum = 0;
+	if (o.ws && !ws)
+		return 1;
 	struct store_options so = { .dir = o.dir, .producers = 2, .durability = o.durability };
 	int err = 0;
 	struct store *s = store_open(&so, &err);
@@ -255,6 +268,8 @@ int main(int argc, char **argv)
 		}
 		uint64_t t0 = clock_ns(CLOCK_THREAD_CPUTIME_ID);
 		for (unsigned j = 0; j < CHUNK && i < o.requests; j++, i++) {
+			for (size_t b = 0; b < o.touch; b += 64, ws_at = (ws_at + 64) % o.ws)
+				ws_sum += ws[ws_at]++;
 			struct store_rec recs[STORE_UNIT_MAX];
 			unsigned n = settle_unit(&o, i, recs, body);
 			if (n == 0) {
@@ -282,6 +297,7 @@ int main(int argc, char **argv)
 	store_close(s);
 	nftw(o.dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
 	free(body);
+	free(ws);
 	double n = (double)o.requests;
 	printf("requests %" PRIu64 " at %" PRIu64 "/s (%.2f s), audit %s, budgets %u, body %zu, "
 	       "%s; last outcome %d, dropped %" PRIu64 "\n",
@@ -294,6 +310,9 @@ int main(int argc, char **argv)
 	       st.commits, st.records, st.commits ? (double)st.records / (double)st.commits : 0,
 	       st.commits ? (double)st.commit_us_sum / (double)st.commits : 0,
 	       (double)audit_bytes / n);
+	if (o.ws)
+		printf("working set %zu KiB, %zu KiB read per request (%" PRIu64 ")\n", o.ws >> 10,
+		       o.touch >> 10, ws_sum);
 	printf("cpu per request: producer %.3f us, store thread %.3f us, process %.3f us\n",
 	       (double)prod_ns / n / 1e3, (double)store_ns / n / 1e3, (double)proc_ns / n / 1e3);
 	return rc == 0 && dropped == 0 ? 0 : 1;

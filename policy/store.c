@@ -540,8 +540,8 @@ static uint32_t add_hash(const uint8_t *key, size_t len)
 		h ^= h >> 31;
 	}
 	if (i < len) {
-		w = 0;
-		memcpy(&w, key + i, len - i);
+		for (w = 0; i < len; i++) /* not a memcpy into w: its stores would stall the load */
+			w = w << 8 | key[i];
 		h = (h ^ w) * 0xbf58476d1ce4e5b9u;
 	}
 	h ^= h >> 29;
