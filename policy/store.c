@@ -131,6 +131,11 @@ struct store {
 	 * a batch advances (dropped if the batch fails). */
 	uint64_t chain_stamp, work_stamp;
 	uint8_t chain_hash[STORE_AUDIT_HASH_LEN], work_hash[STORE_AUDIT_HASH_LEN];
+	/* The batch's: its wall clock, read once (a batch commits at one moment), and the
+	 * audit database's cursor, opened at its first AUDIT record: mdb_put would set one
+	 * up for every record (a fifth of an append's cost). */
+	uint64_t batch_clock_ns;
+	MDB_cursor *audit_cur;
 	uint64_t retention_ms, prune_due_ms;
 	/* Spend additions of the batch being applied (open addressing, linear probing), and
 	 * the slots in use in the order they were taken, to write back and clear. */
@@ -522,12 +527,25 @@ static int add_store(MDB_txn *txn, MDB_dbi dbi, MDB_val *k, int64_t sum[4])
 	return mdb_put(txn, dbi, k, &v, 0);
 }
 
+/* Spend keys are 11 to 74 bytes that share their first ten (scope, period, start): eight
+ * bytes a step, each mixed by a multiply, then folded. A byte at a time (FNV-1a) was the
+ * store thread's hottest loop of its own. */
 static uint32_t add_hash(const uint8_t *key, size_t len)
 {
-	uint32_t h = 2166136261u; /* FNV-1a */
-	for (size_t i = 0; i < len; i++)
-		h = (h ^ key[i]) * 16777619u;
-	return h;
+	uint64_t h = len * 0x9e3779b97f4a7c15u, w;
+	size_t i = 0;
+	for (; i + 8 <= len; i += 8) {
+		memcpy(&w, key + i, 8);
+		h = (h ^ w) * 0xbf58476d1ce4e5b9u;
+		h ^= h >> 31;
+	}
+	if (i < len) {
+		for (w = 0; i < len; i++) /* not a memcpy into w: its stores would stall the load */
+			w = w << 8 | key[i];
+		h = (h ^ w) * 0xbf58476d1ce4e5b9u;
+	}
+	h ^= h >> 29;
+	return (uint32_t)(h ^ h >> 32);
 }
 
 static void adds_clear(struct store *s)
@@ -595,18 +613,26 @@ static uint64_t realtime_ns(void)
 	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
-/* The next link of the chain: a stamp after the last one (the wall clock, or one past the
- * last stamp if the clock went back), written with its hash straight into the map. */
+/* The next link of the chain: a stamp after the last one (the batch's wall clock, or one
+ * past the last stamp: records of a batch, or a clock that went back), written with its
+ * hash straight into the map. */
 static int apply_audit(struct store *s, MDB_txn *txn, const struct store_rec *r)
 {
-	uint64_t stamp = realtime_ns();
+	uint64_t stamp = s->batch_clock_ns;
 	if (stamp <= s->work_stamp)
 		stamp = s->work_stamp + 1;
+	if (!s->audit_cur) {
+		int rc = mdb_cursor_open(txn, s->dbi[STORE_DB_AUDIT], &s->audit_cur);
+		if (rc) {
+			s->audit_cur = NULL;
+			return rc;
+		}
+	}
 	uint8_t key[STORE_AUDIT_KEY_LEN];
 	put_be64(key, stamp);
 	MDB_val k = { .mv_size = sizeof(key), .mv_data = key };
 	MDB_val v = { .mv_size = STORE_AUDIT_HASH_LEN + r->val_len };
-	int rc = mdb_put(txn, s->dbi[STORE_DB_AUDIT], &k, &v, MDB_APPEND | MDB_RESERVE);
+	int rc = mdb_cursor_put(s->audit_cur, &k, &v, MDB_APPEND | MDB_RESERVE);
 	if (rc)
 		return rc;
 	uint8_t *out = v.mv_data;
@@ -656,8 +682,12 @@ static int apply_batch(struct store *s, struct batch_tally *t)
 		return mdb_err(rc);
 	s->work_stamp = s->chain_stamp;
 	memcpy(s->work_hash, s->chain_hash, STORE_AUDIT_HASH_LEN);
+	s->batch_clock_ns = realtime_ns();
 	for (size_t i = 0; i < s->batch_len && rc == 0; i++)
 		rc = apply_rec(s, txn, &s->batch[i], t);
+	if (s->audit_cur)
+		mdb_cursor_close(s->audit_cur); /* before the txn ends: then it is freed */
+	s->audit_cur = NULL;
 	if (rc == 0)
 		rc = adds_flush(s, txn);
 	adds_clear(s);

@@ -1,6 +1,7 @@
 /* test_audit.c - audit records: the encoding round trip and bad bytes, filters and time
  * parsing, the hash chain on a real store (verify whole, then a byte flipped with a raw
- * LMDB write is named), retention pruning with its anchor, and the formats. */
+ * LMDB write is named), stamps between submission and commit, retention pruning with its
+ * anchor, and the formats. */
 #include <errno.h>
 #include <ftw.h>
 #include <lmdb.h>
@@ -338,6 +339,60 @@ static void test_chain_and_tamper(void **state)
 	nftw(t.root, rm_one, 8, FTW_DEPTH | FTW_PHYS);
 }
 
+struct stamps {
+	uint64_t n, first, last;
+	bool increasing;
+};
+
+static int collect_stamp(void *arg, const struct audit_entry *e)
+{
+	struct stamps *st = arg;
+	if (st->n++ == 0)
+		st->first = e->stamp;
+	else if (e->stamp <= st->last)
+		st->increasing = false;
+	st->last = e->stamp;
+	return 0;
+}
+
+static uint64_t wall_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* The store reads the clock once per batch: a batch's records get that time and one
+ * nanosecond more each, so every stamp lies between the submission and the commit (plus
+ * the records' count) and they still only grow. */
+static void test_stamps_within_commit_window(void **state)
+{
+	struct scratch t;
+	snprintf(t.root, sizeof(t.root), "/tmp/penstock-audit-XXXXXX");
+	assert_non_null(mkdtemp(t.root));
+	snprintf(t.dir, sizeof(t.dir), "%s/data", t.root);
+	struct store *s = open_store(&t, 0);
+	uint64_t before = wall_ns();
+	submit(s, 300, 0);
+	uint64_t after = wall_ns();
+	int err = 0;
+	struct store_reader *r = store_reader_new(s, &err);
+	struct stamps st = { .increasing = true };
+	uint64_t cursor = 0;
+	struct audit_filter f = { 0 };
+	assert_int_equal(store_read_begin(r), 0);
+	assert_int_equal(audit_query(r, &f, &cursor, 1000, collect_stamp, &st), 0);
+	store_read_end(r);
+	store_reader_free(r);
+	assert_int_equal(st.n, 300);
+	assert_true(st.increasing);
+	assert_true(st.first >= before);
+	assert_true(st.last <= after + 300);
+	assert_int_equal(verify(s).bad_stamp, 0);
+	store_close(s);
+	nftw(t.root, rm_one, 8, FTW_DEPTH | FTW_PHYS);
+}
+
 static void test_retention_keeps_an_anchor(void **state)
 {
 	struct scratch t;
@@ -377,6 +432,7 @@ int main(void)
 		cmocka_unit_test(test_filters_and_times),
 		cmocka_unit_test(test_formats),
 		cmocka_unit_test(test_chain_and_tamper),
+		cmocka_unit_test(test_stamps_within_commit_window),
 		cmocka_unit_test(test_retention_keeps_an_anchor),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
