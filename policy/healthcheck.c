@@ -22,8 +22,10 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "core/buf.h"
 #include "core/config.h"
 #include "core/log.h"
+#include "core/tls.h"
 #include "router.h"
 
 /* Only the status line is read: "HTTP/1.1 200 OK\r\n" fits with room for a long reason. */
@@ -37,6 +39,8 @@ struct check {
 	size_t request_len;
 	uint64_t interval_us, timeout_us;
 	uint64_t due_us;
+	struct tls_client *tls; /* https: the provider's verification settings; NULL: http */
+	struct tls_session_slot session; /* the last TLS session, resumed by the next check */
 	struct router_health_entry **entries;
 	size_t nentries;
 	int last; /* the previous verdict: -1 none yet, 0 failed, 1 passed (logs changes) */
@@ -82,8 +86,135 @@ static enum wait_result wait_fd(const struct healthcheck *hc, int fd, short even
 	}
 }
 
+/* Send all of p. False with why filled (or *w WAIT_STOP). */
+static bool send_all(const struct healthcheck *hc, int fd, const char *p, size_t n,
+		     uint64_t deadline, enum wait_result *w, char *why, size_t whylen)
+{
+	for (size_t sent = 0; sent < n;) {
+		ssize_t k = send(fd, p + sent, n - sent, MSG_NOSIGNAL);
+		if (k > 0) {
+			sent += (size_t)k;
+		} else if (k < 0 && errno != EAGAIN && errno != EINTR) {
+			snprintf(why, whylen, "send: %s", strerror(errno));
+			return false;
+		} else if ((*w = wait_fd(hc, fd, POLLOUT, deadline)) != WAIT_READY) {
+			snprintf(why, whylen, "send timed out");
+			return false;
+		}
+	}
+	return true;
+}
+
+/* Receive up to cap bytes (waiting for some): their count, 0 at the peer's close, -1 with
+ * why filled (or *w WAIT_STOP). */
+static ssize_t recv_some(const struct healthcheck *hc, const struct check *c, int fd, char *p,
+			 size_t cap, uint64_t deadline, enum wait_result *w, char *why,
+			 size_t whylen)
+{
+	for (;;) {
+		ssize_t n = recv(fd, p, cap, 0);
+		if (n >= 0)
+			return n;
+		if (errno != EAGAIN && errno != EINTR) {
+			snprintf(why, whylen, "receive: %s", strerror(errno));
+			return -1;
+		}
+		if ((*w = wait_fd(hc, fd, POLLIN, deadline)) != WAIT_READY) {
+			snprintf(why, whylen, "no answer within %llu ms",
+				 (unsigned long long)(c->timeout_us / 1000));
+			return -1;
+		}
+	}
+}
+
+/* The ciphertext a TLS connection has waiting, sent. */
+static bool tls_flush(const struct healthcheck *hc, int fd, struct tls_conn *t, uint64_t deadline,
+		      enum wait_result *w, char *why, size_t whylen)
+{
+	struct buf out = { 0 };
+	bool ok = tls_take_out(t, &out, SIZE_MAX);
+	if (!ok)
+		snprintf(why, whylen, "out of memory");
+	ok = ok && send_all(hc, fd, out.p, out.len, deadline, w, why, whylen);
+	buf_free(&out);
+	return ok;
+}
+
+/* A TLS session over fd: the handshake, then the request sent. NULL with why filled (or
+ * *w WAIT_STOP). */
+static struct tls_conn *tls_open(const struct healthcheck *hc, struct check *c, int fd,
+				 uint64_t deadline, enum wait_result *w, char *why, size_t whylen)
+{
+	struct tls_conn *t = tls_conn_new(c->tls, &c->session);
+	if (!t) {
+		snprintf(why, whylen, "out of memory");
+		return NULL;
+	}
+	char in[TLS_MAX_PLAINTEXT];
+	/* Bounded: each round takes bytes from the peer, or ends the check. */
+	for (;;) {
+		enum tls_status st = tls_handshake(t);
+		if (!tls_flush(hc, fd, t, deadline, w, why, whylen))
+			break;
+		if (st == TLS_DONE) {
+			if (tls_write(t, c->request, c->request_len) &&
+			    tls_flush(hc, fd, t, deadline, w, why, whylen))
+				return t;
+			if (!why[0])
+				snprintf(why, whylen, "TLS: the request could not be sent");
+			break;
+		}
+		if (st != TLS_WANT) {
+			char d[128];
+			snprintf(why, whylen, "TLS: %s", tls_describe(t, d, sizeof(d)));
+			break;
+		}
+		ssize_t n = recv_some(hc, c, fd, in, tls_recv_limit(t, sizeof(in)), deadline, w, why,
+				      whylen);
+		if (n <= 0 || !tls_feed(t, in, (size_t)n)) {
+			if (n == 0)
+				snprintf(why, whylen, "TLS: closed during the handshake");
+			break;
+		}
+	}
+	tls_conn_free(t);
+	return NULL;
+}
+
+/* The response's first bytes (at least its status line, if it sends one) into line. */
+static size_t read_head(const struct healthcheck *hc, const struct check *c, int fd,
+			struct tls_conn *t, char *line, size_t cap, uint64_t deadline,
+			enum wait_result *w, char *why, size_t whylen)
+{
+	size_t got = 0;
+	char in[TLS_MAX_PLAINTEXT], plain[TLS_MAX_PLAINTEXT];
+	/* Bounded: each round adds at least one byte, or ends the check. */
+	while (got < cap - 1 && !memchr(line, '\n', got)) {
+		if (!t) {
+			ssize_t n = recv_some(hc, c, fd, line + got, cap - 1 - got, deadline, w, why,
+					      whylen);
+			if (n <= 0)
+				break;
+			got += (size_t)n;
+			continue;
+		}
+		ssize_t n = recv_some(hc, c, fd, in, tls_recv_limit(t, sizeof(in)), deadline, w, why,
+				      whylen);
+		if (n <= 0 || !tls_feed(t, in, (size_t)n))
+			break;
+		size_t k = 0;
+		enum tls_status st = tls_read(t, plain, sizeof(plain), &k);
+		size_t take = k < cap - 1 - got ? k : cap - 1 - got;
+		memcpy(line + got, plain, take);
+		got += take;
+		if (st != TLS_WANT)
+			break;
+	}
+	return got;
+}
+
 /* One check: 1 a 2xx, 0 anything else (why says what), -1 stopped. */
-static int probe(const struct healthcheck *hc, const struct check *c, char *why, size_t whylen)
+static int probe(const struct healthcheck *hc, struct check *c, char *why, size_t whylen)
 {
 	uint64_t deadline = mono_us() + c->timeout_us;
 	struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
@@ -98,6 +229,7 @@ static int probe(const struct healthcheck *hc, const struct check *c, char *why,
 			ai->ai_protocol);
 	int verdict = 0;
 	enum wait_result w = WAIT_READY;
+	struct tls_conn *t = NULL;
 	if (fd < 0) {
 		snprintf(why, whylen, "socket: %s", strerror(errno));
 		goto out;
@@ -116,36 +248,17 @@ static int probe(const struct healthcheck *hc, const struct check *c, char *why,
 		snprintf(why, whylen, "connect: %s", strerror(soerr ? soerr : errno));
 		goto out;
 	}
-	for (size_t sent = 0; sent < c->request_len;) {
-		ssize_t n = send(fd, c->request + sent, c->request_len - sent, MSG_NOSIGNAL);
-		if (n > 0) {
-			sent += (size_t)n;
-		} else if (n < 0 && errno != EAGAIN && errno != EINTR) {
-			snprintf(why, whylen, "send: %s", strerror(errno));
+	if (c->tls) {
+		if (!(t = tls_open(hc, c, fd, deadline, &w, why, whylen)))
 			goto out;
-		} else if ((w = wait_fd(hc, fd, POLLOUT, deadline)) != WAIT_READY) {
-			snprintf(why, whylen, "send timed out");
-			goto out;
-		}
+	} else if (!send_all(hc, fd, c->request, c->request_len, deadline, &w, why, whylen)) {
+		goto out;
 	}
 	char line[STATUS_LINE_MAX];
-	size_t got = 0;
-	/* Bounded: each round adds at least one byte, or ends the check. */
-	while (got < sizeof(line) - 1 && !memchr(line, '\n', got)) {
-		ssize_t n = recv(fd, line + got, sizeof(line) - 1 - got, 0);
-		if (n > 0) {
-			got += (size_t)n;
-		} else if (n == 0) {
-			break;
-		} else if (errno != EAGAIN && errno != EINTR) {
-			snprintf(why, whylen, "receive: %s", strerror(errno));
-			goto out;
-		} else if ((w = wait_fd(hc, fd, POLLIN, deadline)) != WAIT_READY) {
-			snprintf(why, whylen, "no answer within %llu ms",
-				 (unsigned long long)(c->timeout_us / 1000));
-			goto out;
-		}
-	}
+	why[0] = 0;
+	size_t got = read_head(hc, c, fd, t, line, sizeof(line), deadline, &w, why, whylen);
+	if (w != WAIT_READY || (why[0] && !got))
+		goto out;
 	line[got] = 0;
 	unsigned status;
 	char sp;
@@ -158,6 +271,7 @@ static int probe(const struct healthcheck *hc, const struct check *c, char *why,
 	if (!verdict)
 		snprintf(why, whylen, "status %u", status);
 out:
+	tls_conn_free(t);
 	if (fd >= 0)
 		close(fd);
 	freeaddrinfo(ai);
@@ -204,6 +318,8 @@ static void check_free(struct check *c)
 	free(c->name);
 	free(c->host);
 	free(c->entries);
+	tls_session_slot_clear(&c->session); /* before its context goes */
+	tls_client_free(c->tls);
 }
 
 static void free_all(struct healthcheck *hc)
@@ -221,7 +337,7 @@ static int check_init(struct check *c, const struct config_provider *cp, const c
 {
 	char hostport[300];
 	bool v6 = strchr(cp->host, ':') != NULL; /* an IPv6 literal goes in brackets */
-	if (cp->port == 80)
+	if (cp->port == (cp->tls ? 443 : 80))
 		snprintf(hostport, sizeof(hostport), v6 ? "[%s]" : "%s", cp->host);
 	else
 		snprintf(hostport, sizeof(hostport), v6 ? "[%s]:%u" : "%s:%u", cp->host, cp->port);
@@ -244,6 +360,14 @@ static int check_init(struct check *c, const struct config_provider *cp, const c
 	if (!c->name || !c->host || !c->entries)
 		return -1;
 	c->nentries = router_health_entries(h, cp->name, cp->base_url, c->entries, nentries);
+	if (cp->tls) { /* verified as the provider's requests are: its CA file, its name */
+		char why[CONFIG_ERR_MAX];
+		c->tls = tls_client_new(cp->host, cp->tls_verify, cp->ca_file, why, sizeof(why));
+		if (!c->tls) {
+			log_error("health check %s: %s", cp->name, why);
+			return -1;
+		}
+	}
 	return 0;
 }
 
@@ -263,9 +387,9 @@ struct healthcheck *healthcheck_start(const struct config *cfg, struct router_he
 		const struct config_provider *cp = &cfg->providers[i];
 		if (!cp->health_check.path)
 			continue;
-		if (cp->tls) {
-			log_warn("health check %s: not done, https health checks are not supported "
-				 "yet", cp->name);
+		if (cp->tls && (cp->proxy.url || cfg->egress_proxy.url)) {
+			log_warn("health check %s: not done, checks through a CONNECT proxy are not "
+				 "supported yet", cp->name);
 			continue;
 		}
 		size_t n = router_health_entries(h, cp->name, cp->base_url, NULL, 0);

@@ -11,9 +11,11 @@
  *
  * One thread checks every provider, one after another, over blocking sockets with poll
  * deadlines: GET base_url path_prefix + path, HTTP/1.1, Connection: close; only the
- * status line is read. A check takes at most its provider's timeout (plus the name
- * lookup, for a host name). http:// only for now: an https provider's check is skipped
- * with a log line. Times are CLOCK_MONOTONIC microseconds, the clock the pipeline routes
+ * status line is read. An https provider is checked over TLS (core/tls, driven over the
+ * blocking socket), verified as its requests are (its ca_file or the system bundle, its
+ * host name, tls_verify). A provider reached through a CONNECT proxy is not checked yet (a
+ * log line says so). A check takes at most its provider's timeout (plus the name lookup,
+ * for a host name). Times are CLOCK_MONOTONIC microseconds, the clock the pipeline routes
  * by.
  */
 #ifndef PENSTOCK_HEALTHCHECK_H

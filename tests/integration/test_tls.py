@@ -7,6 +7,7 @@ import os
 import re
 import json
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
@@ -370,4 +371,28 @@ def test_tls_proxy_refusal_is_502(env):
                r"status 403" % (s.nginx.ports["good"], s.denying.port))
     assert s.denying.tunnels == [], s.denying.tunnels
     # the gateway is fine and the other routes work
+    completion_ok(s.gw.chat("gpt-https"))
+
+
+def test_tls_health_checks(env):
+    """Active health checks over HTTPS, verified like the provider's requests: a check that
+    passes keeps the target, nginx's 502 (its upstream gone) opens the breaker and a
+    recovery closes it; a provider whose certificate is not trusted fails its check."""
+    s = TlsStack(env)
+    check = {"path": "/v1/models", "interval": 200, "timeout": 200}
+    cfg = dict(s.gw.config)
+    cfg["providers"] = [dict(p, health_check=check) if p["name"] in ("https", "untrusted")
+                        else p for p in cfg["providers"]]
+    s.gw.config_path.write_text(h.to_yaml(cfg) + "\n")
+    s.gw.proc.signal(signal.SIGHUP)
+    s.wait_log(r"configuration reloaded: generation 2")
+    s.wait_log(r"health check untrusted: failed \(TLS: certificate verify failed")
+    time.sleep(0.3)  # a few checks of the good one have run
+    assert "health check https: failed" not in s.gw.proc.stderr()
+    completion_ok(s.gw.chat("gpt-https"))
+    s.mock.stop()
+    s.wait_log(r"health check https: failed \(status 502\)")
+    s.wait_log(r"breaker https/%s: open, the health check failed" % UPSTREAM_MODEL)
+    s.mock.start()
+    s.wait_log(r"health check https: passes again")
     completion_ok(s.gw.chat("gpt-https"))
