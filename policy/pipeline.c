@@ -85,7 +85,11 @@ struct pipeline {
 				      * cannot change (teams, audit, limits) is read here */
 	_Atomic(struct snapshot *) cur; /* providers, catalog, routing: replaced by a reload */
 	_Atomic uint64_t reloads_applied, reloads_refused;
-	pthread_mutex_t reload_lock; /* serialises reloads and readers off the request path */
+	pthread_mutex_t reload_lock; /* serialises reloads (held while one builds) */
+	/* Held only to swap cur, and by a reader between loading cur and taking a reference to
+	 * it: a snapshot's "current" reference is dropped after the swap, so one loaded under
+	 * this lock cannot be freed before the reader's own reference is taken. */
+	pthread_mutex_t publish_lock;
 	struct router_health *health; /* breaker state, carried from one snapshot to the next */
 	struct healthcheck *checks;  /* active health checks of the current snapshot's providers */
 	struct engine_handler handler;
@@ -2124,13 +2128,25 @@ static void view_free(struct view *v)
 	free(v);
 }
 
-/* This worker's view of s (which it takes a reference to); NULL if out of memory. */
+/* The current snapshot, with a reference the caller must drop. */
+static struct snapshot *current_ref(struct pipeline *pl)
+{
+	pthread_mutex_lock(&pl->publish_lock);
+	struct snapshot *s = atomic_load_explicit(&pl->cur, memory_order_relaxed);
+	snapshot_ref(s);
+	pthread_mutex_unlock(&pl->publish_lock);
+	return s;
+}
+
+/* This worker's view of s, which takes over the caller's reference to it (dropped if the
+ * view cannot be made); NULL if out of memory. */
 static struct view *view_new(struct pl_worker *pw, struct snapshot *s)
 {
 	struct view *v = calloc(1, sizeof(*v));
-	if (!v)
+	if (!v) {
+		snapshot_unref(s);
 		return NULL;
-	snapshot_ref(s);
+	}
 	v->s = s;
 	v->rw = router_worker_new(s->router);
 	v->pools = calloc(s->nproviders ? s->nproviders : 1, sizeof(*v->pools));
@@ -2169,10 +2185,9 @@ static void views_reap(struct pl_worker *pw)
  * old one and tries again at its next turn. */
 static void view_refresh(struct pl_worker *pw)
 {
-	struct snapshot *s = atomic_load_explicit(&pw->pl->cur, memory_order_acquire);
-	if (s == pw->view->s)
+	if (atomic_load_explicit(&pw->pl->cur, memory_order_acquire) == pw->view->s)
 		return;
-	struct view *v = view_new(pw, s);
+	struct view *v = view_new(pw, current_ref(pw->pl));
 	if (!v)
 		return;
 	struct view *old = pw->view;
@@ -2201,9 +2216,7 @@ static void *pl_worker_init(struct worker *w, void *ctx)
 	pw->ev_store.fn = strict_done;
 	pw->rng = 0x9E3779B97F4A7C15ull ^ ((uint64_t)worker_id(w) + 1) * mono_us();
 	pw->tc = pl->tok ? tokcount_ctx_new(pl->tok) : NULL;
-	pthread_mutex_lock(&pl->reload_lock);
-	pw->view = view_new(pw, atomic_load_explicit(&pl->cur, memory_order_acquire));
-	pthread_mutex_unlock(&pl->reload_lock);
+	pw->view = view_new(pw, current_ref(pl));
 	if (!pw->view || (pl->tok && !pw->tc)) {
 		log_error("out of memory for the worker's routing, pools and counting state");
 		exit(1);
@@ -2291,6 +2304,7 @@ struct pipeline *pipeline_new(const struct config *cfg, struct gov *gov, char *e
 	pl->boot = cfg;
 	pl->gov = gov;
 	pthread_mutex_init(&pl->reload_lock, NULL);
+	pthread_mutex_init(&pl->publish_lock, NULL);
 	pl->health = router_health_new();
 	struct snapshot *s = pl->health ? snapshot_new(cfg, false, pl->health, err, errlen) : NULL;
 	if (!s) {
@@ -2370,7 +2384,9 @@ int pipeline_reload(struct pipeline *pl, struct config *next, struct pipeline_re
 						     : -1;
 	struct snapshot *old = atomic_load_explicit(&pl->cur, memory_order_relaxed);
 	s->generation = old->generation + 1;
+	pthread_mutex_lock(&pl->publish_lock);
 	atomic_store_explicit(&pl->cur, s, memory_order_release);
+	pthread_mutex_unlock(&pl->publish_lock);
 	if (info)
 		*info = (struct pipeline_reload_info){ .generation = s->generation,
 						       .providers = next->nproviders,
@@ -2383,9 +2399,9 @@ int pipeline_reload(struct pipeline *pl, struct config *next, struct pipeline_re
 
 void pipeline_config_stats(struct pipeline *pl, struct metrics_config_stats *out)
 {
-	pthread_mutex_lock(&pl->reload_lock);
-	out->generation = atomic_load_explicit(&pl->cur, memory_order_relaxed)->generation;
-	pthread_mutex_unlock(&pl->reload_lock);
+	struct snapshot *s = current_ref(pl);
+	out->generation = s->generation;
+	snapshot_unref(s);
 	out->snapshots = snapshot_live();
 	out->reloads_applied = atomic_load(&pl->reloads_applied);
 	out->reloads_refused = atomic_load(&pl->reloads_refused);
@@ -2394,17 +2410,16 @@ void pipeline_config_stats(struct pipeline *pl, struct metrics_config_stats *out
 void pipeline_with_config(struct pipeline *pl, void (*fn)(const struct config *cfg, void *arg),
 			  void *arg)
 {
-	pthread_mutex_lock(&pl->reload_lock);
-	fn(atomic_load_explicit(&pl->cur, memory_order_relaxed)->cfg, arg);
-	pthread_mutex_unlock(&pl->reload_lock);
+	struct snapshot *s = current_ref(pl);
+	fn(s->cfg, arg);
+	snapshot_unref(s);
 }
 
 bool pipeline_has_model(struct pipeline *pl, const char *name)
 {
-	pthread_mutex_lock(&pl->reload_lock);
-	const struct snapshot *s = atomic_load_explicit(&pl->cur, memory_order_relaxed);
+	struct snapshot *s = current_ref(pl);
 	bool found = config_find_model(s->cfg, name) != NULL;
-	pthread_mutex_unlock(&pl->reload_lock);
+	snapshot_unref(s);
 	return found;
 }
 
@@ -2418,5 +2433,6 @@ void pipeline_free(struct pipeline *pl)
 	if (pl->tok)
 		tokcount_reg_close(pl->tok);
 	pthread_mutex_destroy(&pl->reload_lock);
+	pthread_mutex_destroy(&pl->publish_lock);
 	free(pl);
 }

@@ -18,14 +18,20 @@ def target(provider, weight=1):
     return {"provider": provider, "model": UP, "weight": weight}
 
 
+def admin_up(port):
+    try:
+        return h.request(port, "GET", "/healthz", key=None, timeout=2).status == 200
+    except OSError:  # not listening yet
+        return False
+
+
 def reload_stack(env, mocks, models, workers=2):
     """A stack with an admin listener (token set) whose config the test rewrites."""
     admin_port = h.free_port()
     s = env.stack(workers=workers, mocks=mocks, settings={
         "admin": {"listen": "127.0.0.1:%d" % admin_port, "token": ADMIN_TOKEN},
         "models": models})
-    h.wait_until(lambda: h.request(admin_port, "GET", "/healthz", key=None).status == 200,
-                 10, what="admin listener")
+    h.wait_until(lambda: admin_up(admin_port), 10, what="admin listener")
     s.admin_port = admin_port
     return s
 
@@ -235,8 +241,7 @@ def test_team_rules_follow_a_reload(env):
         "admin": {"listen": "127.0.0.1:%d" % admin_port, "token": ADMIN_TOKEN},
         "models": models, "teams": team(["r"], 2, 100),
         "keys": [{"name": "tester", "team": "t", "key_env": "PENSTOCK_TEST_CLIENT_KEY"}]})
-    h.wait_until(lambda: h.request(admin_port, "GET", "/healthz", key=None).status == 200,
-                 10, what="admin listener")
+    h.wait_until(lambda: admin_up(admin_port), 10, what="admin listener")
     s.admin_port = admin_port
     h.assert_openai_error(s.gw.chat("gpt-test"), 403, code="model_not_allowed")
     assert s.gw.chat("r").status == 200
