@@ -5,6 +5,7 @@ finishes on the snapshot it began on; 100 reloads under load fail no request and
 snapshot in memory afterwards."""
 import json
 import signal
+import subprocess
 import threading
 import time
 
@@ -268,3 +269,17 @@ def test_team_rules_follow_a_reload(env):
         assert r.status == 400 and reason in r.json()["error"]["message"], r
     # the last applied rules still hold (the pool refills at 100 a second)
     h.wait_until(lambda: s.gw.chat("gpt-test").status == 200, 5, what="a request admitted")
+
+
+def test_penstockctl_reload(env):
+    s = reload_stack(env, {"a": []}, [{"name": "r", "targets": [target("a")]},
+                                      {"name": "gpt-test", "targets": [target("mock")]}])
+    argv = [str(h.build_dir() / "tools" / "penstockctl"), "--admin",
+            "http://127.0.0.1:%d" % s.admin_port, "reload"]
+    envv = {"PENSTOCK_ADMIN_TOKEN": ADMIN_TOKEN, "PATH": "/usr/bin:/bin"}
+    p = subprocess.run(argv, capture_output=True, text=True, timeout=30, env=envv)
+    assert p.returncode == 0 and p.stdout == "reloaded: generation 2, 3 providers, 2 models\n", p
+    rewrite(s, workers=5)
+    p = subprocess.run(argv, capture_output=True, text=True, timeout=30, env=envv)
+    assert p.returncode == 1 and "workers changed" in p.stderr and "HTTP 400" in p.stderr, p
+    assert s.gw.chat("r").status == 200

@@ -77,6 +77,8 @@ static void usage(FILE *f)
 		"  keys revoke ID         every worker refuses the key when this returns\n"
 		"  teams                  teams, limits and budget status\n"
 		"  alerts                 budget alerts fired this period\n"
+		"  reload                 the gateway reads its config file again and applies it,\n"
+		"                         or says why not (exit 1; the running config stays)\n"
 		"commands (reading the store in --data-dir directly, unless --via-admin):\n"
 		"  spend --by team|key|model [--since YYYY-MM-DD] [--until YYYY-MM-DD]\n"
 		"  audit query [FILTERS] [--limit N]   matching records, newest last (default\n"
@@ -712,6 +714,25 @@ static int simple_get(const struct opts *o, const char *path, void (*print)(json
 	return 0;
 }
 
+/* POST /admin/reload: the generation in effect, or the reason it was refused (api prints
+ * the gateway's message). */
+static int reload_cmd(const struct opts *o)
+{
+	json_t *doc;
+	int rc = api(o, "POST", "/admin/reload", "{}", &doc);
+	if (rc)
+		return rc;
+	if (o->json)
+		print_json(doc);
+	else
+		printf("reloaded: generation %lld, %lld providers, %lld models\n",
+		       (long long)json_integer_value(json_object_get(doc, "generation")),
+		       (long long)json_integer_value(json_object_get(doc, "providers")),
+		       (long long)json_integer_value(json_object_get(doc, "models")));
+	json_decref(doc);
+	return 0;
+}
+
 /* The report from the store itself: a read-only environment, one read. */
 static int spend_local(const struct opts *o, enum report_by by, int64_t since, int64_t until,
 		       json_t **doc)
@@ -1137,6 +1158,8 @@ int main(int argc, char **argv)
 		return simple_get(&o, "/admin/teams", print_teams);
 	if (!strcmp(argv[0], "alerts") && argc == 1)
 		return simple_get(&o, "/admin/alerts", print_alerts);
+	if (!strcmp(argv[0], "reload") && argc == 1)
+		return reload_cmd(&o);
 	usage(stderr);
 	return EXIT_USAGE;
 }
