@@ -877,7 +877,8 @@ static void serve_metrics(struct admin *a, struct exchange *ex)
 	struct metrics_config_stats cs;
 	if (a->control.config_stats)
 		a->control.config_stats(a->control.ctx, &cs);
-	if (metrics_render(a->metrics, &es, &ss, a->control.config_stats ? &cs : NULL, &b) != 0) {
+	if (metrics_render(a->metrics, &es, &ss, a->control.config_stats ? &cs : NULL, &b) != 0 ||
+	    (a->control.render_targets && a->control.render_targets(a->control.ctx, &b) != 0)) {
 		buf_free(&b);
 		ex_respond(ex, 500, "application/json", NULL, SLICE_LIT(OOM_BODY));
 		return;

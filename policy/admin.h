@@ -44,6 +44,8 @@ struct metrics_config_stats;
 struct admin_control {
 	int (*reload)(void *ctx, struct admin_reload_result *r);
 	void (*config_stats)(void *ctx, struct metrics_config_stats *out);
+	/* /metrics: the routing targets' health, appended to the scrape (0 or -ENOMEM). */
+	int (*render_targets)(void *ctx, struct buf *out);
 	/* Call fn with the configuration in effect, which stays alive during the call. */
 	void (*with_config)(void *ctx, void (*fn)(const struct config *cfg, void *arg), void *arg);
 	void *ctx;

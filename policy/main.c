@@ -113,6 +113,11 @@ static void with_config(void *ctx, void (*fn)(const struct config *cfg, void *ar
 	pipeline_with_config(((struct reloader *)ctx)->pl, fn, arg);
 }
 
+static int render_targets(void *ctx, struct buf *out)
+{
+	return pipeline_render_targets(((struct reloader *)ctx)->pl, out);
+}
+
 static bool has_model(void *ctx, const char *name) { return pipeline_has_model(ctx, name); }
 
 int main(int argc, char **argv)
@@ -224,6 +229,7 @@ int main(int argc, char **argv)
 		admin_set_control(adm, &(struct admin_control){ .reload = reload,
 								.config_stats = config_stats,
 								.with_config = with_config,
+								.render_targets = render_targets,
 								.ctx = &rl });
 	}
 	if (!adm) {

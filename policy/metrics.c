@@ -591,6 +591,43 @@ static void store_commit_histogram(struct out *o, const struct store_stats *ss)
 	    (unsigned long long)(ss->prune_us_max % 1000000));
 }
 
+int metrics_render_targets(const struct metrics_target_health *rows, size_t n, struct buf *out)
+{
+	size_t start = out->len;
+	struct out o = { .b = out };
+	static const char *const states[] = { "closed", "open", "half-open" };
+	family(&o, "penstock_breaker_state", "gauge",
+	       "Each routing target's circuit breaker: 1 for its state now.");
+	for (size_t i = 0; i < n; i++) {
+		char *p = label_escape(rows[i].provider), *m = label_escape(rows[i].model);
+		o.failed |= !p || !m;
+		for (int st = 0; st < 3 && p && m; st++)
+			put(&o, "penstock_breaker_state{provider=\"%s\",model=\"%s\",state=\"%s\"} %d\n",
+			    p, m, states[st], rows[i].breaker == st);
+		free(p);
+		free(m);
+	}
+	family(&o, "penstock_target_attempts_window", "gauge",
+	       "Attempts on each routing target in its breaker's error-rate window, by result.");
+	for (size_t i = 0; i < n; i++) {
+		char *p = label_escape(rows[i].provider), *m = label_escape(rows[i].model);
+		o.failed |= !p || !m;
+		if (p && m) {
+			put(&o, "penstock_target_attempts_window{provider=\"%s\",model=\"%s\","
+				"result=\"ok\"} %llu\n", p, m, (unsigned long long)rows[i].ok);
+			put(&o, "penstock_target_attempts_window{provider=\"%s\",model=\"%s\","
+				"result=\"failed\"} %llu\n", p, m, (unsigned long long)rows[i].failed);
+		}
+		free(p);
+		free(m);
+	}
+	if (o.failed) {
+		out->len = start;
+		return -ENOMEM;
+	}
+	return 0;
+}
+
 int metrics_render(const struct metrics *m, const struct engine_stats *es,
 		   const struct store_stats *ss, const struct metrics_config_stats *cs,
 		   struct buf *out)

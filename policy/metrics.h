@@ -130,6 +130,16 @@ int metrics_render(const struct metrics *m, const struct engine_stats *es,
 		   const struct store_stats *ss, const struct metrics_config_stats *cs,
 		   struct buf *out);
 
+/* The health of one routing target (provider and upstream model) as the router sees it. */
+struct metrics_target_health {
+	const char *provider, *model; /* config names */
+	int breaker;                  /* 0 closed, 1 open, 2 half-open */
+	uint64_t ok, failed;          /* attempts in the breaker's error-rate window */
+};
+/* Append the target health families (penstock_breaker_state, penstock_target_attempts_window)
+ * for rows[0..n) to out: gauges, read now. 0 or -ENOMEM (out->len back where it was). */
+int metrics_render_targets(const struct metrics_target_health *rows, size_t n, struct buf *out);
+
 /* The Content-Type of what metrics_render() writes. */
 #define METRICS_CONTENT_TYPE "text/plain; version=0.0.4; charset=utf-8"
 

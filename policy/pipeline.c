@@ -2407,6 +2407,43 @@ void pipeline_config_stats(struct pipeline *pl, struct metrics_config_stats *out
 	out->reloads_refused = atomic_load(&pl->reloads_refused);
 }
 
+int pipeline_render_targets(struct pipeline *pl, struct buf *out)
+{
+	struct snapshot *s = current_ref(pl);
+	size_t cap = 0;
+	for (size_t i = 0; i < s->cfg->nmodels; i++)
+		cap += router_model_at(s->router, (unsigned)i)->ntargets;
+	struct metrics_target_health *rows = calloc(cap + 1, sizeof(*rows));
+	const struct router_health_entry **seen = calloc(cap + 1, sizeof(*seen));
+	size_t n = 0;
+	uint64_t now = mono_us();
+	for (size_t i = 0; rows && seen && i < s->cfg->nmodels; i++) {
+		const struct router_model *m = router_model_at(s->router, (unsigned)i);
+		for (size_t k = 0; k < m->ntargets; k++) {
+			const struct router_target *t = &m->targets[k];
+			const struct router_health_entry *e = router_health_of(s->router, t);
+			bool dup = false; /* two models routed to one target share its health */
+			for (size_t j = 0; j < n && !dup; j++)
+				dup = seen[j] == e;
+			if (dup)
+				continue;
+			seen[n] = e;
+			rows[n] = (struct metrics_target_health){
+				.provider = s->providers[t->provider].cfg->name,
+				.model = t->upstream_model,
+				.breaker = (int)router_breaker(s->router, t),
+			};
+			router_health_counts(s->router, t, now, &rows[n].ok, &rows[n].failed);
+			n++;
+		}
+	}
+	int rc = rows && seen ? metrics_render_targets(rows, n, out) : -ENOMEM;
+	free(rows);
+	free(seen);
+	snapshot_unref(s);
+	return rc;
+}
+
 void pipeline_with_config(struct pipeline *pl, void (*fn)(const struct config *cfg, void *arg),
 			  void *arg)
 {

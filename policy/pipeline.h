@@ -45,6 +45,10 @@ int pipeline_reload(struct pipeline *p, struct config *next, struct pipeline_rel
 struct metrics_config_stats;
 /* Generation in effect, generations in memory, reloads applied and refused. Any thread. */
 void pipeline_config_stats(struct pipeline *p, struct metrics_config_stats *out);
+struct buf;
+/* Append the current routing targets' breaker states and window counts to out, in the
+ * metrics text format (policy/metrics). 0 or -ENOMEM. Any thread. */
+int pipeline_render_targets(struct pipeline *p, struct buf *out);
 /* fn(the configuration in effect, arg), with no reload in between (the admin plane). */
 void pipeline_with_config(struct pipeline *p, void (*fn)(const struct config *cfg, void *arg),
 			  void *arg);

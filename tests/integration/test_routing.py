@@ -164,7 +164,9 @@ def test_breaker_opens_and_closes(env):
 def test_error_rate_opens_a_breaker(env):
     """Failures that never run 5 in a row still open the breaker once they pass the error
     rate over the window."""
+    admin_port = h.free_port()
     s = env.stack(mocks={"a": []}, settings={
+        "admin": {"listen": "127.0.0.1:%d" % admin_port},
         "models": [model("p", "a"), TEST],
         "retry": {"attempts": 1},
         "breaker": {"failures": 5, "error_rate": 40, "min_requests": 10, "window": "30s",
@@ -179,6 +181,15 @@ def test_error_rate_opens_a_breaker(env):
     h.assert_openai_error(r, 503, code="upstream_unavailable")
     assert "circuit breaker is open" in r.json()["error"]["message"]
     assert requests_of(s, "a") == before  # refused without an attempt
+    # /metrics shows it: the breaker's state and what its window saw
+    body = h.request(admin_port, "GET", "/metrics", key=None).body.decode()
+    for line in ['penstock_breaker_state{provider="a",model="m",state="open"} 1',
+                 'penstock_breaker_state{provider="a",model="m",state="closed"} 0',
+                 'penstock_target_attempts_window{provider="a",model="m",result="failed"} 6',
+                 'penstock_target_attempts_window{provider="a",model="m",result="ok"} 5',
+                 'penstock_breaker_state{provider="mock",model="%s",state="closed"} 1'
+                 % h.UPSTREAM_MODEL]:
+        assert line + "\n" in body, (line, body[-1500:])
     # a reload keeps what the breakers learned
     s.gw.proc.signal(signal.SIGHUP)
     s.gw.proc.wait_log(r"configuration reloaded: generation 2", timeout=10)

@@ -1203,6 +1203,33 @@ static int bench(void)
 	return 0;
 }
 
+/* Target health: one line per breaker state (1 for the current one), window counts, label
+ * values escaped. */
+static void test_target_health(void **state)
+{
+	(void)state;
+	const struct metrics_target_health rows[] = {
+		{ .provider = "a\"b", .model = "m\\1", .breaker = 1, .ok = 5, .failed = 6 },
+		{ .provider = "c", .model = "m", .breaker = 0 },
+	};
+	struct buf b = { 0 };
+	assert_int_equal(metrics_render_targets(rows, 2, &b), 0);
+	assert_true(buf_append(&b, "", 1, SIZE_MAX));
+	static const char *const want[] = {
+		"# TYPE penstock_breaker_state gauge\n",
+		"penstock_breaker_state{provider=\"a\\\"b\",model=\"m\\\\1\",state=\"open\"} 1\n",
+		"penstock_breaker_state{provider=\"a\\\"b\",model=\"m\\\\1\",state=\"closed\"} 0\n",
+		"penstock_breaker_state{provider=\"c\",model=\"m\",state=\"closed\"} 1\n",
+		"penstock_breaker_state{provider=\"c\",model=\"m\",state=\"half-open\"} 0\n",
+		"penstock_target_attempts_window{provider=\"a\\\"b\",model=\"m\\\\1\",result=\"failed\"} 6\n",
+		"penstock_target_attempts_window{provider=\"c\",model=\"m\",result=\"ok\"} 0\n",
+	};
+	for (size_t i = 0; i < sizeof(want) / sizeof(want[0]); i++)
+		if (!strstr(b.p, want[i]))
+			fail_msg("missing %s in:\n%s", want[i], b.p);
+	buf_free(&b);
+}
+
 int main(int argc, char **argv)
 {
 	if (argc > 1 && strcmp(argv[1], "bench") == 0)
@@ -1219,6 +1246,7 @@ int main(int argc, char **argv)
 		cmocka_unit_test(test_removed_name_keeps_counters),
 		cmocka_unit_test(test_label_overflow),
 		cmocka_unit_test(test_register_while_scraping),
+		cmocka_unit_test(test_target_health),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
