@@ -39,6 +39,7 @@ struct upstream_pool {
 	struct upconn *idle; /* LIFO: the most recently used connection is warmest */
 	unsigned nidle, nconns;
 	uint64_t opened;
+	unsigned users;      /* views sharing the pool (upstream_pool_share) */
 	bool freeing;
 	/* https */
 	struct tls_client *tls;
@@ -214,6 +215,7 @@ struct upstream_pool *upstream_pool_new(struct worker *w, const struct upstream_
 	if (!p)
 		return NULL;
 	p->w = w;
+	p->users = 1;
 	p->port = ep->port;
 	p->tls = ep->tls;
 	p->proxy_port = ep->proxy_port;
@@ -1046,8 +1048,18 @@ void upstream_pool_close_idle(struct upstream_pool *p)
 		up_close(p->idle);
 }
 
+void upstream_pool_share(struct upstream_pool *p, const struct upstream_endpoint *ep)
+{
+	p->users++;
+	p->tls = ep->tls; /* the previous context goes with its configuration */
+	memcpy(&p->addr, &ep->addr, sizeof(p->addr));
+	p->addrlen = ep->addrlen;
+}
+
 void upstream_pool_free(struct upstream_pool *p)
 {
+	if (--p->users)
+		return;
 	p->freeing = true;
 	upstream_pool_close_idle(p);
 	pool_maybe_free(p);

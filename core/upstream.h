@@ -93,8 +93,13 @@ void upstream_endpoint_fini(struct upstream_endpoint *ep);
 
 /* Resolves the host (or the proxy) now; NULL (logged) on failure. */
 struct upstream_pool *upstream_pool_new(struct worker *w, const struct upstream_endpoint *ep);
-/* Close idle connections (shutdown) and free the pool once its connections are gone. */
+/* Drop one user of the pool; the last one closes its idle connections and frees it once
+ * its connections are gone. */
 void upstream_pool_free(struct upstream_pool *p);
+/* One more user (a configuration reload whose provider has the same endpoint keeps the
+ * pool and its warm connections), and the endpoint of that new configuration: its TLS
+ * context (the same settings) and address, which new connections use from now on. */
+void upstream_pool_share(struct upstream_pool *p, const struct upstream_endpoint *ep);
 void upstream_pool_close_idle(struct upstream_pool *p);
 unsigned upstream_pool_idle_count(const struct upstream_pool *p);
 /* Connections opened over the pool's life: tests check reuse with it. */

@@ -2139,9 +2139,11 @@ static struct snapshot *current_ref(struct pipeline *pl)
 }
 
 /* This worker's view of s, which takes over the caller's reference to it (dropped if the
- * view cannot be made); NULL if out of memory. */
+ * view cannot be made); NULL if out of memory. A provider reached the same way as one of
+ * the worker's current view keeps that pool (and its warm connections, TLS sessions). */
 static struct view *view_new(struct pl_worker *pw, struct snapshot *s)
 {
+	const struct view *prev = pw->view;
 	struct view *v = calloc(1, sizeof(*v));
 	if (!v) {
 		snapshot_unref(s);
@@ -2152,7 +2154,14 @@ static struct view *view_new(struct pl_worker *pw, struct snapshot *s)
 	v->pools = calloc(s->nproviders ? s->nproviders : 1, sizeof(*v->pools));
 	bool ok = v->rw && v->pools;
 	for (size_t i = 0; ok && i < s->nproviders; i++) {
-		v->pools[i] = upstream_pool_new(pw->w, &s->providers[i].ep);
+		for (size_t j = 0; prev && !v->pools[i] && j < prev->s->nproviders; j++) {
+			if (snapshot_same_endpoint(s, i, prev->s, j)) {
+				v->pools[i] = prev->pools[j];
+				upstream_pool_share(v->pools[i], &s->providers[i].ep);
+			}
+		}
+		if (!v->pools[i])
+			v->pools[i] = upstream_pool_new(pw->w, &s->providers[i].ep);
 		if (!v->pools[i]) {
 			log_error("provider %s: its connection pool could not be set up",
 				  s->providers[i].cfg->name);

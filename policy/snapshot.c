@@ -174,6 +174,25 @@ void snapshot_unref(struct snapshot *s)
 
 /* ---------------------------------------------------------------- what may change */
 
+static bool str_same(const char *a, const char *b);
+
+/* The CONNECT proxy a provider's connections go through, or NULL. */
+static const char *proxy_of(const struct config *cfg, const struct config_provider *cp)
+{
+	if (!cp->tls)
+		return NULL; /* plain http is never proxied */
+	return cp->proxy.url ? cp->proxy.url : cfg->egress_proxy.url;
+}
+
+bool snapshot_same_endpoint(const struct snapshot *a, size_t i, const struct snapshot *b,
+			    size_t j)
+{
+	const struct config_provider *x = a->providers[i].cfg, *y = b->providers[j].cfg;
+	return str_same(x->host, y->host) && x->port == y->port && x->tls == y->tls &&
+	       x->tls_verify == y->tls_verify && str_same(x->ca_file, y->ca_file) &&
+	       str_same(proxy_of(a->cfg, x), proxy_of(b->cfg, y));
+}
+
 static bool str_same(const char *a, const char *b)
 {
 	return a == b || (a && b && strcmp(a, b) == 0);

@@ -73,6 +73,11 @@ uint64_t snapshot_live(void);
 void snapshot_ref(struct snapshot *s);
 void snapshot_unref(struct snapshot *s);
 
+/* Whether provider i of a and provider j of b are reached the same way (host, port, TLS
+ * and its verification settings, proxy): a reload keeps the pooled connections then. */
+bool snapshot_same_endpoint(const struct snapshot *a, size_t i, const struct snapshot *b,
+			    size_t j);
+
 /* 0 if `next` differs from `running` only in what a reload may change; -1 with the reason
  * ("teams: ... takes a restart") in err otherwise. */
 int snapshot_reloadable(const struct config *running, const struct config *next, char *err,

@@ -283,3 +283,31 @@ def test_penstockctl_reload(env):
     p = subprocess.run(argv, capture_output=True, text=True, timeout=30, env=envv)
     assert p.returncode == 1 and "workers changed" in p.stderr and "HTTP 400" in p.stderr, p
     assert s.gw.chat("r").status == 200
+
+
+def test_upstream_connections_survive_a_reload(env):
+    """A provider reached the same way after a reload keeps its pooled connections: no new
+    connection (or TLS handshake) after each reload."""
+    s = reload_stack(env, {"a": []}, [{"name": "r", "targets": [target("a")]},
+                                      {"name": "gpt-test", "targets": [target("mock")]}],
+                     workers=1)
+    with s.gw.conn() as c:
+        for _ in range(3):
+            assert provider_of(c, "r") == "a"
+        opened = s.mocks["a"].stats()["connections_accepted"]
+        for i in range(3):
+            # the model's routing changes; the provider's endpoint does not
+            rewrite(s, models=[{"name": "r", "routing": "latency" if i % 2 == 0 else
+                                "priority", "targets": [target("a")]},
+                               {"name": "gpt-test", "targets": [target("mock")]}])
+            assert admin_reload(s).status == 200
+            for _ in range(3):
+                assert provider_of(c, "r") == "a"
+        # (each stats request is a connection of its own)
+        assert s.mocks["a"].stats()["connections_accepted"] == opened + 1
+        # a provider that moves elsewhere gets a pool of its own
+        rewrite(s, providers=[dict(p, base_url=p["base_url"].replace("127.0.0.1", "127.1"))
+                              if p["name"] == "a" else p for p in s.gw.config["providers"]])
+        assert admin_reload(s).status == 200
+        assert provider_of(c, "r") == "a"
+        assert s.mocks["a"].stats()["connections_accepted"] == opened + 3
