@@ -33,8 +33,10 @@
 
 struct check {
 	char *name;   /* the provider, for log lines */
-	char *host;   /* as in base_url */
+	char *host;   /* where the check connects: base_url's host, or its CONNECT proxy's */
 	char port[8];
+	char *connect_req; /* https through a proxy: the CONNECT request; else NULL */
+	size_t connect_len;
 	char *request; /* the whole GET, ready to send; holds the provider's secret headers */
 	size_t request_len;
 	uint64_t interval_us, timeout_us;
@@ -213,6 +215,40 @@ static size_t read_head(const struct healthcheck *hc, const struct check *c, int
 	return got;
 }
 
+/* Through a CONNECT proxy: ask for the tunnel and read the proxy's answer head (nothing
+ * follows it before our TLS hello). False with why filled (or *w WAIT_STOP). */
+static bool tunnel(const struct healthcheck *hc, const struct check *c, int fd,
+		   uint64_t deadline, enum wait_result *w, char *why, size_t whylen)
+{
+	if (!send_all(hc, fd, c->connect_req, c->connect_len, deadline, w, why, whylen))
+		return false;
+	char head[4096];
+	size_t got = 0;
+	/* Bounded: each round adds at least one byte, or ends the check. */
+	while (got < 4 || memcmp(head + got - 4, "\r\n\r\n", 4) != 0) {
+		if (got == sizeof(head)) {
+			snprintf(why, whylen, "proxy: answer head too long");
+			return false;
+		}
+		ssize_t n = recv_some(hc, c, fd, head + got, 1, deadline, w, why, whylen);
+		if (n <= 0) {
+			if (n == 0)
+				snprintf(why, whylen, "proxy: closed without an answer");
+			return false;
+		}
+		got += (size_t)n;
+	}
+	unsigned status;
+	if (sscanf(head, "HTTP/1.%*1[01] %3u", &status) != 1 || status != 200) {
+		snprintf(why, whylen, "proxy refused the tunnel (%.40s)", head);
+		char *cr = strchr(why, '\r');
+		if (cr)
+			snprintf(cr, 2, ")");
+		return false;
+	}
+	return true;
+}
+
 /* One check: 1 a 2xx, 0 anything else (why says what), -1 stopped. */
 static int probe(const struct healthcheck *hc, struct check *c, char *why, size_t whylen)
 {
@@ -248,6 +284,8 @@ static int probe(const struct healthcheck *hc, struct check *c, char *why, size_
 		snprintf(why, whylen, "connect: %s", strerror(soerr ? soerr : errno));
 		goto out;
 	}
+	if (c->connect_req && !tunnel(hc, c, fd, deadline, &w, why, whylen))
+		goto out;
 	if (c->tls) {
 		if (!(t = tls_open(hc, c, fd, deadline, &w, why, whylen)))
 			goto out;
@@ -317,6 +355,7 @@ static void check_free(struct check *c)
 	free(c->request);
 	free(c->name);
 	free(c->host);
+	free(c->connect_req);
 	free(c->entries);
 	tls_session_slot_clear(&c->session); /* before its context goes */
 	tls_client_free(c->tls);
@@ -332,8 +371,8 @@ static void free_all(struct healthcheck *hc)
 	free(hc);
 }
 
-static int check_init(struct check *c, const struct config_provider *cp, const char *headers,
-		      struct router_health *h, size_t nentries)
+static int check_init(struct check *c, const struct config *cfg, const struct config_provider *cp,
+		      const char *headers, struct router_health *h, size_t nentries)
 {
 	char hostport[300];
 	bool v6 = strchr(cp->host, ':') != NULL; /* an IPv6 literal goes in brackets */
@@ -351,8 +390,24 @@ static int check_init(struct check *c, const struct config_provider *cp, const c
 	}
 	c->request_len = (size_t)len;
 	c->name = strdup(cp->name);
-	c->host = strdup(cp->host);
-	snprintf(c->port, sizeof(c->port), "%u", cp->port);
+	/* https goes through the provider's proxy, else the egress proxy, as its requests do */
+	const struct config_proxy *px = !cp->tls ? NULL
+				       : cp->proxy.url ? &cp->proxy
+				       : cfg->egress_proxy.url ? &cfg->egress_proxy
+							       : NULL;
+	c->host = strdup(px ? px->host : cp->host);
+	snprintf(c->port, sizeof(c->port), "%u", px ? px->port : cp->port);
+	if (px) {
+		char target[300];
+		snprintf(target, sizeof(target), v6 ? "[%s]:%u" : "%s:%u", cp->host, cp->port);
+		int n = asprintf(&c->connect_req, "CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n", target,
+				 target);
+		if (n < 0) {
+			c->connect_req = NULL;
+			return -1;
+		}
+		c->connect_len = (size_t)n;
+	}
 	c->interval_us = (uint64_t)cp->health_check.interval * 1000;
 	c->timeout_us = (uint64_t)cp->health_check.timeout * 1000;
 	c->last = -1;
@@ -387,17 +442,12 @@ struct healthcheck *healthcheck_start(const struct config *cfg, struct router_he
 		const struct config_provider *cp = &cfg->providers[i];
 		if (!cp->health_check.path)
 			continue;
-		if (cp->tls && (cp->proxy.url || cfg->egress_proxy.url)) {
-			log_warn("health check %s: not done, checks through a CONNECT proxy are not "
-				 "supported yet", cp->name);
-			continue;
-		}
 		size_t n = router_health_entries(h, cp->name, cp->base_url, NULL, 0);
 		if (!n) {
 			log_info("health check %s: not done, no model routes to it", cp->name);
 			continue;
 		}
-		if (check_init(&hc->checks[hc->nchecks++], cp, headers ? headers[i] : NULL, h, n))
+		if (check_init(&hc->checks[hc->nchecks++], cfg, cp, headers ? headers[i] : NULL, h, n))
 			goto oom;
 	}
 	if (!hc->nchecks)

@@ -13,8 +13,8 @@
  * deadlines: GET base_url path_prefix + path, HTTP/1.1, Connection: close; only the
  * status line is read. An https provider is checked over TLS (core/tls, driven over the
  * blocking socket), verified as its requests are (its ca_file or the system bundle, its
- * host name, tls_verify). A provider reached through a CONNECT proxy is not checked yet (a
- * log line says so). A check takes at most its provider's timeout (plus the name lookup,
+ * host name, tls_verify), through its CONNECT proxy (or the egress proxy) when it has one.
+ * A check takes at most its provider's timeout (plus the name lookup,
  * for a host name). Times are CLOCK_MONOTONIC microseconds, the clock the pipeline routes
  * by.
  */

@@ -377,18 +377,24 @@ def test_tls_proxy_refusal_is_502(env):
 def test_tls_health_checks(env):
     """Active health checks over HTTPS, verified like the provider's requests: a check that
     passes keeps the target, nginx's 502 (its upstream gone) opens the breaker and a
-    recovery closes it; a provider whose certificate is not trusted fails its check."""
+    recovery closes it; a provider whose certificate is not trusted fails its check; checks
+    go through the provider's CONNECT proxy as its requests do."""
     s = TlsStack(env)
     check = {"path": "/v1/models", "interval": 200, "timeout": 200}
     cfg = dict(s.gw.config)
-    cfg["providers"] = [dict(p, health_check=check) if p["name"] in ("https", "untrusted")
+    checked = ("https", "untrusted", "proxied", "denied")
+    cfg["providers"] = [dict(p, health_check=check) if p["name"] in checked
                         else p for p in cfg["providers"]]
     s.gw.config_path.write_text(h.to_yaml(cfg) + "\n")
     s.gw.proc.signal(signal.SIGHUP)
     s.wait_log(r"configuration reloaded: generation 2")
     s.wait_log(r"health check untrusted: failed \(TLS: certificate verify failed")
-    time.sleep(0.3)  # a few checks of the good one have run
+    s.wait_log(r"health check denied: failed \(proxy refused the tunnel \(HTTP/1.1 403")
+    time.sleep(0.3)  # a few checks of the good ones have run
     assert "health check https: failed" not in s.gw.proc.stderr()
+    assert "health check proxied: failed" not in s.gw.proc.stderr()
+    with s.proxy.lock:  # no request was sent to gpt-proxied: every tunnel is a check's
+        assert len(s.proxy.tunnels) >= 2, s.proxy.tunnels
     completion_ok(s.gw.chat("gpt-https"))
     s.mock.stop()
     s.wait_log(r"health check https: failed \(status 502\)")
