@@ -1915,3 +1915,26 @@ const struct config_model *config_find_model(const struct config *cfg, const cha
 			return &cfg->models[i];
 	return NULL;
 }
+
+const struct config_proxy *config_provider_proxy(const struct config *cfg,
+						 const struct config_provider *cp)
+{
+	if (!cp->tls)
+		return NULL;
+	const struct config_proxy *px = cp->proxy.url ? &cp->proxy : &cfg->egress_proxy;
+	return px->url ? px : NULL;
+}
+
+void config_hostport(char *out, size_t cap, const char *host, uint16_t port, bool omit_port)
+{
+	bool v6 = strchr(host, ':') != NULL;
+	if (omit_port)
+		snprintf(out, cap, v6 ? "[%s]" : "%s", host);
+	else
+		snprintf(out, cap, v6 ? "[%s]:%u" : "%s:%u", host, port);
+}
+
+void config_provider_authority(const struct config_provider *cp, char *out, size_t cap)
+{
+	config_hostport(out, cap, cp->host, cp->port, cp->port == (cp->tls ? 443 : 80));
+}

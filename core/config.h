@@ -217,4 +217,14 @@ char *config_resolve_secret(const struct config_secret *s, char *err, size_t err
 const struct config_provider *config_find_provider(const struct config *cfg, const char *name);
 const struct config_model *config_find_model(const struct config *cfg, const char *name);
 
+/* The CONNECT proxy a provider's connections go through: its own, else egress_proxy; NULL
+ * for none, and always for plain http (never proxied: expected on the local network). */
+const struct config_proxy *config_provider_proxy(const struct config *cfg,
+						 const struct config_provider *cp);
+/* "host:port" (an IPv6 literal in brackets) into out, as a CONNECT target; omit_port
+ * leaves the port out, as a Host header does for the scheme's default port. */
+void config_hostport(char *out, size_t cap, const char *host, uint16_t port, bool omit_port);
+/* A provider's Host header value: config_hostport without the scheme's default port. */
+void config_provider_authority(const struct config_provider *cp, char *out, size_t cap);
+
 #endif

@@ -155,8 +155,8 @@ bool upstream_endpoint_init(struct upstream_endpoint *ep, const struct config *c
 	if (!cp->tls_verify)
 		log_warn("provider %s: tls_verify is false: the certificate of %s is NOT checked",
 			 cp->name, cp->host);
-	const struct config_proxy *px = cp->proxy.url ? &cp->proxy : &cfg->egress_proxy;
-	if (px->url) {
+	const struct config_proxy *px = config_provider_proxy(cfg, cp);
+	if (px) {
 		ep->proxy_host = strdup(px->host);
 		ep->proxy_port = px->port;
 		if (!ep->proxy_host) {
@@ -188,9 +188,8 @@ static void pool_destroy(struct upstream_pool *p)
 /* "CONNECT host:port HTTP/1.1" with its Host header, sent as is by every connection. */
 static bool pool_connect_request(struct upstream_pool *p)
 {
-	bool v6 = strchr(p->host, ':') != NULL;
 	char hp[300];
-	snprintf(hp, sizeof(hp), v6 ? "[%s]:%u" : "%s:%u", p->host, p->port);
+	config_hostport(hp, sizeof(hp), p->host, p->port, false);
 	size_t n = 2 * strlen(hp) + 40;
 	if (!(p->connect_req = malloc(n)))
 		return false;

@@ -375,11 +375,7 @@ static int check_init(struct check *c, const struct config *cfg, const struct co
 		      const char *headers, struct router_health *h, size_t nentries)
 {
 	char hostport[300];
-	bool v6 = strchr(cp->host, ':') != NULL; /* an IPv6 literal goes in brackets */
-	if (cp->port == (cp->tls ? 443 : 80))
-		snprintf(hostport, sizeof(hostport), v6 ? "[%s]" : "%s", cp->host);
-	else
-		snprintf(hostport, sizeof(hostport), v6 ? "[%s]:%u" : "%s:%u", cp->host, cp->port);
+	config_provider_authority(cp, hostport, sizeof(hostport));
 	int len = asprintf(&c->request,
 			   "GET %s%s HTTP/1.1\r\nHost: %s\r\n%sUser-Agent: penstock-health\r\n"
 			   "Accept: */*\r\nConnection: close\r\n\r\n",
@@ -390,16 +386,13 @@ static int check_init(struct check *c, const struct config *cfg, const struct co
 	}
 	c->request_len = (size_t)len;
 	c->name = strdup(cp->name);
-	/* https goes through the provider's proxy, else the egress proxy, as its requests do */
-	const struct config_proxy *px = !cp->tls ? NULL
-				       : cp->proxy.url ? &cp->proxy
-				       : cfg->egress_proxy.url ? &cfg->egress_proxy
-							       : NULL;
+	/* through the proxy the provider's requests take */
+	const struct config_proxy *px = config_provider_proxy(cfg, cp);
 	c->host = strdup(px ? px->host : cp->host);
 	snprintf(c->port, sizeof(c->port), "%u", px ? px->port : cp->port);
 	if (px) {
 		char target[300];
-		snprintf(target, sizeof(target), v6 ? "[%s]:%u" : "%s:%u", cp->host, cp->port);
+		config_hostport(target, sizeof(target), cp->host, cp->port, false);
 		int n = asprintf(&c->connect_req, "CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n", target,
 				 target);
 		if (n < 0) {

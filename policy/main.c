@@ -56,15 +56,12 @@ static void usage(FILE *f)
 		"       penstock --version\n");
 }
 
-static int load(const char *path, bool demo, struct config *cfg)
+/* The config file, or the built-in demo; -1 with the reason in err. */
+static int load(const char *path, bool demo, struct config *cfg, char *err, size_t errlen)
 {
-	char err[CONFIG_ERR_MAX];
-	int rc = demo ? config_load_string(demo_config, sizeof(demo_config) - 1, "<demo>", cfg, err,
-					   sizeof(err))
-		      : config_load_file(path, cfg, err, sizeof(err));
-	if (rc)
-		fprintf(stderr, "penstock: %s\n", err);
-	return rc;
+	return demo ? config_load_string(demo_config, sizeof(demo_config) - 1, "<demo>", cfg, err,
+					 errlen)
+		    : config_load_file(path, cfg, err, errlen);
 }
 
 /* What a reload needs: where the config comes from, what takes it. */
@@ -84,9 +81,7 @@ static int reload(void *ctx, struct admin_reload_result *r)
 		snprintf(r->error, sizeof(r->error), "out of memory");
 		return -1;
 	}
-	int rc = rl->demo ? config_load_string(demo_config, sizeof(demo_config) - 1, "<demo>", next,
-					       r->error, sizeof(r->error))
-			  : config_load_file(rl->path, next, r->error, sizeof(r->error));
+	int rc = load(rl->path, rl->demo, next, r->error, sizeof(r->error));
 	struct pipeline_reload_info info;
 	if (rc)
 		free(next);
@@ -149,8 +144,11 @@ int main(int argc, char **argv)
 	}
 
 	struct config cfg;
-	if (load(path, demo, &cfg))
+	char lerr[CONFIG_ERR_MAX];
+	if (load(path, demo, &cfg, lerr, sizeof(lerr))) {
+		fprintf(stderr, "penstock: %s\n", lerr);
 		return 1;
+	}
 	char err[512] = "";
 	if (check) {
 		struct pipeline *pl = pipeline_new(&cfg, NULL, err, sizeof(err));

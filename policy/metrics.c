@@ -595,32 +595,35 @@ int metrics_render_targets(const struct metrics_target_health *rows, size_t n, s
 {
 	size_t start = out->len;
 	struct out o = { .b = out };
+	/* each row's labels, escaped once for both families */
+	char **lab = calloc(n + 1, sizeof(*lab));
+	o.failed = !lab;
+	for (size_t i = 0; lab && i < n; i++) {
+		char *p = label_escape(rows[i].provider), *m = label_escape(rows[i].model);
+		if (p && m && asprintf(&lab[i], "provider=\"%s\",model=\"%s\"", p, m) < 0)
+			lab[i] = NULL;
+		o.failed |= !lab[i];
+		free(p);
+		free(m);
+	}
 	static const char *const states[] = { "closed", "open", "half-open" };
 	family(&o, "penstock_breaker_state", "gauge",
 	       "Each routing target's circuit breaker: 1 for its state now.");
-	for (size_t i = 0; i < n; i++) {
-		char *p = label_escape(rows[i].provider), *m = label_escape(rows[i].model);
-		o.failed |= !p || !m;
-		for (int st = 0; st < 3 && p && m; st++)
-			put(&o, "penstock_breaker_state{provider=\"%s\",model=\"%s\",state=\"%s\"} %d\n",
-			    p, m, states[st], rows[i].breaker == st);
-		free(p);
-		free(m);
-	}
+	for (size_t i = 0; !o.failed && i < n; i++)
+		for (int st = 0; st < 3; st++)
+			put(&o, "penstock_breaker_state{%s,state=\"%s\"} %d\n", lab[i], states[st],
+			    rows[i].breaker == st);
 	family(&o, "penstock_target_attempts_window", "gauge",
 	       "Attempts on each routing target in its breaker's error-rate window, by result.");
-	for (size_t i = 0; i < n; i++) {
-		char *p = label_escape(rows[i].provider), *m = label_escape(rows[i].model);
-		o.failed |= !p || !m;
-		if (p && m) {
-			put(&o, "penstock_target_attempts_window{provider=\"%s\",model=\"%s\","
-				"result=\"ok\"} %llu\n", p, m, (unsigned long long)rows[i].ok);
-			put(&o, "penstock_target_attempts_window{provider=\"%s\",model=\"%s\","
-				"result=\"failed\"} %llu\n", p, m, (unsigned long long)rows[i].failed);
-		}
-		free(p);
-		free(m);
+	for (size_t i = 0; !o.failed && i < n; i++) {
+		put(&o, "penstock_target_attempts_window{%s,result=\"ok\"} %llu\n", lab[i],
+		    (unsigned long long)rows[i].ok);
+		put(&o, "penstock_target_attempts_window{%s,result=\"failed\"} %llu\n", lab[i],
+		    (unsigned long long)rows[i].failed);
 	}
+	for (size_t i = 0; lab && i < n; i++)
+		free(lab[i]);
+	free(lab);
 	if (o.failed) {
 		out->len = start;
 		return -ENOMEM;

@@ -2322,11 +2322,6 @@ struct pipeline *pipeline_new(const struct config *cfg, struct gov *gov, char *e
 		goto fail;
 	}
 	s->generation = 1;
-	/* the boot config's metrics labels are its indexes (metrics_new saw it first) */
-	for (size_t i = 0; i < cfg->nmodels; i++)
-		s->metrics_model[i] = (int)i;
-	for (size_t i = 0; i < cfg->nproviders; i++)
-		s->metrics_provider[i] = (int)i;
 	atomic_init(&pl->cur, s);
 	if (gov && !(pl->tok = tokcount_reg_open(cfg->tokenizer_dir))) {
 		snprintf(err, errlen, "out of memory");
@@ -2352,10 +2347,26 @@ fail:
 
 const struct engine_handler *pipeline_handler(struct pipeline *p) { return &p->handler; }
 
+/* The metrics labels of s's models and providers; a name new to the metrics gets its
+ * label here, before the workers can see s. */
+static void label_snapshot(struct pipeline *pl, struct snapshot *s)
+{
+	for (size_t i = 0; i < s->cfg->nmodels; i++)
+		s->metrics_model[i] = pl->metrics ? metrics_label(pl->metrics, METRICS_LABEL_MODEL,
+								  s->cfg->models[i].name)
+						  : -1;
+	for (size_t i = 0; i < s->cfg->nproviders; i++)
+		s->metrics_provider[i] = pl->metrics ? metrics_label(pl->metrics,
+								     METRICS_LABEL_PROVIDER,
+								     s->cfg->providers[i].name)
+						     : -1;
+}
+
 void pipeline_observe(struct pipeline *p, struct metrics *m, struct accesslog *al)
 {
 	p->metrics = m;
 	p->alog = al;
+	label_snapshot(p, atomic_load_explicit(&p->cur, memory_order_relaxed));
 }
 
 int pipeline_reload(struct pipeline *pl, struct config *next, struct pipeline_reload_info *info,
@@ -2381,16 +2392,7 @@ int pipeline_reload(struct pipeline *pl, struct config *next, struct pipeline_re
 	}
 	healthcheck_stop(pl->checks);
 	pl->checks = checks;
-	/* a name new to the metrics gets its label here, before the workers can see it */
-	for (size_t i = 0; i < next->nmodels; i++)
-		s->metrics_model[i] = pl->metrics ? metrics_label(pl->metrics, METRICS_LABEL_MODEL,
-								  next->models[i].name)
-						  : -1;
-	for (size_t i = 0; i < next->nproviders; i++)
-		s->metrics_provider[i] = pl->metrics ? metrics_label(pl->metrics,
-								     METRICS_LABEL_PROVIDER,
-								     next->providers[i].name)
-						     : -1;
+	label_snapshot(pl, s);
 	struct snapshot *old = atomic_load_explicit(&pl->cur, memory_order_relaxed);
 	s->generation = old->generation + 1;
 	pthread_mutex_lock(&pl->publish_lock);

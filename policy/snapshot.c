@@ -12,12 +12,7 @@
 static char *host_header(const struct config_provider *cp)
 {
 	char hostport[300], line[320];
-	bool default_port = cp->port == (cp->tls ? 443 : 80);
-	bool v6 = strchr(cp->host, ':') != NULL;
-	if (default_port)
-		snprintf(hostport, sizeof(hostport), v6 ? "[%s]" : "%s", cp->host);
-	else
-		snprintf(hostport, sizeof(hostport), v6 ? "[%s]:%u" : "%s:%u", cp->host, cp->port);
+	config_provider_authority(cp, hostport, sizeof(hostport));
 	snprintf(line, sizeof(line), "Host: %s\r\n", hostport);
 	return strdup(line);
 }
@@ -176,12 +171,10 @@ void snapshot_unref(struct snapshot *s)
 
 static bool str_same(const char *a, const char *b);
 
-/* The CONNECT proxy a provider's connections go through, or NULL. */
 static const char *proxy_of(const struct config *cfg, const struct config_provider *cp)
 {
-	if (!cp->tls)
-		return NULL; /* plain http is never proxied */
-	return cp->proxy.url ? cp->proxy.url : cfg->egress_proxy.url;
+	const struct config_proxy *px = config_provider_proxy(cfg, cp);
+	return px ? px->url : NULL;
 }
 
 bool snapshot_same_endpoint(const struct snapshot *a, size_t i, const struct snapshot *b,
