@@ -169,7 +169,10 @@ void snapshot_unref(struct snapshot *s)
 
 /* ---------------------------------------------------------------- what may change */
 
-static bool str_same(const char *a, const char *b);
+static bool str_same(const char *a, const char *b)
+{
+	return a == b || (a && b && strcmp(a, b) == 0);
+}
 
 static const char *proxy_of(const struct config *cfg, const struct config_provider *cp)
 {
@@ -184,11 +187,6 @@ bool snapshot_same_endpoint(const struct snapshot *a, size_t i, const struct sna
 	return str_same(x->host, y->host) && x->port == y->port && x->tls == y->tls &&
 	       x->tls_verify == y->tls_verify && str_same(x->ca_file, y->ca_file) &&
 	       str_same(proxy_of(a->cfg, x), proxy_of(b->cfg, y));
-}
-
-static bool str_same(const char *a, const char *b)
-{
-	return a == b || (a && b && strcmp(a, b) == 0);
 }
 
 static bool secret_same(const struct config_secret *a, const struct config_secret *b)
