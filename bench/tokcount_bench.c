@@ -12,7 +12,9 @@
  * Modes, each the one before plus a step, so that their differences say where time goes:
  *   parse   the SSE parse alone (an empty callback)
  *   scan    + tokcount_scan_event on each event (finding the deltas and the usage)
- *   count   the pipeline's calls, counting included
+ *   count   the pipeline's calls, counting included, every event through the parser
+ *   framed  the pipeline's calls as it makes them: events in the stream's learned framing
+ *           counted from their bytes (tokcount_stream_framed), the others parsed
  * The counter's total is checked against tokcount_text of the whole text.
  *
  *   build/bench/tokcount_bench [-d vocab_dir] [-r rounds] [-t ms_per_round] [-m mode]
@@ -142,14 +144,14 @@ static void make(struct stream *s)
 			fail("out of memory");
 }
 
-enum mode { M_PARSE, M_SCAN, M_COUNT, M_N };
-static const char *const mode_names[M_N] = { "parse", "scan", "count" };
+enum mode { M_PARSE, M_SCAN, M_COUNT, M_FRAMED, M_N };
+static const char *const mode_names[M_N] = { "parse", "scan", "count", "framed" };
 
 struct run {
 	enum mode mode;
 	enum dialect d;
 	struct tokcount_stream *tcs;
-	uint64_t events, sink;
+	uint64_t sink;
 	bool cut;
 };
 
@@ -157,7 +159,6 @@ struct run {
 static bool on_event(void *arg, const struct sse_event *ev)
 {
 	struct run *r = arg;
-	r->events++;
 	if (r->mode == M_PARSE) {
 		r->sink += ev->data.n;
 		return true;
@@ -176,6 +177,24 @@ static bool on_event(void *arg, const struct sse_event *ev)
 	return !r->cut;
 }
 
+/* What the pipeline's px_strip_usage is given. */
+static void on_counted(void *arg, const struct sse_event *ev, const struct tokcount_event *te,
+		       size_t off)
+{
+	struct run *r = arg;
+	r->sink += te->usage_only + ev->raw_end + off;
+}
+
+/* A fragment, as the pipeline's relay gives it: framed mode counts it in one pass. */
+static void feed(struct run *r, struct sse_parser *p, const char *frag, size_t len)
+{
+	if (r->mode == M_FRAMED)
+		r->cut = r->cut || tokcount_stream_sse(r->tcs, r->d, p, (struct slice){ frag, len },
+						       1u << 20, on_counted, r);
+	else if (!r->cut)
+		sse_feed(p, frag, len, on_event, r);
+}
+
 /* One stream, as the pipeline handles it. Returns the count (count mode). */
 static int64_t one_stream(struct tokcount_ctx *c, struct tokcount_tokenizer t,
 			  const struct stream *s, enum mode mode, bool per_event, struct run *r)
@@ -184,15 +203,15 @@ static int64_t one_stream(struct tokcount_ctx *c, struct tokcount_tokenizer t,
 	r->mode = mode;
 	r->d = s->d;
 	r->tcs = NULL;
-	if (mode == M_COUNT && !(r->tcs = tokcount_stream_new(c, t)))
+	r->cut = false;
+	if (mode >= M_COUNT && !(r->tcs = tokcount_stream_new(c, t)))
 		fail("out of memory");
 	sse_init(&p, 1024 * 1024);
 	if (per_event) {
 		for (unsigned i = 0; i < s->nev; i++)
-			sse_feed(&p, s->bytes.p + s->ev_off[i], s->ev_off[i + 1] - s->ev_off[i],
-				 on_event, r);
+			feed(r, &p, s->bytes.p + s->ev_off[i], s->ev_off[i + 1] - s->ev_off[i]);
 	} else {
-		sse_feed(&p, s->bytes.p, s->bytes.len, on_event, r);
+		feed(r, &p, s->bytes.p, s->bytes.len);
 	}
 	sse_free(&p);
 	int64_t n = 0;
@@ -218,13 +237,12 @@ static uint64_t fixed;
 
 /* ns per stream: the best of rounds, each at least ms of CPU time (or fixed streams). */
 static double measure(struct tokcount_ctx *c, struct tokcount_tokenizer t, const struct stream *s,
-		      enum mode mode, bool per_event, int rounds, int ms, uint64_t *events)
+		      enum mode mode, bool per_event, int rounds, int ms)
 {
 	struct run r = { 0 };
 	double best = 0;
 	for (int k = 0; k < rounds; k++) {
 		uint64_t n = 0;
-		r.events = 0;
 		double t0 = cpu_ns(), t1 = t0;
 		for (unsigned batch = 64; fixed ? n < fixed : t1 - t0 < ms * 1e6;
 		     batch += batch < 4096 ? batch : 0) {
@@ -238,7 +256,6 @@ static double measure(struct tokcount_ctx *c, struct tokcount_tokenizer t, const
 		double per = (t1 - t0) / (double)n;
 		if (k == 0 || per < best)
 			best = per;
-		*events = r.events / n;
 	}
 	if (r.sink == 42) /* keep the work */
 		putchar(' ');
@@ -263,11 +280,11 @@ int main(int argc, char **argv)
 				if (strcmp(optarg, mode_names[m]) == 0)
 					only = m;
 			if (only < 0)
-				fail("modes: parse, scan, count");
+				fail("modes: parse, scan, count, framed");
 			break;
 		default:
 			fprintf(stderr, "usage: %s [-d vocab_dir] [-r rounds] [-t ms_per_round] "
-				"[-m parse|scan|count] [-s stream] [-n streams]\n", argv[0]);
+				"[-m parse|scan|count|framed] [-s stream] [-n streams]\n", argv[0]);
 			return 2;
 		}
 	}
@@ -299,20 +316,22 @@ int main(int argc, char **argv)
 		struct run r = { 0 };
 		int64_t want = tokcount_text(c, t, s->text.p, s->text.len);
 		for (int per_event = 1; per_event >= 0; per_event--) {
-			int64_t got = one_stream(c, t, s, M_COUNT, per_event, &r);
-			if (got != want) {
-				printf("%s: counted %lld, tokcount_text says %lld\n", s->name,
-				       (long long)got, (long long)want);
-				bad = 1;
+			for (int m = M_COUNT; m <= M_FRAMED; m++) {
+				int64_t got = one_stream(c, t, s, (enum mode)m, per_event, &r);
+				if (got != want) {
+					printf("%s: %s counted %lld, tokcount_text says %lld\n",
+					       s->name, mode_names[m], (long long)got,
+					       (long long)want);
+					bad = 1;
+				}
 			}
 			for (int m = 0; m < M_N; m++) {
 				if (only >= 0 && m != only)
 					continue;
-				uint64_t ev = 0;
-				double ns = measure(c, t, s, (enum mode)m, per_event, rounds, ms, &ev);
-				printf("%-14s %-9s %6s %6llu %10.0f %9.1f\n", s->name,
-				       per_event ? "per-event" : "whole", mode_names[m],
-				       (unsigned long long)ev, ns, ns / (double)(ev ? ev : 1));
+				double ns = measure(c, t, s, (enum mode)m, per_event, rounds, ms);
+				printf("%-14s %-9s %6s %6u %10.0f %9.1f\n", s->name,
+				       per_event ? "per-event" : "whole", mode_names[m], s->nev, ns,
+				       ns / (double)s->nev);
 				fflush(stdout);
 			}
 		}

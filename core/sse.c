@@ -263,14 +263,14 @@ int sse_feed(struct sse_parser *p, const char *frag, size_t len, sse_event_fn fn
 		p->line_end = j + 1 + (frag[j] == '\r' && j + 1 < len && frag[j + 1] == '\n');
 		rc = process_line(p, line, in_frag, fn, arg);
 		p->line.len = 0;
-		if (rc != SSE_OK)
-			return rc;
 		if (frag[j] == '\r') {
 			if (j + 1 < len && frag[j + 1] == '\n')
 				j++;
 			else if (j + 1 == len)
 				p->after_cr = true;
 		}
+		if (rc != SSE_OK)
+			return rc;
 		i = j + 1;
 	}
 	/* Slices into this fragment die with it: keep what the next event still needs. */
@@ -281,4 +281,9 @@ int sse_feed(struct sse_parser *p, const char *frag, size_t len, sse_event_fn fn
 	if (!type_to_buffer(p))
 		return fail(p, SSE_E_NOMEM);
 	return rc;
+}
+
+bool sse_between_events(const struct sse_parser *p)
+{
+	return !p->failed && p->started && !p->after_cr && p->event_bytes == 0 && p->line.len == 0;
 }

@@ -42,7 +42,9 @@ struct sse_event {
 };
 
 /* Called once per event; the slices are valid only during the call. Return false to
- * stop parsing (sse_feed then returns SSE_STOPPED). */
+ * stop parsing (sse_feed then returns SSE_STOPPED): the parser is between events, and the
+ * bytes of the fragment after the event (from raw_end, when raw_in_frag) are not parsed yet;
+ * the caller may feed them (or read them itself: sse_between_events). */
 typedef bool (*sse_event_fn)(void *arg, const struct sse_event *ev);
 
 enum sse_result {
@@ -81,5 +83,9 @@ void sse_free(struct sse_parser *p);
 /* Parse a fragment. Returns SSE_OK, SSE_STOPPED, or an error (after which every call
  * returns the same error). */
 int sse_feed(struct sse_parser *p, const char *frag, size_t len, sse_event_fn fn, void *arg);
+
+/* Nothing of an event or line is held and the next byte starts a line afresh: a caller may
+ * consume whole events from the start of its next fragment itself. */
+bool sse_between_events(const struct sse_parser *p);
 
 #endif

@@ -675,6 +675,28 @@ static void px_extra_headers(const struct px *px, char *out, size_t cap)
 		snprintf(out + n, cap - (size_t)n, "retry-after: %s\r\n", px->retry_after);
 }
 
+/* The usage chunk the gateway asked for is left out of a stream whose client did not ask: cut
+ * around it when it lies in this fragment (off: where the parser's fragment starts in it),
+ * else it began in the held tail and is the first event of what the tail now completes. */
+static void px_strip_usage(struct px *px, const struct sse_event *ev,
+			   const struct tokcount_event *te, size_t off)
+{
+	if (!px->strip_usage || !te->usage_only)
+		return;
+	if (ev->raw_in_frag) {
+		px->drop_start = off + ev->raw_start;
+		px->drop_end = off + ev->raw_end;
+	} else {
+		px->drop_held = true;
+	}
+}
+
+/* The completion tokens the request's budget reservation covers, UINT64_MAX: no bound. */
+static uint64_t px_allowance(const struct px *px)
+{
+	return px->ticket.held && px->ticket.resv.n ? px->ticket.completion_allowance : UINT64_MAX;
+}
+
 /* Count an upstream event's completion tokens; past the ticket's allowance the stream
  * is to be cut (px->cut). */
 static void px_count_event(struct px *px, const struct sse_event *ev)
@@ -682,20 +704,10 @@ static void px_count_event(struct px *px, const struct sse_event *ev)
 	struct tokcount_event te;
 	if (!px->tcs || tokcount_stream_event(px->tcs, px->up, ev->type, ev->data, &te) < 0)
 		return;
-	if (px->ticket.held && px->ticket.resv.n &&
-	    tokcount_stream_past(px->tcs, px->ticket.completion_allowance))
+	uint64_t limit = px_allowance(px);
+	if (limit != UINT64_MAX && tokcount_stream_past(px->tcs, limit))
 		px->cut = true;
-	/* The usage chunk the gateway asked for is left out of a stream whose client did not
-	 * ask: cut around it when it lies in this fragment, else it began in the held tail and
-	 * is the first event of what the tail now completes. */
-	if (px->strip_usage && te.usage_only) {
-		if (ev->raw_in_frag) {
-			px->drop_start = ev->raw_start;
-			px->drop_end = ev->raw_end;
-		} else {
-			px->drop_held = true;
-		}
-	}
+	px_strip_usage(px, ev, &te, 0);
 }
 
 static bool px_on_event(void *arg, const struct sse_event *ev)
@@ -1331,11 +1343,12 @@ static void drop_first_event(struct buf *b)
 	}
 }
 
-static bool px_acct_event(void *arg, const struct sse_event *ev)
+/* An event of a same-dialect stream, counted (tokcount_stream_sse): off is where the parser's
+ * fragment starts in the relayed one. */
+static void px_acct_event(void *arg, const struct sse_event *ev, const struct tokcount_event *te,
+			  size_t off)
 {
-	struct px *px = arg;
-	px_count_event(px, ev);
-	return !px->cut;
+	px_strip_usage(arg, ev, te, off);
 }
 
 static bool px_relay_sse(struct px *px, struct slice data, uint16_t bid)
@@ -1345,7 +1358,8 @@ static bool px_relay_sse(struct px *px, struct slice data, uint16_t bid)
 	px->drop_end = 0;
 	px->drop_held = false;
 	if (px->acct_on) {
-		sse_feed(&px->acct, data.p, data.n, px_acct_event, px);
+		px->cut = tokcount_stream_sse(px->tcs, px->up, &px->acct, data, px_allowance(px),
+					      px_acct_event, px);
 		if (px->cut) { /* the events of this fragment are not relayed */
 			worker_buffer_unref(w, bid);
 			upstream_cancel(&px->call);

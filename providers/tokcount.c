@@ -1205,6 +1205,18 @@ static bool shape_match(const struct shape *sh, enum dialect d, struct slice dat
 
 #define LEAD_MAX 256
 
+/* ---- a stream's repeated raw event ----
+ *
+ * A stream's SSE framing around its data repeats too: "data: " (OpenAI), "event:
+ * content_block_delta\ndata: " (Anthropic), then the data, then "\n\n". Once an event with a
+ * learned shape came framed so, the framing is remembered with the shape, and a later event
+ * whose bytes are that framing around the shape around a string is counted from the raw
+ * bytes: the SSE parser's scan for line ends and its dispatch are skipped. Its line structure
+ * is the learned event's (a JSON string holds no CR or LF), so the parser would have made of
+ * it the event the shape describes. */
+
+#define FRAME_MAX 64 /* "event: <type>\ndata: " */
+
 struct tokcount_stream {
 	struct tokcount_ctx *c;
 	struct tokcount_tokenizer t;
@@ -1222,8 +1234,10 @@ struct tokcount_stream {
 	bool cut;              /* a piece longer than TOKCOUNT_MAX_TAIL was cut */
 	struct usage usage;
 	size_t lead;        /* OpenAI: the first event's bytes before its "choices" key */
+	size_t frame;       /* the raw framing before the data, 0: none learned */
 	struct shape shape; /* a reused counter is cleared up to its bytes */
 	char lead_bytes[LEAD_MAX];
+	char frame_bytes[FRAME_MAX];
 };
 
 struct tokcount_stream *tokcount_stream_new(struct tokcount_ctx *c, struct tokcount_tokenizer t)
@@ -1434,6 +1448,130 @@ int tokcount_stream_event(struct tokcount_stream *s, enum dialect d, struct slic
 	if (ev->usage.present)
 		s->usage.present = true;
 	return rc;
+}
+
+/* The framing of the event raw (data: its data, a slice of it) after its data was counted: 
+ * remembered when the event is "data: D\n\n" or "event: T\ndata: D\n\n" and D has the learned
+ * shape (true). */
+static bool learn_frame(struct tokcount_stream *s, struct slice raw, struct slice data)
+{
+	uintptr_t r = (uintptr_t)raw.p, d = (uintptr_t)data.p;
+	s->frame = 0;
+	if (!s->shape.known || d < r || d + data.n + 2 != r + raw.n ||
+	    memcmp(data.p + data.n, "\n\n", 2) != 0)
+		return false;
+	size_t n = (size_t)(data.p - raw.p);
+	bool plain = n == 6 && memcmp(raw.p, "data: ", 6) == 0;
+	bool typed = n >= 14 && n <= FRAME_MAX && memcmp(raw.p, "event: ", 7) == 0 &&
+		     memcmp(data.p - 7, "\ndata: ", 7) == 0 && !memchr(raw.p + 7, '\n', n - 14) &&
+		     !memchr(raw.p, '\r', n);
+	if (!plain && !typed)
+		return false;
+	memcpy(s->frame_bytes, raw.p, n);
+	s->frame = n;
+	return true;
+}
+
+/* An event at p[0..n) in the learned framing and shape: its length, and *str the string's
+ * body; 0 if not. */
+static size_t framed_event(const struct tokcount_stream *s, const char *p, size_t n,
+			   size_t max_event, struct slice *str)
+{
+	const struct shape *sh = &s->shape;
+	size_t lead = s->frame + sh->before;
+	if (n < lead + sh->after + 2 || memcmp(p, s->frame_bytes, s->frame) != 0 ||
+	    memcmp(p + s->frame, sh->bytes, sh->before) != 0)
+		return 0;
+	const char *q = p + lead, *end = p + n;
+	for (;;) {
+		q = json_string_stop(q, end);
+		if (q >= end || (unsigned char)*q < 0x20)
+			return 0;
+		if (*q == '"')
+			break;
+		q += 2; /* a backslash and the byte it escapes */
+	}
+	size_t len = (size_t)(q - p) + sh->after + 2;
+	if (len > n || len > max_event || memcmp(q, sh->bytes + sh->before, sh->after) != 0 ||
+	    q[sh->after] != '\n' || q[sh->after + 1] != '\n')
+		return 0;
+	*str = (struct slice){ p + lead, (size_t)(q - p) - lead };
+	return len;
+}
+
+/* The whole framed events at the start of frag: counted; the bytes they took. */
+static size_t count_framed(struct tokcount_stream *s, enum dialect d, struct slice frag,
+			   size_t max_event, uint64_t limit, bool *past)
+{
+	size_t i = 0, k;
+	struct slice str;
+	if (!s->frame || !s->shape.known || s->shape.d != d)
+		return 0;
+	while (i < frag.n && (k = framed_event(s, frag.p + i, frag.n - i, max_event, &str)) > 0) {
+		i += k;
+		if (str.n)
+			tokcount_stream_feed(s, s->shape.part, str);
+		if (limit != UINT64_MAX && tokcount_stream_past(s, limit)) {
+			*past = true;
+			break;
+		}
+	}
+	return i;
+}
+
+struct sse_pass {
+	struct tokcount_stream *s;
+	enum dialect d;
+	const char *frag; /* what the parser parses: the fragment from off */
+	size_t off, resume;
+	uint64_t limit;
+	bool past;
+	tokcount_sse_fn fn;
+	void *arg;
+};
+
+static bool sse_pass_event(void *arg, const struct sse_event *ev)
+{
+	struct sse_pass *x = arg;
+	struct tokcount_event te;
+	if (tokcount_stream_event(x->s, x->d, ev->type, ev->data, &te) < 0)
+		return true;
+	if (x->limit != UINT64_MAX && tokcount_stream_past(x->s, x->limit)) {
+		x->past = true;
+		return false;
+	}
+	if (x->fn)
+		x->fn(x->arg, ev, &te, x->off);
+	if (ev->raw_in_frag &&
+	    learn_frame(x->s, slice_of(x->frag + ev->raw_start, ev->raw_end - ev->raw_start),
+			ev->data)) {
+		x->resume = x->off + ev->raw_end;
+		return false; /* the events that follow are read from their bytes */
+	}
+	return true;
+}
+
+bool tokcount_stream_sse(struct tokcount_stream *s, enum dialect d, struct sse_parser *p,
+			 struct slice frag, uint64_t limit, tokcount_sse_fn fn, void *arg)
+{
+	struct sse_pass x = { .s = s, .d = d, .limit = limit, .fn = fn, .arg = arg };
+	size_t at = 0;
+	while (at < frag.n) {
+		if (sse_between_events(p)) {
+			at += count_framed(s, d, slice_of(frag.p + at, frag.n - at), p->max, limit,
+					   &x.past);
+			if (x.past || at == frag.n)
+				break;
+		}
+		x.frag = frag.p + at;
+		x.off = at;
+		x.resume = 0;
+		if (sse_feed(p, frag.p + at, frag.n - at, sse_pass_event, &x) != SSE_STOPPED ||
+		    !x.resume)
+			break;
+		at = x.resume;
+	}
+	return x.past;
 }
 
 int64_t tokcount_stream_so_far(const struct tokcount_stream *s)

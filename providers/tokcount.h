@@ -27,6 +27,7 @@
 #include <stdint.h>
 
 #include "core/config.h"
+#include "core/sse.h"
 #include "core/str.h"
 #include "providers/translate.h"
 
@@ -173,6 +174,21 @@ void tokcount_stream_feed(struct tokcount_stream *s, uint32_t part, struct slice
  * tokcount_scan_event returns; ev (may be NULL) gets the scan. */
 int tokcount_stream_event(struct tokcount_stream *s, enum dialect d, struct slice type,
 			  struct slice data, struct tokcount_event *ev);
+
+/* A parsed event of tokcount_stream_sse, after it was counted: te is its scan, and the event's
+ * raw bytes (when ev->raw_in_frag) are at frag[off + ev->raw_start, off + ev->raw_end). */
+typedef void (*tokcount_sse_fn)(void *arg, const struct sse_event *ev,
+				const struct tokcount_event *te, size_t off);
+
+/* A fragment of a stream relayed in its own dialect d, counted in one pass: p is the
+ * stream's SSE parser (given every fragment through here). Events framed as the stream's
+ * last delta event was ("data: D\n\n", or "event: T\ndata: D\n\n") around data of the same
+ * shape are counted from their bytes, as tokcount_stream_event would count them; the parser
+ * takes the others, and fn (may be NULL) sees each of those that scanned. Returns true when
+ * the count went past limit (tokcount_stream_past; UINT64_MAX: no limit): the events after
+ * that one are not read. */
+bool tokcount_stream_sse(struct tokcount_stream *s, enum dialect d, struct sse_parser *p,
+			 struct slice frag, uint64_t limit, tokcount_sse_fn fn, void *arg);
 
 /* The text is counted once TOKCOUNT_BATCH decoded bytes wait (and at the end, and when
  * tokcount_stream_past needs it), not at every delta. */

@@ -808,14 +808,35 @@ static int merge_long(struct tok_ctx *ctx, const uint8_t *p, size_t n, struct to
 static int bpe_piece_uncached(struct tok_ctx *ctx, const uint8_t *p, size_t n,
 			      struct tok_sink *out);
 
+/* The n <= 8 bytes at p as a number, bytes past n zero: loads that cover them (overlapping
+ * where n is not a power of two), not a copy to memory and a load back, which stalls. */
+static uint64_t short_key(const uint8_t *p, size_t n)
+{
+	if (n >= 4) {
+		uint32_t lo, hi;
+		memcpy(&lo, p, 4);
+		memcpy(&hi, p + n - 4, 4);
+		return lo | (uint64_t)hi << (8 * (n - 4));
+	}
+	if (n == 0)
+		return 0;
+	return p[0] | (uint64_t)p[n / 2] << (8 * (n / 2)) | (uint64_t)p[n - 1] << (8 * (n - 1));
+}
+
 static int bpe_piece(struct tok_ctx *ctx, const uint8_t *p, size_t n, struct tok_sink *out)
 {
 	if (n == 0 || n > 16 || sink_wants_ids(out) || out->cap)
 		return bpe_piece_uncached(ctx, p, n, out);
 	if (!ctx->counts && !(ctx->counts = calloc(COUNT_CACHE_SLOTS, sizeof(*ctx->counts))))
 		return bpe_piece_uncached(ctx, p, n, out);
-	uint64_t key[2] = { 0, 0 };
-	memcpy(key, p, n);
+	uint64_t key[2];
+	if (n > 8) {
+		memcpy(&key[0], p, 8);
+		key[1] = short_key(p + 8, n - 8);
+	} else {
+		key[0] = short_key(p, n);
+		key[1] = 0;
+	}
 	uint64_t h = (key[0] * 0x9E3779B97F4A7C15ull) ^ (key[1] * 0xC2B2AE3D27D4EB4Full) ^ n;
 	struct count_slot *slot = &ctx->counts[(h ^ (h >> 29)) & (COUNT_CACHE_SLOTS - 1)];
 	if (slot->len == n && slot->a == key[0] && slot->b == key[1]) {

@@ -5,9 +5,11 @@
  * blank lines into events fed to a stream counter (both dialects; "event: name" first line
  * optional), and redacted. For any bytes: no crash or leak; the stream's running count
  * never goes down; the stream reads each event as tokcount_scan_event does (its learned
- * shapes and leads are shortcuts, not other answers); the prompt's bound is at least its
+ * shapes and leads are shortcuts, not other answers); the input as raw SSE, cut into fragments
+ * where its last bytes say, counts the same in one pass (tokcount_stream_sse) as through the
+ * parser (tests/unit/sse_count.h), with and without a limit; the prompt's bound is at least its
  * estimate; a redacted text stays within its bound. */
-/* fuzz-sources: providers/tokcount.c providers/tokenize.c policy/redact.c core/json.c core/log.c -lpcre2-8 */
+/* fuzz-sources: providers/tokcount.c providers/tokenize.c policy/redact.c core/json.c core/log.c core/sse.c -lpcre2-8 */
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -16,6 +18,7 @@
 
 #include "policy/redact.h"
 #include "providers/tokcount.h"
+#include "tests/unit/sse_count.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -71,6 +74,38 @@ static void stream_through(enum dialect d, struct slice in)
 	tokcount_stream_free(s);
 }
 
+/* The input's last 8 bytes, when it has more, seed where fragments end (up to 64 cuts), and
+ * say whether there is a limit; the rest is the stream. */
+static void sse_both_ways(enum dialect d, struct slice in)
+{
+	size_t cuts[64], ncut = 0;
+	uint64_t seed = 0, limit = UINT64_MAX;
+	if (in.n > 8) {
+		memcpy(&seed, in.p + in.n - 8, 8);
+		in.n -= 8;
+		ncut = seed % 65;
+		if (seed & (1ull << 40))
+			limit = (seed >> 41) % 256;
+	}
+	for (size_t i = 0; i < ncut; i++) {
+		seed ^= seed << 13, seed ^= seed >> 7, seed ^= seed << 17;
+		cuts[i] = in.n ? seed % in.n : 0;
+	}
+	for (size_t i = 1; i < ncut; i++) /* increasing: insertion sort */
+		for (size_t j = i; j > 0 && cuts[j - 1] > cuts[j]; j--) {
+			size_t x = cuts[j];
+			cuts[j] = cuts[j - 1];
+			cuts[j - 1] = x;
+		}
+	struct tokcount_tokenizer t = tokcount_pick(reg, "estimate", PROVIDER_OPENAI_COMPAT, "m");
+	struct sse_count ref, pass;
+	if (!sse_count(ctx, t, d, in.p, in.n, cuts, ncut, limit, false, &ref) ||
+	    !sse_count(ctx, t, d, in.p, in.n, cuts, ncut, limit, true, &pass))
+		return;
+	if (!sse_count_same(&ref, &pass))
+		abort();
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	if (!reg) {
@@ -87,6 +122,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		    p.upper_bound < 0)
 			abort();
 		stream_through((enum dialect)d, in);
+		sse_both_ways((enum dialect)d, in);
 	}
 	struct buf out = { 0 };
 	size_t max = 64 + (size % 4096);

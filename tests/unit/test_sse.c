@@ -296,6 +296,27 @@ static void test_stop(void **state)
 	const char *s = "data: 1\n\ndata: 2\n\ndata: 3\n\n";
 	assert_int_equal(sse_feed(&p, s, strlen(s), on_event, &l), SSE_STOPPED);
 	assert_int_equal(l.events, 2);
+	assert_true(sse_between_events(&p));
+	/* Resumed where the stopping event ended (raw_end), the parser reads on. */
+	l.stop_after = 0;
+	assert_int_equal(sse_feed(&p, s + l.span[1].end, strlen(s) - l.span[1].end, on_event, &l),
+			 SSE_OK);
+	assert_int_equal(l.events, 3);
+	assert_string_equal(l.text, "|1||-1;|2||-1;|3||-1;");
+	sse_free(&p);
+
+	/* Stopped by an event whose empty line is a CR ending the fragment: the LF that may
+	 * follow is still its pair, so the parser is not between events until it comes. */
+	struct log m = { .stop_after = 1 };
+	sse_init(&p, 1024);
+	assert_false(sse_between_events(&p)); /* the BOM may still come */
+	const char *a = "data: x\r\r", *b = "\ndata: y\n\n";
+	assert_int_equal(sse_feed(&p, a, strlen(a), on_event, &m), SSE_STOPPED);
+	assert_false(sse_between_events(&p));
+	m.stop_after = 0;
+	assert_int_equal(sse_feed(&p, b, strlen(b), on_event, &m), SSE_OK);
+	assert_true(sse_between_events(&p));
+	assert_string_equal(m.text, "|x||-1;|y||-1;");
 	sse_free(&p);
 }
 

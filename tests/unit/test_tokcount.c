@@ -15,8 +15,10 @@
 
 #include <cmocka.h>
 
+#include "core/buf.h"
 #include "core/json.h"
 #include "providers/tokcount.h"
+#include "sse_count.h"
 
 static struct tokcount_reg *reg;
 static struct tokcount_ctx *ctx;
@@ -483,6 +485,143 @@ static void test_stream_lead(void **state)
 	tokcount_stream_free(s);
 }
 
+/* ---- tokcount_stream_sse: one pass over the relayed bytes counts as the parser does ---- */
+
+static void put_event(struct buf *b, const char *type, const char *data, const char *eol)
+{
+	if (type) {
+		buf_append(b, "event: ", 7, SIZE_MAX);
+		buf_append(b, type, strlen(type), SIZE_MAX);
+		buf_append(b, eol, strlen(eol), SIZE_MAX);
+	}
+	buf_append(b, "data: ", 6, SIZE_MAX);
+	buf_append(b, data, strlen(data), SIZE_MAX);
+	buf_append(b, eol, strlen(eol), SIZE_MAX);
+	buf_append(b, eol, strlen(eol), SIZE_MAX);
+}
+
+static const char *const texts[] = {
+	"The", " quick", " brown", " fox", "\\n\\n", " said", " \\\"hi\\\"", " caf\\u00e9",
+	" \xF0\x9F\x91\x8D", "\xE4\xBD\xA0\xE5\xA5\xBD", "   ", "12345", "!", "",
+	" \\ud83d\\ude00", " end",
+};
+#define NTEXTS (sizeof(texts) / sizeof(texts[0]))
+
+#define OA_LEAD "{\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":7," \
+		"\"model\":\"gpt-4o-mini\",\"choices\":[{\"index\":0,\"delta\":"
+
+/* An OpenAI stream: role, text deltas, a tool call's arguments between them (another shape),
+ * finish, the usage chunk, [DONE]. */
+static void openai_stream(struct buf *b, const char *eol, unsigned rounds)
+{
+	char ev[512];
+	put_event(b, NULL, OA_LEAD "{\"role\":\"assistant\",\"content\":\"\"}}]}", eol);
+	for (unsigned i = 0; i < rounds * NTEXTS; i++) {
+		if (i == NTEXTS + 3) {
+			put_event(b, NULL, OA_LEAD "{\"tool_calls\":[{\"index\":0,\"function\":"
+					       "{\"arguments\":\"{\\\"a\\\":\"}}]}}]}", eol);
+			put_event(b, NULL, OA_LEAD "{\"tool_calls\":[{\"index\":0,\"function\":"
+					       "{\"arguments\":\"1}\"}}]}}]}", eol);
+		}
+		snprintf(ev, sizeof(ev), OA_LEAD "{\"content\":\"%s\"}}]}", texts[i % NTEXTS]);
+		put_event(b, NULL, ev, eol);
+	}
+	put_event(b, NULL, OA_LEAD "{},\"finish_reason\":\"stop\"}]}", eol);
+	put_event(b, NULL, "{\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":7,"
+			   "\"model\":\"gpt-4o-mini\",\"choices\":[],\"usage\":{\"prompt_tokens\":11,"
+			   "\"completion_tokens\":50,\"total_tokens\":61}}", eol);
+	put_event(b, NULL, "[DONE]", eol);
+}
+
+static void anthropic_stream(struct buf *b, unsigned rounds)
+{
+	char ev[512];
+	put_event(b, "message_start", "{\"type\":\"message_start\",\"message\":{\"id\":\"m\","
+				      "\"usage\":{\"input_tokens\":9,\"output_tokens\":1}}}", "\n");
+	put_event(b, "content_block_start", "{\"type\":\"content_block_start\",\"index\":0,"
+					    "\"content_block\":{\"type\":\"text\",\"text\":\"\"}}", "\n");
+	put_event(b, "ping", "{\"type\": \"ping\"}", "\n");
+	for (unsigned i = 0; i < rounds * NTEXTS; i++) {
+		snprintf(ev, sizeof(ev), "{\"type\":\"content_block_delta\",\"index\":%u,\"delta\":"
+			 "{\"type\":\"text_delta\",\"text\":\"%s\"}}", i / (unsigned)(NTEXTS + 5),
+			 texts[i % NTEXTS]);
+		put_event(b, "content_block_delta", ev, "\n");
+		if (i % 7 == 6) /* a comment between events */
+			buf_append(b, ": keep-alive\n", 13, SIZE_MAX);
+	}
+	put_event(b, "message_delta", "{\"type\":\"message_delta\",\"delta\":{\"stop_reason\":"
+				      "\"end_turn\"},\"usage\":{\"output_tokens\":40}}", "\n");
+	put_event(b, "message_stop", "{\"type\":\"message_stop\"}", "\n");
+}
+
+static void check_cuts(enum dialect d, const struct buf *b, const size_t *cuts, size_t ncut,
+		       uint64_t limit, struct sse_count *pass)
+{
+	struct sse_count ref;
+	assert_true(sse_count(ctx, O200K, d, b->p, b->len, cuts, ncut, limit, false, &ref));
+	assert_true(sse_count(ctx, O200K, d, b->p, b->len, cuts, ncut, limit, true, pass));
+	if (!sse_count_same(&ref, pass))
+		fail_msg("%zu cuts from %zu, limit %llu: one pass counted %lld (past %d, %u drops), "
+			 "the parser %lld (past %d, %u drops)", ncut, ncut ? cuts[0] : 0,
+			 (unsigned long long)limit, (long long)pass->end, pass->past, pass->ndrop,
+			 (long long)ref.end, ref.past, ref.ndrop);
+}
+
+/* Whole, one fragment per byte, cut once at every offset, and at every event's end; with no
+ * limit and with limits that stop the stream early. */
+static void check_stream(enum dialect d, const struct buf *b, bool framed)
+{
+	struct sse_count whole;
+	check_cuts(d, b, NULL, 0, UINT64_MAX, &whole);
+	uint64_t all = (uint64_t)whole.end, limits[] = { UINT64_MAX, 2, all / 2, all - 1 };
+	size_t *cuts = malloc(b->len * sizeof(*cuts));
+	assert_non_null(cuts);
+	for (size_t l = 0; l < sizeof(limits) / sizeof(limits[0]); l++) {
+		struct sse_count pass;
+		check_cuts(d, b, NULL, 0, limits[l], &pass);
+		if (framed && limits[l] == UINT64_MAX)
+			assert_true(pass.parsed < 12); /* most events were read from their bytes */
+		if (limits[l] != UINT64_MAX)
+			assert_true(pass.past);
+		for (size_t i = 1; i < b->len; i++)
+			cuts[i - 1] = i;
+		check_cuts(d, b, cuts, b->len - 1, limits[l], &pass);
+		size_t n = 0;
+		for (size_t i = 1; i < b->len; i++)
+			if (b->p[i - 1] == '\n' && b->p[i] != '\n')
+				cuts[n++] = i;
+		check_cuts(d, b, cuts, n, limits[l], &pass);
+		for (size_t i = 1; i < b->len; i++)
+			check_cuts(d, b, &i, 1, limits[l], &pass);
+	}
+	free(cuts);
+}
+
+static void test_stream_sse(void **state)
+{
+	need_vocab();
+	struct buf b = { 0 };
+	openai_stream(&b, "\n", 3);
+	check_stream(DIALECT_OPENAI, &b, true);
+	b.len = 0;
+	openai_stream(&b, "\r\n", 1); /* not the framing the counter reads itself */
+	check_stream(DIALECT_OPENAI, &b, false);
+	b.len = 0;
+	buf_append(&b, "\xEF\xBB\xBF", 3, SIZE_MAX);
+	anthropic_stream(&b, 2);
+	check_stream(DIALECT_ANTHROPIC, &b, true);
+	/* The include_usage chunk is reported with its offsets in the stream. */
+	b.len = 0;
+	openai_stream(&b, "\n", 1);
+	struct sse_count pass;
+	check_cuts(DIALECT_OPENAI, &b, NULL, 0, UINT64_MAX, &pass);
+	assert_int_equal(pass.ndrop, 1);
+	assert_memory_equal(b.p + pass.drops[0][0], "data: {\"id\"", 11);
+	assert_memory_equal(b.p + pass.drops[0][1], "data: [DONE]", 12);
+	assert_int_equal(pass.usage.completion_tokens, 50);
+	buf_free(&b);
+}
+
 static void test_prompt_openai(void **state)
 {
 	need_vocab();
@@ -638,6 +777,7 @@ int main(void)
 		cmocka_unit_test(test_scan_anthropic),
 		cmocka_unit_test(test_stream_events),
 		cmocka_unit_test(test_stream_lead),
+		cmocka_unit_test(test_stream_sse),
 		cmocka_unit_test(test_prompt_openai),
 		cmocka_unit_test(test_prompt_anthropic),
 		cmocka_unit_test(test_prompt_bench_bodies),
