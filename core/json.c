@@ -21,27 +21,6 @@ static void skip_ws(struct scan *s)
 
 /* Strings are most of a chat request's bytes (the prompt), so this is the scanner's hot
  * loop: SSE2 (x86-64's baseline) looks at 16 bytes per step. */
-const char *json_string_stop(const char *p, const char *end)
-{
-#ifdef __SSE2__
-	const __m128i quote = _mm_set1_epi8('"'), bslash = _mm_set1_epi8('\\');
-	const __m128i ctl = _mm_set1_epi8(0x1f);
-	while (end - p >= 16) {
-		__m128i v = _mm_loadu_si128((const __m128i *)(const void *)p);
-		__m128i hit = _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(v, quote), _mm_cmpeq_epi8(v, bslash)),
-					   _mm_cmpeq_epi8(_mm_min_epu8(v, ctl), v)); /* v <= 0x1f */
-		int mask = _mm_movemask_epi8(hit);
-		if (mask)
-			return p + __builtin_ctz((unsigned)mask);
-		p += 16;
-	}
-#endif
-	for (; p < end; p++)
-		if (*p == '"' || *p == '\\' || (unsigned char)*p < 0x20)
-			return p;
-	return end;
-}
-
 /* s->p at the opening quote; leaves it after the closing one. */
 static bool skip_string(struct scan *s)
 {
