@@ -195,6 +195,7 @@ struct px {
 	bool acct_on;
 	bool cut;                /* the stream reached what its budget reservation covers */
 	bool stream_done;        /* the upstream's stream ended cleanly */
+	bool verdict_due;        /* a stream began: the router hears how it ends */
 	bool strip_usage;        /* the gateway asked for include_usage; the client did not */
 	bool has_stream_options; /* the client's body has stream_options */
 	size_t drop_start, drop_end; /* this fragment's usage-only event, to leave out */
@@ -788,6 +789,7 @@ static void px_count_start(struct px *px)
 }
 static bool px_relay_sse(struct px *px, struct slice data, uint16_t bid);
 static bool px_failed_attempt(struct px *px, enum upstream_error err, bool head_seen);
+static void px_stream_verdict(struct px *px, bool ok);
 static void px_retry_soon(struct px *px);
 
 static void px_on_head(void *arg, const struct http1_response *res)
@@ -972,6 +974,7 @@ static void px_on_end(void *arg)
 		px_retry_soon(px);
 		return;
 	}
+	px_stream_verdict(px, true);
 	switch (px->relay) {
 	case RELAY_RAW:
 		px->stream_done = true;
@@ -1024,6 +1027,8 @@ static void px_on_error(void *arg, enum upstream_error err, bool head_seen)
 	const struct snapshot_provider *prov = &px->v->s->providers[px->route->provider];
 	log_warn("request %s: provider %s: %s%s", ex->id, prov->cfg->name, upstream_error_text(err),
 		 head_seen ? " (after the response began)" : "");
+	if (head_seen)
+		px_stream_verdict(px, false);
 	struct metrics *m = px->pw->pl->metrics;
 	int kind = m ? metrics_upstream_kind(err, 0) : -1;
 	if (kind >= 0)
@@ -1249,6 +1254,15 @@ static void px_report(struct px *px, enum route_outcome o, uint64_t elapsed_us, 
 	router_report(px->v->rw, px->model, px->tidx, px->probe, o, elapsed_us, now_us);
 }
 
+/* How a stream that began ended: whole, or broken by the provider. */
+static void px_stream_verdict(struct px *px, bool ok)
+{
+	if (!px->verdict_due)
+		return;
+	px->verdict_due = false;
+	router_stream_end(px->v->rw, px->model, px->tidx, ok, mono_us());
+}
+
 /* The pick was not used, or its request went away: it says nothing of the target. */
 static void px_unpick(struct px *px) { px_report(px, ROUTE_CANCELLED, 0, mono_us()); }
 
@@ -1285,7 +1299,10 @@ static bool px_head_routes(struct px *px, const struct http1_response *res,
 					   ? ct->value : SLICE_LIT("application/json")));
 		return true;
 	}
-	px_report(px, ROUTE_OK, elapsed, now);
+	/* A stream's health is known at its end: a provider that starts streams and breaks them
+	 * fails (px_stream_verdict). */
+	px->verdict_due = res->status >= 200 && res->status < 300 && is_sse(ct);
+	px_report(px, px->verdict_due ? ROUTE_STARTED : ROUTE_OK, elapsed, now);
 	/* Same-dialect SSE that the client gets chunked: relayed in whole events, so a
 	 * break can still end it with an error event. */
 	px->raw_sse = px->in == px->up && res->status >= 200 && res->status < 300 && is_sse(ct) &&

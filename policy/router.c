@@ -670,6 +670,23 @@ static void sample(const struct router *r, struct slot *s, double us, uint64_t n
 	s->stamp_us = now;
 }
 
+static void succeeded(const struct router *r, struct router_health_entry *h, uint64_t now_us)
+{
+	uint32_t st = atomic_load_explicit(&h->state, memory_order_acquire);
+	if (st != BREAKER_CLOSED)
+		close_breaker(h, st, "a request succeeded");
+	else if (atomic_load_explicit(&h->consecutive, memory_order_relaxed))
+		atomic_store_explicit(&h->consecutive, 0, memory_order_relaxed);
+	tally(h, &r->o, now_us, true);
+}
+
+static void failed(const struct router *r, struct router_health_entry *h, uint64_t now_us)
+{
+	tally(h, &r->o, now_us, false);
+	uint32_t c = atomic_fetch_add_explicit(&h->consecutive, 1, memory_order_relaxed) + 1;
+	judge_failure(r, h, atomic_load_explicit(&h->state, memory_order_acquire), c, now_us);
+}
+
 void router_report(struct router_worker *rw, const struct router_model *m, unsigned t,
 		   bool probe, enum route_outcome o, uint64_t elapsed_us, uint64_t now_us)
 {
@@ -681,24 +698,22 @@ void router_report(struct router_worker *rw, const struct router_model *m, unsig
 		s->pending--;
 
 	switch (o) {
-	case ROUTE_OK: {
+	case ROUTE_OK:
+		sample(r, s, (double)elapsed_us, now_us);
+		succeeded(r, h, now_us);
+		return;
+	case ROUTE_STARTED: { /* a probe that starts a stream closes its breaker at once */
 		sample(r, s, (double)elapsed_us, now_us);
 		uint32_t st = atomic_load_explicit(&h->state, memory_order_acquire);
 		if (st != BREAKER_CLOSED)
-			close_breaker(h, st, "a request succeeded");
-		else if (atomic_load_explicit(&h->consecutive, memory_order_relaxed))
-			atomic_store_explicit(&h->consecutive, 0, memory_order_relaxed);
-		tally(h, &r->o, now_us, true);
+			close_breaker(h, st, "a stream began");
 		return;
 	}
 	case ROUTE_FAILED:
 	case ROUTE_TIMEOUT: {
 		double us = (double)elapsed_us;
 		sample(r, s, us > FAIL_PENALTY_US ? us : FAIL_PENALTY_US, now_us);
-		tally(h, &r->o, now_us, false);
-		uint32_t c = atomic_fetch_add_explicit(&h->consecutive, 1, memory_order_relaxed) + 1;
-		judge_failure(r, h, atomic_load_explicit(&h->state, memory_order_acquire), c,
-			      now_us);
+		failed(r, h, now_us);
 		return;
 	}
 	case ROUTE_CANCELLED:
@@ -708,6 +723,16 @@ void router_report(struct router_worker *rw, const struct router_model *m, unsig
 			atomic_store_explicit(&h->until_us, now_us, memory_order_release);
 		return;
 	}
+}
+
+void router_stream_end(struct router_worker *rw, const struct router_model *m, unsigned t,
+		       bool ok, uint64_t now_us)
+{
+	struct router_health_entry *h = health_of(rw->r, &m->targets[t]);
+	if (ok)
+		succeeded(rw->r, h, now_us);
+	else
+		failed(rw->r, h, now_us);
 }
 
 double router_latency_us(const struct router_worker *rw, const struct router_target *t)

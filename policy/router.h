@@ -97,6 +97,8 @@ struct route_req {
 
 enum route_outcome {
 	ROUTE_OK,        /* the target answered (any status that is not a failure) */
+	ROUTE_STARTED,   /* a stream began: its latency counts now, its health at its end
+			  * (router_stream_end) */
 	ROUTE_FAILED,    /* refused, reset, bad response, or a status that triggers fallback */
 	ROUTE_TIMEOUT,   /* connect or first-byte timeout */
 	ROUTE_CANCELLED, /* the client went away: says nothing about the target */
@@ -148,6 +150,11 @@ int router_pick(struct router_worker *rw, const struct router_model *m, uint64_t
  * failure). */
 void router_report(struct router_worker *rw, const struct router_model *m, unsigned t,
 		   bool probe, enum route_outcome o, uint64_t elapsed_us, uint64_t now_us);
+/* How a stream that began (ROUTE_STARTED) ended: whole (ok), or broken by the target (a
+ * failure for its breaker, as a refused connection is). A stream the client left or the
+ * gateway cut says nothing of the target: no call. */
+void router_stream_end(struct router_worker *rw, const struct router_model *m, unsigned t,
+		       bool ok, uint64_t now_us);
 /* Whether m has a target not in `tried` that could be picked now (no side effects). */
 bool router_has_usable(const struct router *r, const struct router_model *m, uint64_t tried,
 		       uint64_t now_us);

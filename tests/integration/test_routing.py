@@ -289,6 +289,29 @@ def test_stream_cut_mid_way_ends_with_an_error_event(env):
     s.gw.assert_serving()
 
 
+def test_streams_that_break_open_a_breaker(env):
+    # a provider that starts every stream with 200 and drops it after three events
+    s = env.stack(mocks={"breaks": ["--disconnect-after", "3"], "ok": []}, settings={
+        "models": [model("p", "breaks", "ok"), TEST],
+        "breaker": {"failures": 2, "cooldown": "30s"}})
+    for _ in range(2):
+        r = s.gw.chat("p", stream=True)
+        assert r.status == 200 and r.header("x-penstock-provider") == "breaks", r
+        ev = sse_events(r.body)
+        assert ev[-1] == b"data: [DONE]" and ev[-2].startswith(b'data: {"error":'), ev[-3:]
+    assert "breaker breaks/m: open after 2 consecutive failures" in s.gw.proc.stderr()
+    # open: the next stream goes to the other target, whole
+    r = s.gw.chat("p", stream=True)
+    assert r.status == 200 and r.header("x-penstock-provider") == "ok", r
+    assert r.body.endswith(b"data: [DONE]\n\n") and b'"error"' not in r.body, r
+    assert requests_of(s, "breaks") == 2
+    # whole streams say the target is well: many of them never open a breaker
+    for _ in range(5):
+        r = s.gw.chat("gpt-test", stream=True)
+        assert r.status == 200 and r.body.endswith(b"data: [DONE]\n\n"), r
+    assert "breaker mock/" not in s.gw.proc.stderr()
+
+
 def test_event_cut_in_half_is_not_relayed(env):
     # The upstream dies in the middle of an event: the client gets the whole events, then
     # an error event, never half a line of JSON.

@@ -267,6 +267,50 @@ static void test_breaker_transitions(void **state)
 	router_report(f->rw, m, 0, probe, ROUTE_OK, 1 * MS, f->now);
 }
 
+/* Streams: a stream that begins says nothing of health until it ends; streams that break
+ * open the breaker as refused connections do, and a whole one resets the count. */
+static void test_broken_streams(void **state)
+{
+	struct fx *f = *state;
+	const struct router_model *m = model(f, "ordered");
+	const struct router_target *a = &m->targets[0];
+	bool probe;
+
+	for (int i = 0; i < 2; i++) {
+		assert_int_equal(pick(f, m, 0, &probe), 0);
+		router_report(f->rw, m, 0, probe, ROUTE_STARTED, 1 * MS, f->now);
+		router_stream_end(f->rw, m, 0, false, f->now);
+	}
+	assert_int_equal(router_breaker(f->r, a), BREAKER_CLOSED);
+	assert_int_equal(pick(f, m, 0, &probe), 0);
+	router_report(f->rw, m, 0, probe, ROUTE_STARTED, 1 * MS, f->now);
+	router_stream_end(f->rw, m, 0, true, f->now); /* whole: the count starts again */
+	for (int i = 0; i < 2; i++) {
+		assert_int_equal(pick(f, m, 0, &probe), 0);
+		router_report(f->rw, m, 0, probe, ROUTE_STARTED, 1 * MS, f->now);
+		router_stream_end(f->rw, m, 0, false, f->now);
+	}
+	assert_int_equal(router_breaker(f->r, a), BREAKER_CLOSED);
+	/* a stream that begins does not reset the count; the third break in a row opens */
+	assert_int_equal(pick(f, m, 0, &probe), 0);
+	router_report(f->rw, m, 0, probe, ROUTE_STARTED, 1 * MS, f->now);
+	assert_int_equal(router_breaker(f->r, a), BREAKER_CLOSED);
+	router_stream_end(f->rw, m, 0, false, f->now);
+	assert_int_equal(router_breaker(f->r, a), BREAKER_OPEN);
+	assert_int_equal(pick(f, m, 0, &probe), 1);
+	router_report(f->rw, m, 1, probe, ROUTE_OK, 1 * MS, f->now);
+
+	/* a probe whose stream begins closes the breaker at once, without waiting for its end */
+	f->now += opts.breaker_cooldown_us;
+	assert_int_equal(pick(f, m, 0, &probe), 0);
+	assert_true(probe);
+	router_report(f->rw, m, 0, probe, ROUTE_STARTED, 1 * MS, f->now);
+	assert_int_equal(router_breaker(f->r, a), BREAKER_CLOSED);
+	assert_int_equal(pick(f, m, 0, &probe), 0);
+	assert_false(probe);
+	router_report(f->rw, m, 0, probe, ROUTE_OK, 1 * MS, f->now);
+}
+
 static void test_probe_that_never_reports_expires(void **state)
 {
 	struct fx *f = *state;
@@ -620,6 +664,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_latency_counts_in_flight, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_cost_and_context, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_breaker_transitions, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_broken_streams, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_probe_that_never_reports_expires, setup,
 						teardown),
 		cmocka_unit_test_setup_teardown(test_health_is_shared_by_target, setup, teardown),
