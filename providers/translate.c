@@ -1362,6 +1362,288 @@ void xlat_error_body(enum dialect d, enum xlat_err_kind kind, int status, const 
 	json_decref(body);
 }
 
+/* ---- fast paths: jansson's answer without jansson ----
+ *
+ * Most translated traffic is a stream's text deltas, and a full parse and rebuild costs
+ * microseconds per event. For those shapes the fast paths read the event with the zero-copy
+ * scanner and write what the full path would write, byte for byte; for anything else they
+ * decline and the full path runs. They act only on input jansson surely loads (json_sure
+ * checks, strictly), and copy a JSON string as jansson would write the string it decodes. */
+
+static bool fast_on = true;
+
+void xlat_set_fast(bool on)
+{
+	fast_on = on;
+}
+
+#define SURE_DEPTH 16 /* deeper is never a usual shape: the full path decides */
+
+/* Length of the valid UTF-8 sequence at p (jansson's rules: shortest form, no surrogates, at
+ * most U+10FFFF), or 0. */
+static size_t utf8_seq(const unsigned char *p, const unsigned char *end)
+{
+	unsigned c = p[0];
+	size_t n;
+	uint32_t cp;
+	if (c < 0x80)
+		return 1;
+	if (c < 0xc2)
+		return 0;
+	if (c < 0xe0)
+		n = 2, cp = c & 0x1f;
+	else if (c < 0xf0)
+		n = 3, cp = c & 0x0f;
+	else if (c < 0xf5)
+		n = 4, cp = c & 0x07;
+	else
+		return 0;
+	if ((size_t)(end - p) < n)
+		return 0;
+	for (size_t i = 1; i < n; i++) {
+		if ((p[i] & 0xc0) != 0x80)
+			return 0;
+		cp = cp << 6 | (p[i] & 0x3fu);
+	}
+	if ((n == 3 && cp < 0x800) || (n == 4 && cp < 0x10000) || cp > 0x10ffff ||
+	    (cp >= 0xd800 && cp <= 0xdfff))
+		return 0;
+	return n;
+}
+
+static bool hex4(const char *p, const char *end, uint32_t *cp)
+{
+	if (end - p < 4)
+		return false;
+	*cp = 0;
+	for (int i = 0; i < 4; i++) {
+		char c = p[i];
+		unsigned d = c >= '0' && c <= '9' ? (unsigned)(c - '0')
+			     : c >= 'a' && c <= 'f' ? (unsigned)(c - 'a' + 10)
+			     : c >= 'A' && c <= 'F' ? (unsigned)(c - 'A' + 10) : 16;
+		if (d == 16)
+			return false;
+		*cp = *cp << 4 | d;
+	}
+	return true;
+}
+
+/* The code point of the \u escape at p (one or a surrogate pair, as jansson pairs them);
+ * *len is the escape's length. False where jansson would refuse it. */
+static bool u_escape(const char *p, const char *end, uint32_t *cp, size_t *len)
+{
+	uint32_t lo;
+	if (!hex4(p + 2, end, cp) || (*cp >= 0xdc00 && *cp <= 0xdfff))
+		return false;
+	*len = 6;
+	if (*cp < 0xd800 || *cp > 0xdbff)
+		return true;
+	if (end - p < 12 || p[6] != '\\' || p[7] != 'u' || !hex4(p + 8, end, &lo) || lo < 0xdc00 ||
+	    lo > 0xdfff)
+		return false;
+	*cp = 0x10000 + ((*cp - 0xd800) << 10) + (lo - 0xdc00);
+	*len = 12;
+	return true;
+}
+
+struct sure {
+	const char *p, *end;
+};
+
+static void sure_ws(struct sure *v)
+{
+	while (v->p < v->end && (*v->p == ' ' || *v->p == '\t' || *v->p == '\n' || *v->p == '\r'))
+		v->p++;
+}
+
+/* A string at v->p. Keys may not hold escapes: the scanner compares them raw. */
+static bool sure_string(struct sure *v, bool key)
+{
+	const char *p = v->p + 1;
+	for (;;) {
+		const char *stop = json_string_stop(p, v->end);
+		while (p < stop) {
+			size_t n = utf8_seq((const unsigned char *)p, (const unsigned char *)stop);
+			if (!n)
+				return false;
+			p += n;
+		}
+		if (p == v->end || (unsigned char)*p < 0x20)
+			return false;
+		if (*p == '"') {
+			v->p = p + 1;
+			return true;
+		}
+		if (key || v->end - p < 2)
+			return false;
+		uint32_t cp;
+		size_t len = 2;
+		bool ok = p[1] == 'u' ? u_escape(p, v->end, &cp, &len)
+				      : p[1] && strchr("\"\\/bfnrt", p[1]);
+		if (!ok)
+			return false;
+		p += len;
+	}
+}
+
+/* A number jansson surely takes: integers to 18 digits (more may overflow its int64), reals
+ * without an exponent (with one they may overflow a double: the 'e' then fails the check
+ * after the value, as does a digit after a leading 0). */
+static bool sure_number(struct sure *v)
+{
+	const char *p = v->p, *end = v->end;
+	if (p < end && *p == '-')
+		p++;
+	const char *digits = p;
+	if (p < end && *p == '0')
+		p++;
+	else
+		while (p < end && *p >= '0' && *p <= '9')
+			p++;
+	if (p == digits || p - digits > 18)
+		return false;
+	if (p < end && *p == '.') {
+		const char *frac = ++p;
+		while (p < end && *p >= '0' && *p <= '9')
+			p++;
+		if (p == frac)
+			return false;
+	}
+	v->p = p;
+	return true;
+}
+
+static bool sure_word(struct sure *v, const char *w, size_t n)
+{
+	if ((size_t)(v->end - v->p) < n || memcmp(v->p, w, n) != 0)
+		return false;
+	v->p += n;
+	return true;
+}
+
+static bool sure_value(struct sure *v, int depth)
+{
+	if (v->p == v->end)
+		return false;
+	char c = *v->p;
+	if (c == '"')
+		return sure_string(v, false);
+	if (c == 't')
+		return sure_word(v, "true", 4);
+	if (c == 'f')
+		return sure_word(v, "false", 5);
+	if (c == 'n')
+		return sure_word(v, "null", 4);
+	if (c != '{' && c != '[')
+		return sure_number(v);
+	if (depth == SURE_DEPTH)
+		return false;
+	char close = c == '{' ? '}' : ']';
+	v->p++;
+	sure_ws(v);
+	if (v->p < v->end && *v->p == close) {
+		v->p++;
+		return true;
+	}
+	for (;;) {
+		sure_ws(v);
+		if (c == '{') {
+			if (v->p == v->end || *v->p != '"' || !sure_string(v, true))
+				return false;
+			sure_ws(v);
+			if (v->p == v->end || *v->p != ':')
+				return false;
+			v->p++;
+			sure_ws(v);
+		}
+		if (!sure_value(v, depth + 1))
+			return false;
+		sure_ws(v);
+		if (v->p == v->end)
+			return false;
+		if (*v->p == close) {
+			v->p++;
+			return true;
+		}
+		if (*v->p != ',')
+			return false;
+		v->p++;
+	}
+}
+
+/* text is one JSON object that jansson (JSON_ALLOW_NUL) surely loads, with no escape in a
+ * key. False where it would not, or might not: then the full path decides. */
+static bool json_sure(struct slice text)
+{
+	struct sure v = { text.p, text.p + text.n };
+	sure_ws(&v);
+	if (v.p == v.end || *v.p != '{' || !sure_value(&v, 0))
+		return false;
+	sure_ws(&v);
+	return v.p == v.end;
+}
+
+/* Write the body of a string json_sure passed (between its quotes) at dst as jansson writes
+ * the string it decodes to: UTF-8 as is; '"', '\\' and control characters escaped (\b \f \n
+ * \r \t, others \u00XX); any other escape decoded ("\/" is "/", "\u00e9" is "é"). Never
+ * longer than the body. Returns the end of what it wrote. */
+static char *put_string(char *dst, struct slice body)
+{
+	const char *p = body.p, *end = body.p + body.n;
+	while (p < end) {
+		const char *bs = memchr(p, '\\', (size_t)(end - p));
+		size_t run = (size_t)((bs ? bs : end) - p);
+		memcpy(dst, p, run);
+		dst += run;
+		if (!bs)
+			break;
+		uint32_t cp = 0;
+		size_t len = 2;
+		if (bs[1] == '/')
+			cp = '/';
+		else if (bs[1] == 'u')
+			u_escape(bs, end, &cp, &len);
+		p = bs + len;
+		if (bs[1] != '/' && bs[1] != 'u') { /* \" \\ \b \f \n \r \t: jansson's own spelling */
+			*dst++ = '\\';
+			*dst++ = bs[1];
+		} else if (cp == '"' || cp == '\\') {
+			*dst++ = '\\';
+			*dst++ = (char)cp;
+		} else if (cp < 0x20) {
+			static const char hex[] = "0123456789ABCDEF";
+			*dst++ = '\\';
+			switch (cp) {
+			case '\b': *dst++ = 'b'; break;
+			case '\f': *dst++ = 'f'; break;
+			case '\n': *dst++ = 'n'; break;
+			case '\r': *dst++ = 'r'; break;
+			case '\t': *dst++ = 't'; break;
+			default:
+				memcpy(dst, "u00", 3);
+				dst[3] = hex[cp >> 4];
+				dst[4] = hex[cp & 15];
+				dst += 5;
+			}
+		} else if (cp < 0x80) {
+			*dst++ = (char)cp;
+		} else if (cp < 0x800) {
+			*dst++ = (char)(0xc0 | cp >> 6);
+			*dst++ = (char)(0x80 | (cp & 0x3f));
+		} else if (cp < 0x10000) {
+			*dst++ = (char)(0xe0 | cp >> 12);
+			*dst++ = (char)(0x80 | (cp >> 6 & 0x3f));
+			*dst++ = (char)(0x80 | (cp & 0x3f));
+		} else {
+			*dst++ = (char)(0xf0 | cp >> 18);
+			*dst++ = (char)(0x80 | (cp >> 12 & 0x3f));
+			*dst++ = (char)(0x80 | (cp >> 6 & 0x3f));
+			*dst++ = (char)(0x80 | (cp & 0x3f));
+		}
+	}
+	return dst;
+}
+
 /* ---- streams ---- */
 
 enum blk { BLK_NONE, BLK_TEXT, BLK_TOOL, BLK_OTHER };
@@ -1383,6 +1665,12 @@ struct xlat_stream {
 	int64_t tool_at;    /* OpenAI upstream: tool_call index of the open tool block */
 	int64_t tools;      /* tool calls started so far */
 	const char *reason; /* stop_reason or finish_reason, in the client's dialect */
+	struct tpl {        /* the fast path's text delta event (tpl_ready) */
+		struct buf b;
+		size_t at;     /* where the text goes in b */
+		int64_t block; /* the blk_index it was made for */
+		bool made, ok;
+	} tpl;
 };
 
 struct xlat_stream *xlat_stream_new(enum dialect from, enum dialect to, const char *client_model,
@@ -1409,6 +1697,7 @@ void xlat_stream_free(struct xlat_stream *s)
 {
 	if (!s)
 		return;
+	buf_free(&s->tpl.b);
 	free(s->model);
 	free(s);
 }
@@ -1869,6 +2158,103 @@ static int same_event(struct xlat_stream *s, struct slice name, struct slice dat
 	return copy_event(out, type, data) ? 0 : -1;
 }
 
+/* -- fast paths for text deltas -- */
+
+/* The text delta event of the open block as the full path writes it, made with empty text
+ * and with "x": where the two differ is where the text goes. The fast path so copies the
+ * full path's layout (ids, model, created, key order) instead of restating it. Made once,
+ * and again for each new block of an Anthropic client (its index is in the event); the rest
+ * is fixed once the client has its opening event, which a text block never comes before. */
+static bool text_event(struct xlat_stream *s, struct buf *out, const char *text)
+{
+	struct cx c = { NULL, 0, false };
+	json_t *t = json_string(text);
+	bool ok;
+	if (s->to == DIALECT_ANTHROPIC) {
+		ok = an_delta(s, &c, out, "text_delta", "text", t);
+	} else {
+		json_t *d = json_object();
+		put_ref(&c, d, "content", t);
+		ok = oa_send(s, &c, out, d);
+	}
+	json_decref(t);
+	return ok && !c.oom;
+}
+
+static bool tpl_ready(struct xlat_stream *s)
+{
+	struct tpl *t = &s->tpl;
+	if (t->made && t->block == s->blk_index)
+		return t->ok;
+	struct buf x = { 0 };
+	t->b.len = 0;
+	t->made = true;
+	t->block = s->blk_index;
+	t->ok = text_event(s, &t->b, "") && text_event(s, &x, "x") && x.len == t->b.len + 1;
+	size_t at = 0;
+	while (t->ok && at < t->b.len && t->b.p[at] == x.p[at])
+		at++;
+	t->ok = t->ok && x.p[at] == 'x' && memcmp(x.p + at + 1, t->b.p + at, t->b.len - at) == 0;
+	t->at = at;
+	buf_free(&x);
+	return t->ok;
+}
+
+/* The event for a text delta whose JSON string value is text (quotes included). */
+static bool tpl_emit(struct xlat_stream *s, struct slice text, struct buf *out)
+{
+	const struct tpl *t = &s->tpl;
+	struct slice body = { text.p + 1, text.n - 2 };
+	if (!buf_reserve(out, t->b.len + body.n, XLAT_MAX_OUT))
+		return false; /* near the bound, the full path decides */
+	char *p = out->p + out->len;
+	memcpy(p, t->b.p, t->at);
+	p = put_string(p + t->at, body);
+	memcpy(p, t->b.p + t->at, t->b.len - t->at);
+	out->len = (size_t)(p + t->b.len - t->at - out->p);
+	return true;
+}
+
+static bool is_string(struct slice v)
+{
+	return v.p && v.p[0] == '"';
+}
+
+/* An OpenAI chunk that is only choice 0's text, in a text block already open. */
+static bool oa_to_an_fast(struct xlat_stream *s, struct slice data, struct buf *out)
+{
+	static const char *const keys[] = { "choices", "error", "usage" };
+	static const char *const ckeys[] = { "index", "delta", "finish_reason" };
+	static const char *const dkeys[] = { "content", "tool_calls" };
+	struct slice v[3], cv[3], dv[2], choice, more;
+	struct json_iter it;
+	if (s->blk != BLK_TEXT || json_scan_object(data, keys, v, 3) ||
+	    (v[1].p && !slice_eq_cstr(v[1], "null")) ||
+	    (v[2].p && !slice_eq_cstr(v[2], "null")) ||
+	    !json_array_begin(&it, v[0]) || json_array_next(&it, &choice) != 1 ||
+	    json_array_next(&it, &more) != 0 || json_scan_object(choice, ckeys, cv, 3) ||
+	    (cv[0].p && !slice_eq_cstr(cv[0], "0")) || is_string(cv[2]) ||
+	    json_scan_object(cv[1], dkeys, dv, 2) || !is_string(dv[0]) || dv[0].n < 3 ||
+	    (dv[1].p && dv[1].p[0] == '[' && !is_empty_array(dv[1])))
+		return false;
+	return json_sure(data) && tpl_ready(s) && tpl_emit(s, dv[0], out);
+}
+
+/* An Anthropic text_delta for the open text block. */
+static bool an_to_oa_fast(struct xlat_stream *s, struct slice data, struct buf *out)
+{
+	static const char *const keys[] = { "type", "index", "delta" };
+	static const char *const dkeys[] = { "type", "text" };
+	struct slice v[3], dv[2];
+	int64_t idx;
+	if (s->blk != BLK_TEXT || json_scan_object(data, keys, v, 3) ||
+	    !slice_eq_cstr(v[0], "\"content_block_delta\"") || !v[1].p || !json_int(v[1], &idx) ||
+	    idx != s->blk_index || json_scan_object(v[2], dkeys, dv, 2) ||
+	    !slice_eq_cstr(dv[0], "\"text_delta\"") || !is_string(dv[1]))
+		return false;
+	return json_sure(data) && tpl_ready(s) && tpl_emit(s, dv[1], out);
+}
+
 int xlat_stream_event(struct xlat_stream *s, struct slice event, struct slice data, struct buf *out)
 {
 	if (s->finished)
@@ -1878,6 +2264,9 @@ int xlat_stream_event(struct xlat_stream *s, struct slice event, struct slice da
 	int rc;
 	if (s->from == s->to)
 		rc = same_event(s, event, data, out);
+	else if (fast_on && (s->from == DIALECT_OPENAI ? oa_to_an_fast(s, data, out)
+						      : an_to_oa_fast(s, data, out)))
+		rc = 0;
 	else if (s->from == DIALECT_OPENAI)
 		rc = oa_to_an_event(s, &c, data, out);
 	else

@@ -99,4 +99,9 @@ void xlat_stream_error(struct xlat_stream *s, enum xlat_err_kind kind, const cha
 const struct usage *xlat_stream_usage(const struct xlat_stream *s);
 void xlat_stream_free(struct xlat_stream *s);
 
+/* Common shapes (a stream's text deltas) have a fast path that writes, byte for byte, what
+ * the full jansson translation writes. On by default; tests and benches turn it off to
+ * compare the two. Process-wide: not to be changed while other threads translate. */
+void xlat_set_fast(bool on);
+
 #endif

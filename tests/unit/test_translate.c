@@ -685,20 +685,66 @@ struct step {
 	const char *event, *data; /* data in Q() spelling */
 };
 
-/* Feed steps to a stream, end it, and check the SSE text: every event has one data line
- * that is valid JSON (or [DONE]), an Anthropic event's name is its data's type, and the
- * events match want ("name|json" or "|json" for OpenAI, "|[DONE]"). */
-static void expect_stream(struct xlat_stream *s, const struct step *steps, size_t n,
-			  const char *const *want, size_t nwant)
+/* A stream fed steps and ended, its output appended to out; fast: the fast paths on or off.
+ * A refused event fails the test, or with note_refused is noted in out ("refused\n"). */
+static struct xlat_stream *run_stream(enum dialect from, enum dialect to, const char *model,
+				      bool usage, const struct step *steps, size_t n, bool fast,
+				      bool note_refused, struct buf *out)
 {
-	struct buf out = { 0 };
+	xlat_set_fast(fast);
+	struct xlat_stream *s = xlat_stream_new(from, to, model, usage);
+	assert_non_null(s);
 	for (size_t i = 0; i < n; i++) {
 		const char *data = Q(steps[i].data);
-		int rc = xlat_stream_event(s, slice_cstr(steps[i].event), slice_cstr(data), &out);
-		if (rc)
+		int rc = xlat_stream_event(s, slice_cstr(steps[i].event), slice_cstr(data), out);
+		if (rc && !note_refused)
 			fail_msg("event %zu (%s) refused", i, steps[i].data);
+		if (rc)
+			assert_true(buf_append(out, "refused\n", 8, SIZE_MAX));
 	}
-	xlat_stream_end(s, &out);
+	xlat_stream_end(s, out);
+	xlat_set_fast(true);
+	return s;
+}
+
+/* The stream's output (refusals included) is the same, byte for byte, with the fast paths and
+ * without, and so is its usage. A second apart, "created" may differ: then it is tried again, once. */
+static void expect_fast_is_full(enum dialect from, enum dialect to, const char *model, bool usage,
+				const struct step *steps, size_t n)
+{
+	for (int attempt = 0; attempt < 2; attempt++) {
+		struct buf fast = { 0 }, full = { 0 };
+		struct xlat_stream *f = run_stream(from, to, model, usage, steps, n, true, true, &fast);
+		struct xlat_stream *s = run_stream(from, to, model, usage, steps, n, false, true, &full);
+		const struct usage *fu = xlat_stream_usage(f), *su = xlat_stream_usage(s);
+		bool same = fast.len == full.len && memcmp(fast.p, full.p, fast.len) == 0;
+		if (!same && attempt == 1)
+			fail_msg("fast path:\n%.*s\nfull path:\n%.*s", (int)fast.len, fast.p,
+				 (int)full.len, full.p);
+		assert_int_equal(fu->prompt_tokens, su->prompt_tokens);
+		assert_int_equal(fu->completion_tokens, su->completion_tokens);
+		assert_int_equal(fu->cached_tokens, su->cached_tokens);
+		assert_int_equal(fu->present, su->present);
+		buf_free(&fast);
+		buf_free(&full);
+		xlat_stream_free(f);
+		xlat_stream_free(s);
+		if (same)
+			return;
+	}
+}
+
+/* Feed steps to a new stream, end it, and check the SSE text: the fast paths change nothing;
+ * every event has one data line that is valid JSON (or [DONE]), an Anthropic event's name is
+ * its data's type, and the events match want ("name|json" or "|json" for OpenAI, "|[DONE]").
+ * Returns the stream (for its usage). */
+static struct xlat_stream *expect_stream(enum dialect from, enum dialect to, const char *model,
+					 bool usage, const struct step *steps, size_t n,
+					 const char *const *want, size_t nwant)
+{
+	struct buf out = { 0 };
+	expect_fast_is_full(from, to, model, usage, steps, n);
+	struct xlat_stream *s = run_stream(from, to, model, usage, steps, n, true, false, &out);
 	size_t before = out.len;
 	xlat_stream_end(s, &out);
 	xlat_stream_error(s, XERR_UPSTREAM, "late", &out);
@@ -742,6 +788,7 @@ static void expect_stream(struct xlat_stream *s, const struct step *steps, size_
 	}
 	assert_int_equal(k, nwant);
 	buf_free(&out);
+	return s;
 }
 
 #define N(a) (sizeof(a) / sizeof((a)[0]))
@@ -800,8 +847,8 @@ static void test_stream_oa_to_an(void **state)
 		"'cache_read_input_tokens':10,'cache_creation_input_tokens':0}}",
 		"message_stop|{'type':'message_stop'}",
 	};
-	struct xlat_stream *s = xlat_stream_new(OA, AN, "client-m", false);
-	expect_stream(s, oa_stream, N(oa_stream), want, N(want));
+	struct xlat_stream *s = expect_stream(OA, AN, "client-m", false,
+					      oa_stream, N(oa_stream), want, N(want));
 	const struct usage *u = xlat_stream_usage(s);
 	assert_true(u->present);
 	assert_int_equal(u->prompt_tokens, 50);
@@ -831,8 +878,7 @@ static void test_stream_oa_to_an_truncated(void **state)
 		"'cache_read_input_tokens':0,'cache_creation_input_tokens':0}}",
 		"message_stop|{'type':'message_stop'}",
 	};
-	struct xlat_stream *s = xlat_stream_new(OA, AN, "m", false);
-	expect_stream(s, steps, N(steps), want, N(want));
+	struct xlat_stream *s = expect_stream(OA, AN, "m", false, steps, N(steps), want, N(want));
 	assert_false(xlat_stream_usage(s)->present);
 	xlat_stream_free(s);
 }
@@ -892,8 +938,8 @@ static const char *const an_stream_want[] = {
 
 static void test_stream_an_to_oa(void **state)
 {
-	struct xlat_stream *s = xlat_stream_new(AN, OA, "client-m", true);
-	expect_stream(s, an_stream, N(an_stream), an_stream_want, N(an_stream_want));
+	struct xlat_stream *s = expect_stream(AN, OA, "client-m", true,
+					      an_stream, N(an_stream), an_stream_want, N(an_stream_want));
 	const struct usage *u = xlat_stream_usage(s);
 	assert_int_equal(u->prompt_tokens, 125);
 	assert_int_equal(u->completion_tokens, 31);
@@ -903,8 +949,8 @@ static void test_stream_an_to_oa(void **state)
 	/* a client that did not ask for usage gets no usage chunk */
 	static const char *const *w = an_stream_want;
 	const char *no_usage[] = { w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[8] };
-	s = xlat_stream_new(AN, OA, "client-m", false);
-	expect_stream(s, an_stream, N(an_stream), no_usage, N(no_usage));
+	s = expect_stream(AN, OA, "client-m", false,
+			  an_stream, N(an_stream), no_usage, N(no_usage));
 	assert_int_equal(xlat_stream_usage(s)->completion_tokens, 31);
 	xlat_stream_free(s);
 }
@@ -924,8 +970,8 @@ static void test_stream_errors(void **state)
 		"'code':'overloaded_error'}}",
 		"|[DONE]",
 	};
-	struct xlat_stream *s = xlat_stream_new(AN, OA, "m", true);
-	expect_stream(s, an_err, N(an_err), an_err_want, N(an_err_want));
+	struct xlat_stream *s = expect_stream(AN, OA, "m", true,
+					      an_err, N(an_err), an_err_want, N(an_err_want));
 	xlat_stream_free(s);
 
 	/* the gateway ends streams early in either dialect */
@@ -1001,12 +1047,11 @@ static void test_stream_same_dialect(void **state)
 		"|[DONE]",
 	};
 	static const char *const want_plain[] = { want_usage[0], want_usage[1], want_usage[3] };
-	struct xlat_stream *s = xlat_stream_new(OA, OA, "m", true);
-	expect_stream(s, oa, N(oa), want_usage, N(want_usage));
+	struct xlat_stream *s = expect_stream(OA, OA, "m", true,
+					      oa, N(oa), want_usage, N(want_usage));
 	assert_int_equal(xlat_stream_usage(s)->prompt_tokens, 3);
 	xlat_stream_free(s);
-	s = xlat_stream_new(OA, OA, "m", false);
-	expect_stream(s, oa, N(oa), want_plain, N(want_plain));
+	s = expect_stream(OA, OA, "m", false, oa, N(oa), want_plain, N(want_plain));
 	assert_int_equal(xlat_stream_usage(s)->completion_tokens, 2);
 	xlat_stream_free(s);
 
@@ -1031,8 +1076,7 @@ static void test_stream_same_dialect(void **state)
 		"'cache_read_input_tokens':0,'cache_creation_input_tokens':0}}",
 		"message_stop|{'type':'message_stop'}",
 	};
-	s = xlat_stream_new(AN, AN, "m", false);
-	expect_stream(s, an, N(an), an_want, N(an_want));
+	s = expect_stream(AN, AN, "m", false, an, N(an), an_want, N(an_want));
 	assert_int_equal(xlat_stream_usage(s)->prompt_tokens, 4);
 	xlat_stream_free(s);
 
@@ -1044,6 +1088,130 @@ static void test_stream_same_dialect(void **state)
 	assert_string_equal(out.p, "data: {\"choices\":\ndata: []}\n\n");
 	xlat_stream_free(s);
 	buf_free(&out);
+}
+
+/* Text deltas on the fast path and beside it: every escape JSON has, UTF-8, and the shapes
+ * the fast path declines (each must come out as the full path writes it, checked byte for
+ * byte by expect_fast_is_full; a few golden events say what that is). */
+#define AN_DELTA(i, text) \
+	{ "content_block_delta", "{'type':'content_block_delta','index':" i "," \
+				 "'delta':{'type':'text_delta','text':'" text "'}}" }
+
+static const struct step an_texts[] = {
+	{ "message_start", "{'type':'message_start','message':{'id':'msg_t','usage':{}}}" },
+	{ "content_block_start", "{'type':'content_block_start','index':0,"
+				 "'content_block':{'type':'text','text':''}}" },
+	AN_DELTA("0", "a\\/b \\u00e9\\u00E9 \\ud83d\\ude00 \\u0000\\u001f\\u007f \\\\\\'x\\' "
+		      "\\b\\f\\n\\r\\t \\u0041\\u000a\\u0022\\u005c\\u002f"),
+	AN_DELTA("0", "\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80 \x7f </script>"),
+	AN_DELTA("0", ""),
+	AN_DELTA("-0", "negative zero is 0"),
+	{ "content_block_delta", " {'type' : 'content_block_delta' , 'index':0,'delta':{'text':"
+				 "'spaced, keys reordered','type':'text_delta','x':[1.5,-2,true,"
+				 "false,null,{}]}} " },
+	{ "content_block_delta", "{'type':'content_block_delta','index':0,'delta':{'type':"
+				 "'text_delta','text':'dup'},'delta':{'type':'text_delta',"
+				 "'text':'last wins'}}" },
+	{ "", "{'type':'content_block_delta','index':0,'delta':{'type':'text_delta','text':'no name'}}" },
+	{ "content_block_delta", "{'index':0,'delta':{'type':'text_delta','text':'no type: the name'}}" },
+	{ "content_block_delta", "{'type':'content_block_delta','delta':{'type':'text_delta',"
+				 "'text':'no index'}}" },
+	{ "content_block_delta", "{'type':'content_block_delta','index':0,'delta':{'type':"
+				 "'text_delta','text':'big','n':1e999999}}" },
+	{ "content_block_delta", "{'type':'content_block_delta','index':0,'delta':{'type':"
+				 "'text_delta','text':'long int','n':12345678901234567890123}}" },
+	{ "content_block_delta", "{'type':'content_block_delta','index':0,'delta':{'type':"
+				 "'text_delta','text':'bad real','n':1.}}" },
+	{ "content_block_delta", "{'type':'content_block_delta','index':0,'delta':{'type':"
+				 "'text_delta','text':'escaped key','\\u0074ext':'y'}}" },
+	AN_DELTA("0", "not UTF-8: \xf4\x90\x80\x80"),
+	AN_DELTA("0", "not UTF-8: \xc0\x80"),
+	AN_DELTA("0", "not UTF-8: \xed\xa0\x80"),
+	AN_DELTA("0", "not UTF-8: \xe2\x82"),
+	AN_DELTA("0", "not UTF-8: \xe0\x80\x80"),
+	AN_DELTA("0", "lone surrogate: \\ud800"),
+	AN_DELTA("0", "lone surrogate: \\udc00"),
+	AN_DELTA("0", "bad pair: \\ud800\\u0041"),
+	AN_DELTA("0", "bad escape: \\x"),
+	AN_DELTA("0", "ok again"),
+	AN_DELTA("5", "not the open block"),
+	{ "content_block_stop", "{'type':'content_block_stop','index':0}" },
+	AN_DELTA("0", "the block is closed"),
+	{ "content_block_start", "{'type':'content_block_start','index':1,"
+				 "'content_block':{'type':'text','text':'start text'}}" },
+	AN_DELTA("1", "second block"),
+	{ "content_block_stop", "{'type':'content_block_stop','index':1}" },
+	{ "content_block_start", "{'type':'content_block_start','index':2,"
+				 "'content_block':{'type':'thinking','thinking':''}}" },
+	AN_DELTA("2", "text in a thinking block"),
+	{ "message_stop", "{'type':'message_stop'}" },
+};
+
+#define OA_TEXT(text) "{'id':'chatcmpl-t','object':'chat.completion.chunk','created':5,'model':'g'," \
+		      "'choices':[{'index':0,'delta':{'content':'" text "'},'finish_reason':null}]}"
+
+static const struct step oa_texts[] = {
+	{ "", OA_CHUNK("{'role':'assistant','content':''}", "null") },
+	{ "", OA_TEXT("a\\/b \\u00e9\\u00E9 \\ud83d\\ude00 \\u0000\\u001f\\u007f \\\\\\'x\\' "
+		      "\\b\\f\\n\\r\\t \\u0041\\u000a\\u0022\\u005c\\u002f") },
+	{ "", OA_TEXT("\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80 \x7f </script>") },
+	{ "", OA_TEXT("") },
+	{ "", "{'choices':[{'delta':{'content':'no index, no id','tool_calls':[],'refusal':'r'}}],"
+	      "'usage':null,'error':null,'system_fingerprint':'fp_1','x':[0.25,-0,1E2]}" },
+	{ "", "{'choices':[{'index':1,'delta':{'content':'choice 1'}}]}" },
+	{ "", "{'choices':[{'index':0,'delta':{'content':'two'}},{'index':1,'delta':{'content':'x'}}]}" },
+	{ "", "{'choices':[{'index':0,'delta':{'content':'with usage'}}],'usage':{'prompt_tokens':3}}" },
+	{ "", "{'choices':[{'index':0,'delta':{'refusal':'refused'}}]}" },
+	{ "", "{'choices':[{'index':0,'delta':{'content':'and finish'},'finish_reason':'length'}]}" },
+	{ "", OA_TEXT("after the block closed") },
+	{ "", OA_CHUNK("{'tool_calls':[{'index':0,'id':'call_a','function':{'name':'f'}}]}", "null") },
+	{ "", OA_TEXT("after a tool call") },
+	{ "", OA_TEXT("in the same block") },
+	{ "", "{'choices':[{'index':0,'delta':{'content':'x'}}],'error':null,'x':1.}" },
+	{ "", "{'choices':[{'index':0,'delta':{'content':'x'}}],'error':{'message':'boom'}}" },
+	{ "", "{'choices':[{'index':0,'delta':{'content':'and a call','tool_calls':[{'index':1,"
+	      "'id':'call_b','function':{'name':'g'}}]}}]}" },
+	{ "", OA_TEXT("not UTF-8: \xf4\x90\x80\x80") },
+	{ "", OA_TEXT("lone surrogate: \\udc00") },
+	{ "", "[DONE]" },
+};
+
+/* Text first, with no role chunk. */
+static const struct step oa_unstarted[] = {
+	{ "", OA_TEXT("first") },
+	{ "", OA_TEXT("second") },
+};
+
+static void test_stream_fast_texts(void **state)
+{
+	struct xlat_stream *s = xlat_stream_new(AN, OA, "m", false);
+	struct buf out = { 0 };
+	for (size_t i = 0; i < 3; i++)
+		assert_int_equal(xlat_stream_event(s, slice_cstr(an_texts[i].event),
+						   slice_cstr(Q(an_texts[i].data)), &out), 0);
+	assert_true(buf_append(&out, "", 1, SIZE_MAX));
+	/* jansson's spelling: "\/" and "\u00e9" decoded, control characters as \uXXXX */
+	assert_non_null(strstr(out.p, "{\"content\":\"a/b \u00e9\u00e9 \U0001F600 \\u0000\\u001F\x7f "
+				      "\\\\\\\"x\\\" \\b\\f\\n\\r\\t A\\n\\\"\\\\/\"}"));
+	xlat_stream_free(s);
+	buf_free(&out);
+	expect_fast_is_full(AN, OA, "m", true, an_texts, N(an_texts));
+	expect_fast_is_full(AN, OA, "m\u00e9 \"q\"", false, an_texts, N(an_texts));
+	expect_fast_is_full(OA, AN, "m", false, oa_texts, N(oa_texts));
+	expect_fast_is_full(OA, AN, "m\u00e9 \"q\"", true, oa_texts, N(oa_texts));
+	expect_fast_is_full(OA, AN, "m", false, oa_unstarted, N(oa_unstarted));
+
+	/* nesting deeper than jansson takes */
+	struct buf deep = { 0 };
+	const char *head = "{'type':'content_block_delta','index':0,'delta':{'type':'text_delta',"
+			   "'text':'deep','x':";
+	assert_true(buf_append(&deep, head, strlen(head), SIZE_MAX));
+	for (int i = 0; i < 2 * 3000; i++)
+		assert_true(buf_append(&deep, i < 3000 ? "[" : "]", 1, SIZE_MAX));
+	assert_true(buf_append(&deep, "}}", 3, SIZE_MAX));
+	struct step deep_steps[] = { an_texts[0], an_texts[1], { "content_block_delta", deep.p } };
+	expect_fast_is_full(AN, OA, "m", false, deep_steps, N(deep_steps));
+	buf_free(&deep);
 }
 
 static size_t count(const char *hay, const char *needle)
@@ -1093,7 +1261,7 @@ int main(void)
 		T(test_response_usage),       T(test_errors),                T(test_gateway_errors),
 		T(test_stream_oa_to_an),      T(test_stream_oa_to_an_truncated),
 		T(test_stream_an_to_oa),      T(test_stream_errors),         T(test_stream_refused_events),
-		T(test_stream_same_dialect),  T(test_stream_empty),
+		T(test_stream_same_dialect),  T(test_stream_empty),         T(test_stream_fast_texts),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
