@@ -1456,29 +1456,33 @@ static void sure_ws(struct sure *v)
 		v->p++;
 }
 
-/* A string at v->p. Keys may not hold escapes: the scanner compares them raw. */
+/* A string at v->p. Keys may not hold escapes: the scanner compares them raw. Byte by byte:
+ * the strings of stream events are short. */
 static bool sure_string(struct sure *v, bool key)
 {
-	const char *p = v->p + 1;
+	const unsigned char *p = (const unsigned char *)v->p + 1;
+	const unsigned char *end = (const unsigned char *)v->end;
 	for (;;) {
-		const char *stop = json_string_stop(p, v->end);
-		while (p < stop) {
-			size_t n = utf8_seq((const unsigned char *)p, (const unsigned char *)stop);
+		while (p < end && *p >= 0x20 && *p < 0x80 && *p != '"' && *p != '\\')
+			p++;
+		if (p == end || *p < 0x20)
+			return false;
+		if (*p == '"') {
+			v->p = (const char *)p + 1;
+			return true;
+		}
+		if (*p >= 0x80) {
+			size_t n = utf8_seq(p, end);
 			if (!n)
 				return false;
 			p += n;
+			continue;
 		}
-		if (p == v->end || (unsigned char)*p < 0x20)
-			return false;
-		if (*p == '"') {
-			v->p = p + 1;
-			return true;
-		}
-		if (key || v->end - p < 2)
+		if (key || end - p < 2)
 			return false;
 		uint32_t cp;
 		size_t len = 2;
-		bool ok = p[1] == 'u' ? u_escape(p, v->end, &cp, &len)
+		bool ok = p[1] == 'u' ? u_escape((const char *)p, v->end, &cp, &len)
 				      : p[1] && strchr("\"\\/bfnrt", p[1]);
 		if (!ok)
 			return false;
@@ -1521,7 +1525,14 @@ static bool sure_word(struct sure *v, const char *w, size_t n)
 	return true;
 }
 
-static bool sure_value(struct sure *v, int depth)
+/* The top-level keys an object's scan returns the raw values of (as json_scan_object). */
+struct capture {
+	const char *const *keys;
+	struct slice *vals;
+	unsigned n;
+};
+
+static bool sure_value(struct sure *v, int depth, const struct capture *cap)
 {
 	if (v->p == v->end)
 		return false;
@@ -1546,18 +1557,25 @@ static bool sure_value(struct sure *v, int depth)
 		return true;
 	}
 	for (;;) {
+		struct slice key = { NULL, 0 };
 		sure_ws(v);
 		if (c == '{') {
+			key.p = v->p + 1;
 			if (v->p == v->end || *v->p != '"' || !sure_string(v, true))
 				return false;
+			key.n = (size_t)(v->p - 1 - key.p);
 			sure_ws(v);
 			if (v->p == v->end || *v->p != ':')
 				return false;
 			v->p++;
 			sure_ws(v);
 		}
-		if (!sure_value(v, depth + 1))
+		const char *val = v->p;
+		if (!sure_value(v, depth + 1, NULL))
 			return false;
+		for (unsigned i = 0; cap && i < cap->n; i++)
+			if (key.n && key.p[0] == cap->keys[i][0] && slice_eq_cstr(key, cap->keys[i]))
+				cap->vals[i] = (struct slice){ val, (size_t)(v->p - val) };
 		sure_ws(v);
 		if (v->p == v->end)
 			return false;
@@ -1571,16 +1589,41 @@ static bool sure_value(struct sure *v, int depth)
 	}
 }
 
-/* text is one JSON object that jansson (JSON_ALLOW_NUL) surely loads, with no escape in a
- * key. False where it would not, or might not: then the full path decides. */
-static bool json_sure(struct slice text)
+/* json_scan_object for text that jansson (JSON_ALLOW_NUL) surely loads as one object with no
+ * escape in a key. False where it would not, or might not: then the full path decides. */
+static bool json_sure(struct slice text, const char *const *keys, struct slice *vals, unsigned n)
 {
 	struct sure v = { text.p, text.p + text.n };
+	struct capture cap = { keys, vals, n };
+	for (unsigned i = 0; i < n; i++)
+		vals[i] = (struct slice){ NULL, 0 };
 	sure_ws(&v);
-	if (v.p == v.end || *v.p != '{' || !sure_value(&v, 0))
+	if (v.p == v.end || *v.p != '{' || !sure_value(&v, 0, &cap))
 		return false;
 	sure_ws(&v);
 	return v.p == v.end;
+}
+
+/* '"', '\\' or a control character as jansson escapes it, at dst; returns the end. */
+static char *put_escape(char *dst, unsigned c)
+{
+	static const char hex[] = "0123456789ABCDEF";
+	*dst++ = '\\';
+	switch (c) {
+	case '"': *dst++ = '"'; break;
+	case '\\': *dst++ = '\\'; break;
+	case '\b': *dst++ = 'b'; break;
+	case '\f': *dst++ = 'f'; break;
+	case '\n': *dst++ = 'n'; break;
+	case '\r': *dst++ = 'r'; break;
+	case '\t': *dst++ = 't'; break;
+	default:
+		memcpy(dst, "u00", 3);
+		dst[3] = hex[c >> 4 & 15];
+		dst[4] = hex[c & 15];
+		dst += 5;
+	}
+	return dst;
 }
 
 /* Write the body of a string json_sure passed (between its quotes) at dst as jansson writes
@@ -1607,24 +1650,8 @@ static char *put_string(char *dst, struct slice body)
 		if (bs[1] != '/' && bs[1] != 'u') { /* \" \\ \b \f \n \r \t: jansson's own spelling */
 			*dst++ = '\\';
 			*dst++ = bs[1];
-		} else if (cp == '"' || cp == '\\') {
-			*dst++ = '\\';
-			*dst++ = (char)cp;
-		} else if (cp < 0x20) {
-			static const char hex[] = "0123456789ABCDEF";
-			*dst++ = '\\';
-			switch (cp) {
-			case '\b': *dst++ = 'b'; break;
-			case '\f': *dst++ = 'f'; break;
-			case '\n': *dst++ = 'n'; break;
-			case '\r': *dst++ = 'r'; break;
-			case '\t': *dst++ = 't'; break;
-			default:
-				memcpy(dst, "u00", 3);
-				dst[3] = hex[cp >> 4];
-				dst[4] = hex[cp & 15];
-				dst += 5;
-			}
+		} else if (cp == '"' || cp == '\\' || cp < 0x20) {
+			dst = put_escape(dst, cp);
 		} else if (cp < 0x80) {
 			*dst++ = (char)cp;
 		} else if (cp < 0x800) {
@@ -2160,43 +2187,65 @@ static int same_event(struct xlat_stream *s, struct slice name, struct slice dat
 
 /* -- fast paths for text deltas -- */
 
-/* The text delta event of the open block as the full path writes it, made with empty text
- * and with "x": where the two differ is where the text goes. The fast path so copies the
- * full path's layout (ids, model, created, key order) instead of restating it. Made once,
- * and again for each new block of an Anthropic client (its index is in the event); the rest
- * is fixed once the client has its opening event, which a text block never comes before. */
-static bool text_event(struct xlat_stream *s, struct buf *out, const char *text)
+/* Append s as jansson writes it as a JSON string, quotes included; false if s is not UTF-8
+ * (jansson refuses it: the full path then decides) or out is full. */
+static bool put_cstring(struct buf *out, const char *s)
 {
-	struct cx c = { NULL, 0, false };
-	json_t *t = json_string(text);
-	bool ok;
-	if (s->to == DIALECT_ANTHROPIC) {
-		ok = an_delta(s, &c, out, "text_delta", "text", t);
-	} else {
-		json_t *d = json_object();
-		put_ref(&c, d, "content", t);
-		ok = oa_send(s, &c, out, d);
+	size_t n = strlen(s);
+	if (!buf_reserve(out, 6 * n + 2, XLAT_MAX_OUT))
+		return false;
+	const unsigned char *p = (const unsigned char *)s, *end = p + n;
+	char *dst = out->p + out->len;
+	*dst++ = '"';
+	while (p < end) {
+		size_t k = utf8_seq(p, end);
+		if (!k)
+			return false;
+		if (*p == '"' || *p == '\\' || *p < 0x20) {
+			dst = put_escape(dst, *p);
+		} else {
+			memcpy(dst, p, k);
+			dst += k;
+		}
+		p += k;
 	}
-	json_decref(t);
-	return ok && !c.oom;
+	*dst++ = '"';
+	out->len = (size_t)(dst - out->p);
+	return true;
 }
 
+/* The text delta event of the open block, cut where the text goes: the layout an_delta and
+ * oa_send write (test_translate and fuzz_translate compare the two, byte for byte). Made
+ * once, and again for each new block of an Anthropic client (its index is in the event); the
+ * id, model and time are fixed once the client has its opening event, which a text block
+ * never comes before. */
 static bool tpl_ready(struct xlat_stream *s)
 {
 	struct tpl *t = &s->tpl;
 	if (t->made && t->block == s->blk_index)
 		return t->ok;
-	struct buf x = { 0 };
-	t->b.len = 0;
+	char num[24];
 	t->made = true;
 	t->block = s->blk_index;
-	t->ok = text_event(s, &t->b, "") && text_event(s, &x, "x") && x.len == t->b.len + 1;
-	size_t at = 0;
-	while (t->ok && at < t->b.len && t->b.p[at] == x.p[at])
-		at++;
-	t->ok = t->ok && x.p[at] == 'x' && memcmp(x.p + at + 1, t->b.p + at, t->b.len - at) == 0;
-	t->at = at;
-	buf_free(&x);
+	t->b.len = 0;
+	if (s->to == DIALECT_ANTHROPIC) {
+		snprintf(num, sizeof(num), "%lld", (long long)s->blk_index);
+		t->ok = emit_raw(&t->b, "event: content_block_delta\ndata: {\"type\":"
+					"\"content_block_delta\",\"index\":") &&
+			emit_raw(&t->b, num) &&
+			emit_raw(&t->b, ",\"delta\":{\"type\":\"text_delta\",\"text\":\"");
+		t->at = t->b.len;
+		t->ok = t->ok && emit_raw(&t->b, "\"}}\n\n");
+		return t->ok;
+	}
+	snprintf(num, sizeof(num), "%lld", s->created);
+	t->ok = emit_raw(&t->b, "data: {\"id\":") && put_cstring(&t->b, s->id) &&
+		emit_raw(&t->b, ",\"object\":\"chat.completion.chunk\",\"created\":") &&
+		emit_raw(&t->b, num) && emit_raw(&t->b, ",\"model\":") &&
+		put_cstring(&t->b, s->model) &&
+		emit_raw(&t->b, ",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"");
+	t->at = t->b.len;
+	t->ok = t->ok && emit_raw(&t->b, "\"},\"logprobs\":null,\"finish_reason\":null}]}\n\n");
 	return t->ok;
 }
 
@@ -2228,7 +2277,7 @@ static bool oa_to_an_fast(struct xlat_stream *s, struct slice data, struct buf *
 	static const char *const dkeys[] = { "content", "tool_calls" };
 	struct slice v[3], cv[3], dv[2], choice, more;
 	struct json_iter it;
-	if (s->blk != BLK_TEXT || json_scan_object(data, keys, v, 3) ||
+	if (s->blk != BLK_TEXT || !json_sure(data, keys, v, 3) ||
 	    (v[1].p && !slice_eq_cstr(v[1], "null")) ||
 	    (v[2].p && !slice_eq_cstr(v[2], "null")) ||
 	    !json_array_begin(&it, v[0]) || json_array_next(&it, &choice) != 1 ||
@@ -2237,7 +2286,7 @@ static bool oa_to_an_fast(struct xlat_stream *s, struct slice data, struct buf *
 	    json_scan_object(cv[1], dkeys, dv, 2) || !is_string(dv[0]) || dv[0].n < 3 ||
 	    (dv[1].p && dv[1].p[0] == '[' && !is_empty_array(dv[1])))
 		return false;
-	return json_sure(data) && tpl_ready(s) && tpl_emit(s, dv[0], out);
+	return tpl_ready(s) && tpl_emit(s, dv[0], out);
 }
 
 /* An Anthropic text_delta for the open text block. */
@@ -2247,12 +2296,12 @@ static bool an_to_oa_fast(struct xlat_stream *s, struct slice data, struct buf *
 	static const char *const dkeys[] = { "type", "text" };
 	struct slice v[3], dv[2];
 	int64_t idx;
-	if (s->blk != BLK_TEXT || json_scan_object(data, keys, v, 3) ||
+	if (s->blk != BLK_TEXT || !json_sure(data, keys, v, 3) ||
 	    !slice_eq_cstr(v[0], "\"content_block_delta\"") || !v[1].p || !json_int(v[1], &idx) ||
 	    idx != s->blk_index || json_scan_object(v[2], dkeys, dv, 2) ||
 	    !slice_eq_cstr(dv[0], "\"text_delta\"") || !is_string(dv[1]))
 		return false;
-	return json_sure(data) && tpl_ready(s) && tpl_emit(s, dv[1], out);
+	return tpl_ready(s) && tpl_emit(s, dv[1], out);
 }
 
 int xlat_stream_event(struct xlat_stream *s, struct slice event, struct slice data, struct buf *out)
