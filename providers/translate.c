@@ -1692,10 +1692,9 @@ struct xlat_stream {
 	int64_t tool_at;    /* OpenAI upstream: tool_call index of the open tool block */
 	int64_t tools;      /* tool calls started so far */
 	const char *reason; /* stop_reason or finish_reason, in the client's dialect */
-	struct tpl {        /* the fast path's text delta event (tpl_ready) */
+	struct tpl {        /* the start of the fast path's events (tpl_ready) */
 		struct buf b;
-		size_t at;     /* where the text goes in b */
-		int64_t block; /* the blk_index it was made for */
+		int64_t block; /* the blk_index it was made for (Anthropic client) */
 		bool made, ok;
 	} tpl;
 };
@@ -2214,15 +2213,16 @@ static bool put_cstring(struct buf *out, const char *s)
 	return true;
 }
 
-/* The text delta event of the open block, cut where the text goes: the layout an_delta and
- * oa_send write (test_translate and fuzz_translate compare the two, byte for byte). Made
- * once, and again for each new block of an Anthropic client (its index is in the event); the
- * id, model and time are fixed once the client has its opening event, which a text block
- * never comes before. */
+/* The start of the fast path's events: for an Anthropic client, a text delta of the open
+ * block up to its text (again for each new block: its index is in the event); for an OpenAI
+ * client, any chunk up to its "choices" (id, time and model are fixed once the client has its
+ * opening event, which the fast path's events never come before). The layout is the one
+ * an_delta, oa_chunk and usage_json write: test_translate and fuzz_translate compare the two,
+ * byte for byte. */
 static bool tpl_ready(struct xlat_stream *s)
 {
 	struct tpl *t = &s->tpl;
-	if (t->made && t->block == s->blk_index)
+	if (t->made && (s->to == DIALECT_OPENAI || t->block == s->blk_index))
 		return t->ok;
 	char num[24];
 	t->made = true;
@@ -2234,39 +2234,109 @@ static bool tpl_ready(struct xlat_stream *s)
 					"\"content_block_delta\",\"index\":") &&
 			emit_raw(&t->b, num) &&
 			emit_raw(&t->b, ",\"delta\":{\"type\":\"text_delta\",\"text\":\"");
-		t->at = t->b.len;
-		t->ok = t->ok && emit_raw(&t->b, "\"}}\n\n");
 		return t->ok;
 	}
 	snprintf(num, sizeof(num), "%lld", s->created);
 	t->ok = emit_raw(&t->b, "data: {\"id\":") && put_cstring(&t->b, s->id) &&
 		emit_raw(&t->b, ",\"object\":\"chat.completion.chunk\",\"created\":") &&
 		emit_raw(&t->b, num) && emit_raw(&t->b, ",\"model\":") &&
-		put_cstring(&t->b, s->model) &&
-		emit_raw(&t->b, ",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"");
-	t->at = t->b.len;
-	t->ok = t->ok && emit_raw(&t->b, "\"},\"logprobs\":null,\"finish_reason\":null}]}\n\n");
+		put_cstring(&t->b, s->model) && emit_raw(&t->b, ",\"choices\":");
 	return t->ok;
 }
 
-/* The event for a text delta whose JSON string value is text (quotes included). */
-static bool tpl_emit(struct xlat_stream *s, struct slice text, struct buf *out)
+/* Where n more bytes of fast output go, or NULL near the output bound (then the fast path
+ * declines, before it changed anything, and the full path decides). Starts with the
+ * template when there is one. */
+static char *fast_room(struct xlat_stream *s, struct buf *out, size_t n, bool tpl)
 {
-	const struct tpl *t = &s->tpl;
-	struct slice body = { text.p + 1, text.n - 2 };
-	if (!buf_reserve(out, t->b.len + body.n, XLAT_MAX_OUT))
-		return false; /* near the bound, the full path decides */
+	if (tpl && !tpl_ready(s))
+		return NULL;
+	if (!buf_reserve(out, n + (tpl ? s->tpl.b.len : 0), XLAT_MAX_OUT))
+		return NULL;
 	char *p = out->p + out->len;
-	memcpy(p, t->b.p, t->at);
-	p = put_string(p + t->at, body);
-	memcpy(p, t->b.p + t->at, t->b.len - t->at);
-	out->len = (size_t)(p + t->b.len - t->at - out->p);
+	if (tpl) {
+		memcpy(p, s->tpl.b.p, s->tpl.b.len);
+		p += s->tpl.b.len;
+	}
+	return p;
+}
+
+static char *cat(char *dst, const char *s)
+{
+	size_t n = strlen(s);
+	memcpy(dst, s, n);
+	return dst + n;
+}
+
+/* The event for a text delta whose JSON string value is text (quotes included). */
+static bool fast_text(struct xlat_stream *s, struct slice text, struct buf *out)
+{
+	static const char oa_start[] = "[{\"index\":0,\"delta\":{\"content\":\"";
+	static const char oa_end[] = "\"},\"logprobs\":null,\"finish_reason\":null}]}\n\n";
+	struct slice body = { text.p + 1, text.n - 2 };
+	bool oa = s->to == DIALECT_OPENAI;
+	char *p = fast_room(s, out, body.n + sizeof(oa_start) + sizeof(oa_end), true);
+	if (!p)
+		return false;
+	if (oa)
+		p = cat(p, oa_start);
+	p = put_string(p, body);
+	p = cat(p, oa ? oa_end : "\"}}\n\n");
+	out->len = (size_t)(p - out->p);
+	return true;
+}
+
+/* OpenAI client: the finish_reason chunk (oa_finish, message_delta), then, at the end, the
+ * usage chunk if asked for and [DONE]. */
+static bool fast_oa_end(struct xlat_stream *s, const char *finish, bool end, struct buf *out)
+{
+	bool usage = end && s->wants_usage;
+	char *p = fast_room(s, out, 2 * s->tpl.b.len + 512, true);
+	if (!p)
+		return false;
+	if (finish) {
+		p = cat(p, "[{\"index\":0,\"delta\":{},\"logprobs\":null,\"finish_reason\":\"");
+		p = cat(cat(p, finish), "\"}]}\n\n");
+		if (usage) {
+			memcpy(p, s->tpl.b.p, s->tpl.b.len);
+			p += s->tpl.b.len;
+		}
+	} else if (!usage) {
+		p -= s->tpl.b.len; /* no chunk: only [DONE] */
+	}
+	if (usage) {
+		const struct tally *t = &s->tally;
+		uint64_t prompt = t->input + t->cache_read + t->cache_write;
+		p += sprintf(p, "[],\"usage\":{\"prompt_tokens\":%lld,\"completion_tokens\":%lld,"
+			     "\"total_tokens\":%lld,\"prompt_tokens_details\":{\"cached_tokens\":%lld}}}"
+			     "\n\n", (long long)prompt, (long long)t->output,
+			     (long long)(prompt + t->output), (long long)t->cache_read);
+	}
+	if (end)
+		p = cat(p, "data: [DONE]\n\n");
+	out->len = (size_t)(p - out->p);
+	if (finish)
+		s->finish_sent = true;
+	if (end)
+		s->finished = true;
 	return true;
 }
 
 static bool is_string(struct slice v)
 {
 	return v.p && v.p[0] == '"';
+}
+
+/* A string without escapes equals s (an escaped one may too: callers then decline). */
+static bool raw_is(struct slice v, const char *s)
+{
+	size_t n = strlen(s);
+	return v.n == n + 2 && v.p[0] == '"' && memcmp(v.p + 1, s, n) == 0;
+}
+
+static bool has_escape(struct slice v)
+{
+	return memchr(v.p, '\\', v.n) != NULL;
 }
 
 /* An OpenAI chunk that is only choice 0's text, in a text block already open. */
@@ -2286,22 +2356,70 @@ static bool oa_to_an_fast(struct xlat_stream *s, struct slice data, struct buf *
 	    json_scan_object(cv[1], dkeys, dv, 2) || !is_string(dv[0]) || dv[0].n < 3 ||
 	    (dv[1].p && dv[1].p[0] == '[' && !is_empty_array(dv[1])))
 		return false;
-	return tpl_ready(s) && tpl_emit(s, dv[0], out);
+	return fast_text(s, dv[0], out);
 }
 
-/* An Anthropic text_delta for the open text block. */
+/* An Anthropic event for an OpenAI client, past message_start: text deltas of the open text
+ * block, the events that write nothing (ping, a text block's start and stop), and the end
+ * (message_delta, message_stop); as an_to_oa_event handles them. */
 static bool an_to_oa_fast(struct xlat_stream *s, struct slice data, struct buf *out)
 {
-	static const char *const keys[] = { "type", "index", "delta" };
-	static const char *const dkeys[] = { "type", "text" };
-	struct slice v[3], dv[2];
+	static const char *const keys[] = { "type", "index", "delta", "content_block", "usage" };
+	static const char *const dkeys[] = { "type", "text", "stop_reason" };
+	struct slice v[5], dv[3];
 	int64_t idx;
-	if (s->blk != BLK_TEXT || !json_sure(data, keys, v, 3) ||
-	    !slice_eq_cstr(v[0], "\"content_block_delta\"") || !v[1].p || !json_int(v[1], &idx) ||
-	    idx != s->blk_index || json_scan_object(v[2], dkeys, dv, 2) ||
-	    !slice_eq_cstr(dv[0], "\"text_delta\"") || !is_string(dv[1]))
+	if (!s->started || !json_sure(data, keys, v, 5))
 		return false;
-	return tpl_ready(s) && tpl_emit(s, dv[1], out);
+	if (raw_is(v[0], "content_block_delta"))
+		return s->blk == BLK_TEXT && v[1].p && json_int(v[1], &idx) &&
+		       idx == s->blk_index && !json_scan_object(v[2], dkeys, dv, 3) &&
+		       raw_is(dv[0], "text_delta") && is_string(dv[1]) && fast_text(s, dv[1], out);
+	if (raw_is(v[0], "ping"))
+		return true;
+	if (raw_is(v[0], "content_block_stop")) {
+		s->blk = BLK_NONE;
+		return true;
+	}
+	if (raw_is(v[0], "content_block_start")) {
+		/* a text block with no text yet, or a block of a kind an OpenAI client never sees */
+		if (json_scan_object(v[3], dkeys, dv, 2) || !is_string(dv[0]) || has_escape(dv[0]) ||
+		    raw_is(dv[0], "tool_use") || (raw_is(dv[0], "text") && is_string(dv[1]) &&
+						  dv[1].n > 2))
+			return false;
+		s->blk_index = v[1].p && json_int(v[1], &idx) ? idx : s->blk_index + 1;
+		s->blk = raw_is(dv[0], "text") ? BLK_TEXT : BLK_OTHER;
+		return true;
+	}
+	bool end = raw_is(v[0], "message_stop");
+	if (end || raw_is(v[0], "message_delta")) {
+		const char *finish = NULL;
+		if (end) {
+			if (!s->finish_sent)
+				finish = s->reason ? s->reason : "stop";
+		} else if (!json_scan_object(v[2], dkeys, dv, 3) && dv[2].p &&
+			   !slice_eq_cstr(dv[2], "null")) {
+			if (is_string(dv[2]) && has_escape(dv[2]))
+				return false;
+			finish = raw_is(dv[2], "max_tokens") ||
+						 raw_is(dv[2], "model_context_window_exceeded")
+					 ? "length"
+				 : raw_is(dv[2], "tool_use") ? "tool_calls"
+				 : raw_is(dv[2], "refusal") ? "content_filter"
+							    : "stop";
+		}
+		struct tally before = s->tally;
+		if (!end && v[4].p)
+			tally_scan(DIALECT_ANTHROPIC, v[4], &s->tally);
+		if ((finish || end) && !fast_oa_end(s, finish, end, out)) {
+			s->tally = before;
+			return false;
+		}
+		if (finish && !end)
+			s->reason = finish;
+		tally_usage(&s->tally, &s->usage);
+		return true;
+	}
+	return false;
 }
 
 int xlat_stream_event(struct xlat_stream *s, struct slice event, struct slice data, struct buf *out)

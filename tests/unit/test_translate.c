@@ -20,7 +20,7 @@
 
 /* ---- helpers ---- */
 
-static char *owned[512];
+static char *owned[16384];
 static size_t nowned;
 
 static char *keep(char *p)
@@ -707,6 +707,19 @@ static struct xlat_stream *run_stream(enum dialect from, enum dialect to, const 
 	return s;
 }
 
+/* b without the digits of made-up ids ("msg_penstock<hex>": a counter) */
+static void unmade(struct buf *b)
+{
+	size_t w = 0;
+	for (size_t r = 0; r < b->len;) {
+		b->p[w++] = b->p[r++];
+		if (w >= 8 && memcmp(b->p + w - 8, "penstock", 8) == 0)
+			while (r < b->len && strchr("0123456789abcdef", b->p[r]) && b->p[r])
+				r++;
+	}
+	b->len = w;
+}
+
 /* The stream's output (refusals included) is the same, byte for byte, with the fast paths and
  * without, and so is its usage. A second apart, "created" may differ: then it is tried again, once. */
 static void expect_fast_is_full(enum dialect from, enum dialect to, const char *model, bool usage,
@@ -717,6 +730,8 @@ static void expect_fast_is_full(enum dialect from, enum dialect to, const char *
 		struct xlat_stream *f = run_stream(from, to, model, usage, steps, n, true, true, &fast);
 		struct xlat_stream *s = run_stream(from, to, model, usage, steps, n, false, true, &full);
 		const struct usage *fu = xlat_stream_usage(f), *su = xlat_stream_usage(s);
+		unmade(&fast);
+		unmade(&full);
 		bool same = fast.len == full.len && memcmp(fast.p, full.p, fast.len) == 0;
 		if (!same && attempt == 1)
 			fail_msg("fast path:\n%.*s\nfull path:\n%.*s", (int)fast.len, fast.p,
@@ -1151,6 +1166,101 @@ static const struct step an_texts[] = {
 	{ "message_stop", "{'type':'message_stop'}" },
 };
 
+/* The events around the text an OpenAI client's fast path takes: block starts of every kind,
+ * ping, the end with each stop reason. Each stream is run with and without usage. */
+#define AN_START(i, block) \
+	{ "content_block_start", "{'type':'content_block_start'" i ",'content_block':" block "}" }
+#define AN_STOP(reason) \
+	{ "message_delta", "{'type':'message_delta','delta':{'stop_reason':" reason "," \
+			   "'stop_sequence':null},'usage':{'output_tokens':7,'input_tokens':3}}" }
+
+static const struct step an_blocks[] = {
+	{ "ping", "{'type':'ping'}" },
+	{ "content_block_stop", "{'type':'content_block_stop','index':0}" },
+	{ "message_start", "{'type':'message_start','message':{'id':'msg_b','usage':"
+			   "{'input_tokens':5,'cache_read_input_tokens':2}}}" },
+	{ "ping", "{'type':'ping'}" },
+	AN_START(",'index':0", "{'type':'text','text':''}"),
+	AN_DELTA("0", "a"),
+	{ "content_block_stop", "{'type':'content_block_stop','index':0}" },
+	AN_START("", "{'type':'text'}"),
+	AN_DELTA("1", "no index: the next one"),
+	{ "content_block_stop", "{}" },
+	AN_START(",'index':1.5", "{'type':'text','text':null}"),
+	AN_DELTA("2", "a real index: the next one"),
+	AN_START(",'index':7", "{'type':'text','text':'with text'}"),
+	AN_DELTA("7", "b"),
+	AN_START(",'index':8", "{'type':'thinking','thinking':''}"),
+	AN_DELTA("8", "text in a thinking block"),
+	AN_START(",'index':9", "{'type':'te\\u0078t','text':''}"),
+	AN_DELTA("9", "an escaped type"),
+	AN_START(",'index':10", "{'type':'redacted_thinking'}"),
+	AN_START(",'index':11", "{'type':'tool_use','id':'toolu_1','name':'f','input':{}}"),
+	AN_START(",'index':12", "{'type':5}"),
+	AN_START(",'index':13", "null"),
+	AN_START(",'index':14", "{'type':'text','text':''}"),
+	AN_DELTA("14", "c"),
+	{ "content_block_stop", "{'type':'content_block_stop','index':14}" },
+	{ "message_delta", "{'type':'message_delta','delta':{'stop_reason':null},"
+			   "'usage':{'output_tokens':4}}" },
+	{ "message_delta", "{'type':'message_delta','usage':null}" },
+	{ "message_delta", "{'type':'message_delta','delta':5,'usage':5}" },
+};
+
+static void test_stream_fast_ends(void **state)
+{
+	static const char *const reasons[] = {
+		"'end_turn'", "'max_tokens'", "'model_context_window_exceeded'", "'tool_use'",
+		"'refusal'", "'stop_sequence'", "'pause_turn'", "'new_reason'", "5", "{}",
+		"'tool\\u005fuse'", "'max_tokens\\n'",
+	};
+	struct step steps[N(an_blocks) + 3];
+	memcpy(steps, an_blocks, sizeof(an_blocks));
+	for (size_t i = 0; i < N(reasons); i++) {
+		char delta[256];
+		snprintf(delta, sizeof(delta), "{'type':'message_delta','delta':{'stop_reason':%s,"
+			 "'stop_sequence':null},'usage':{'output_tokens':7,'input_tokens':3}}",
+			 reasons[i]);
+		steps[N(an_blocks)] = (struct step){ "message_delta", keep(strdup(delta)) };
+		/* a second finish chunk, as the full path writes it */
+		steps[N(an_blocks) + 1] = (struct step){ "message_delta", keep(strdup(delta)) };
+		steps[N(an_blocks) + 2] = (struct step){ "message_stop", "{'type':'message_stop',"
+							 "'usage':{'output_tokens':99}}" };
+		for (int usage = 0; usage < 2; usage++) {
+			expect_fast_is_full(AN, OA, "m", usage, steps, N(steps));
+			expect_fast_is_full(AN, OA, "m", usage, steps, N(steps) - 2);
+			steps[N(an_blocks)] = steps[N(an_blocks) + 2];
+			expect_fast_is_full(AN, OA, "m", usage, steps, N(an_blocks) + 1);
+			steps[N(an_blocks)] = steps[N(an_blocks) + 1];
+		}
+	}
+	/* golden: the end of a stream on the fast path */
+	static const struct step end[] = {
+		{ "message_start", "{'type':'message_start','message':{'id':'msg_01Q','usage':"
+				   "{'input_tokens':9,'cache_read_input_tokens':4}}}" },
+		AN_STOP("'max_tokens'"),
+		{ "message_stop", "{'type':'message_stop'}" },
+	};
+	static const char *const want[] = {
+		OA_OUT("{'role':'assistant','content':''}", "null"),
+		OA_OUT("{}", "'length'"),
+		"|{'id':'chatcmpl-01Q','object':'chat.completion.chunk','model':'client-m','choices':[],"
+		"'usage':{'prompt_tokens':7,'completion_tokens':7,'total_tokens':14,"
+		"'prompt_tokens_details':{'cached_tokens':4}}}",
+		"|[DONE]",
+	};
+	xlat_stream_free(expect_stream(AN, OA, "client-m", true, end, N(end), want, N(want)));
+
+	/* before message_start */
+	static const struct step unstarted[] = {
+		AN_START(",'index':0", "{'type':'text','text':''}"),
+		AN_DELTA("0", "x"),
+		{ "message_start", "{'type':'message_start','message':{'id':'msg_late','usage':{}}}" },
+		{ "message_stop", "{'type':'message_stop'}" },
+	};
+	expect_fast_is_full(AN, OA, "m", true, unstarted, N(unstarted));
+}
+
 #define OA_TEXT(text) "{'id':'chatcmpl-t','object':'chat.completion.chunk','created':5,'model':'g'," \
 		      "'choices':[{'index':0,'delta':{'content':'" text "'},'finish_reason':null}]}"
 
@@ -1266,6 +1376,7 @@ int main(void)
 		T(test_stream_oa_to_an),      T(test_stream_oa_to_an_truncated),
 		T(test_stream_an_to_oa),      T(test_stream_errors),         T(test_stream_refused_events),
 		T(test_stream_same_dialect),  T(test_stream_empty),         T(test_stream_fast_texts),
+		T(test_stream_fast_ends),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
