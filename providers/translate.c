@@ -1692,11 +1692,10 @@ struct xlat_stream {
 	int64_t tool_at;    /* OpenAI upstream: tool_call index of the open tool block */
 	int64_t tools;      /* tool calls started so far */
 	const char *reason; /* stop_reason or finish_reason, in the client's dialect */
-	struct tpl {        /* the start of the fast path's events (tpl_ready) */
+	struct head {       /* an OpenAI client's chunks up to "choices" (chunk_head_ready) */
 		struct buf b;
-		int64_t block; /* the blk_index it was made for (Anthropic client) */
 		bool made, ok;
-	} tpl;
+	} head;
 };
 
 struct xlat_stream *xlat_stream_new(enum dialect from, enum dialect to, const char *client_model,
@@ -1723,7 +1722,7 @@ void xlat_stream_free(struct xlat_stream *s)
 {
 	if (!s)
 		return;
-	buf_free(&s->tpl.b);
+	buf_free(&s->head.b);
 	free(s->model);
 	free(s);
 }
@@ -2213,52 +2212,40 @@ static bool put_cstring(struct buf *out, const char *s)
 	return true;
 }
 
-/* The start of the fast path's events: for an Anthropic client, a text delta of the open
- * block up to its text (again for each new block: its index is in the event); for an OpenAI
- * client, any chunk up to its "choices" (id, time and model are fixed once the client has its
- * opening event, which the fast path's events never come before). The layout is the one
- * an_delta, oa_chunk and usage_json write: test_translate and fuzz_translate compare the two,
- * byte for byte. */
-static bool tpl_ready(struct xlat_stream *s)
+/* An OpenAI client's chunks up to their "choices": id, time and model are fixed once the
+ * client has its opening event, which the fast path's events never come before. Made once. */
+static bool chunk_head_ready(struct xlat_stream *s)
 {
-	struct tpl *t = &s->tpl;
-	if (t->made && (s->to == DIALECT_OPENAI || t->block == s->blk_index))
-		return t->ok;
+	struct head *h = &s->head;
+	if (h->made)
+		return h->ok;
 	char num[24];
-	t->made = true;
-	t->block = s->blk_index;
-	t->b.len = 0;
-	if (s->to == DIALECT_ANTHROPIC) {
-		snprintf(num, sizeof(num), "%lld", (long long)s->blk_index);
-		t->ok = emit_raw(&t->b, "event: content_block_delta\ndata: {\"type\":"
-					"\"content_block_delta\",\"index\":") &&
-			emit_raw(&t->b, num) &&
-			emit_raw(&t->b, ",\"delta\":{\"type\":\"text_delta\",\"text\":\"");
-		return t->ok;
-	}
 	snprintf(num, sizeof(num), "%lld", s->created);
-	t->ok = emit_raw(&t->b, "data: {\"id\":") && put_cstring(&t->b, s->id) &&
-		emit_raw(&t->b, ",\"object\":\"chat.completion.chunk\",\"created\":") &&
-		emit_raw(&t->b, num) && emit_raw(&t->b, ",\"model\":") &&
-		put_cstring(&t->b, s->model) && emit_raw(&t->b, ",\"choices\":");
-	return t->ok;
+	h->made = true;
+	h->ok = emit_raw(&h->b, "data: {\"id\":") && put_cstring(&h->b, s->id) &&
+		emit_raw(&h->b, ",\"object\":\"chat.completion.chunk\",\"created\":") &&
+		emit_raw(&h->b, num) && emit_raw(&h->b, ",\"model\":") &&
+		put_cstring(&h->b, s->model) && emit_raw(&h->b, ",\"choices\":");
+	return h->ok;
 }
 
-/* Where n more bytes of fast output go, or NULL near the output bound (then the fast path
- * declines, before it changed anything, and the full path decides). Starts with the
- * template when there is one. */
-static char *fast_room(struct xlat_stream *s, struct buf *out, size_t n, bool tpl)
+static char *put_head(const struct xlat_stream *s, char *p)
 {
-	if (tpl && !tpl_ready(s))
+	memcpy(p, s->head.b.p, s->head.b.len);
+	return p + s->head.b.len;
+}
+
+/* Where n more bytes of fast output go (after the chunk head, with head), or NULL near the
+ * output bound: then the fast path declines, before it changed anything, and the full path
+ * decides. */
+static char *fast_room(struct xlat_stream *s, struct buf *out, size_t n, bool head)
+{
+	if (head && !chunk_head_ready(s))
 		return NULL;
-	if (!buf_reserve(out, n + (tpl ? s->tpl.b.len : 0), XLAT_MAX_OUT))
+	if (!buf_reserve(out, n + (head ? s->head.b.len : 0), XLAT_MAX_OUT))
 		return NULL;
 	char *p = out->p + out->len;
-	if (tpl) {
-		memcpy(p, s->tpl.b.p, s->tpl.b.len);
-		p += s->tpl.b.len;
-	}
-	return p;
+	return head ? put_head(s, p) : p;
 }
 
 static char *cat(char *dst, const char *s)
@@ -2268,46 +2255,64 @@ static char *cat(char *dst, const char *s)
 	return dst + n;
 }
 
-/* The event for a text delta whose JSON string value is text (quotes included). */
-static bool fast_text(struct xlat_stream *s, struct slice text, struct buf *out)
+__attribute__((format(printf, 2, 3))) static char *catf(char *dst, const char *fmt, ...)
 {
-	static const char oa_start[] = "[{\"index\":0,\"delta\":{\"content\":\"";
-	static const char oa_end[] = "\"},\"logprobs\":null,\"finish_reason\":null}]}\n\n";
-	struct slice body = { text.p + 1, text.n - 2 };
-	bool oa = s->to == DIALECT_OPENAI;
-	char *p = fast_room(s, out, body.n + sizeof(oa_start) + sizeof(oa_end), true);
-	if (!p)
-		return false;
-	if (oa)
-		p = cat(p, oa_start);
-	p = put_string(p, body);
-	p = cat(p, oa ? oa_end : "\"}}\n\n");
-	out->len = (size_t)(p - out->p);
-	return true;
+	va_list ap;
+	va_start(ap, fmt);
+	int n = vsprintf(dst, fmt, ap);
+	va_end(ap);
+	return dst + n;
 }
 
-/* OpenAI client: the finish_reason chunk (oa_finish, message_delta), then, at the end, the
- * usage chunk if asked for and [DONE]. */
-static bool fast_oa_end(struct xlat_stream *s, const char *finish, bool end, struct buf *out)
+/* What follows is the layout an_delta, an_start_block, an_close_block, an_finish, oa_chunk,
+ * oa_finish and usage_json write, as jansson dumps it: test_translate and fuzz_translate
+ * compare the two, byte for byte. */
+
+static char *an_event(char *p, const char *type)
+{
+	return cat(cat(cat(cat(p, "event: "), type), "\ndata: {\"type\":\""), type);
+}
+
+static char *an_block_stop(char *p, int64_t index)
+{
+	return catf(an_event(p, "content_block_stop"), "\",\"index\":%lld}\n\n",
+			   (long long)index);
+}
+
+/* The text of a delta whose JSON string value is text (quotes included), to either client. */
+static char *put_text_delta(struct xlat_stream *s, char *p, struct slice text)
+{
+	struct slice body = { text.p + 1, text.n - 2 };
+	if (s->to == DIALECT_OPENAI) {
+		p = put_string(cat(p, "[{\"index\":0,\"delta\":{\"content\":\""), body);
+		return cat(p, "\"},\"logprobs\":null,\"finish_reason\":null}]}\n\n");
+	}
+	p = catf(an_event(p, "content_block_delta"), "\",\"index\":%lld,\"delta\":{\"type\":"
+		     "\"text_delta\",\"text\":\"", (long long)s->blk_index);
+	return cat(put_string(p, body), "\"}}\n\n");
+}
+
+/* Room for the fixed parts of the events one upstream event becomes, with its text. */
+#define FAST_ROOM 1024
+
+/* OpenAI client: the finish_reason chunk (message_delta, oa_finish), then at the end the
+ * usage chunk if asked for, and [DONE]. */
+static bool oa_fast_end(struct xlat_stream *s, const char *finish, bool end, struct buf *out)
 {
 	bool usage = end && s->wants_usage;
-	char *p = fast_room(s, out, 2 * s->tpl.b.len + 512, true);
+	char *p = chunk_head_ready(s) ? fast_room(s, out, s->head.b.len + FAST_ROOM, false) : NULL;
 	if (!p)
 		return false;
 	if (finish) {
+		p = put_head(s, p);
 		p = cat(p, "[{\"index\":0,\"delta\":{},\"logprobs\":null,\"finish_reason\":\"");
 		p = cat(cat(p, finish), "\"}]}\n\n");
-		if (usage) {
-			memcpy(p, s->tpl.b.p, s->tpl.b.len);
-			p += s->tpl.b.len;
-		}
-	} else if (!usage) {
-		p -= s->tpl.b.len; /* no chunk: only [DONE] */
 	}
 	if (usage) {
 		const struct tally *t = &s->tally;
 		uint64_t prompt = t->input + t->cache_read + t->cache_write;
-		p += sprintf(p, "[],\"usage\":{\"prompt_tokens\":%lld,\"completion_tokens\":%lld,"
+		p = put_head(s, p);
+		p = catf(p, "[],\"usage\":{\"prompt_tokens\":%lld,\"completion_tokens\":%lld,"
 			     "\"total_tokens\":%lld,\"prompt_tokens_details\":{\"cached_tokens\":%lld}}}"
 			     "\n\n", (long long)prompt, (long long)t->output,
 			     (long long)(prompt + t->output), (long long)t->cache_read);
@@ -2322,9 +2327,38 @@ static bool fast_oa_end(struct xlat_stream *s, const char *finish, bool end, str
 	return true;
 }
 
+/* Anthropic client, [DONE]: an_finish past the opening event. */
+static bool an_fast_end(struct xlat_stream *s, struct buf *out)
+{
+	const struct tally *t = &s->tally;
+	char *p = fast_room(s, out, FAST_ROOM, false);
+	if (!p)
+		return false;
+	if (s->blk != BLK_NONE)
+		p = an_block_stop(p, s->blk_index);
+	/* finish_sent: only an_finish sets it for an Anthropic client, and finishes the stream */
+	p = catf(an_event(p, "message_delta"), "\",\"delta\":{\"stop_reason\":\"%s\","
+		 "\"stop_sequence\":null},\"usage\":{\"input_tokens\":%lld,"
+		 "\"output_tokens\":%lld,\"cache_read_input_tokens\":%lld,"
+		 "\"cache_creation_input_tokens\":%lld}}\n\n",
+		 s->reason ? s->reason : "end_turn", (long long)t->input,
+		 (long long)t->output, (long long)t->cache_read, (long long)t->cache_write);
+	p = cat(an_event(p, "message_stop"), "\"}\n\n");
+	out->len = (size_t)(p - out->p);
+	s->blk = BLK_NONE;
+	s->finish_sent = true;
+	s->finished = true;
+	return true;
+}
+
 static bool is_string(struct slice v)
 {
 	return v.p && v.p[0] == '"';
+}
+
+static bool is_null(struct slice v)
+{
+	return slice_eq_cstr(v, "null");
 }
 
 /* A string without escapes equals s (an escaped one may too: callers then decline). */
@@ -2339,24 +2373,70 @@ static bool has_escape(struct slice v)
 	return memchr(v.p, '\\', v.n) != NULL;
 }
 
-/* An OpenAI chunk that is only choice 0's text, in a text block already open. */
+/* An OpenAI chunk for an Anthropic client, past the opening event: choice 0's text, its
+ * finish_reason, the usage chunk and [DONE], as oa_to_an_event handles them. */
 static bool oa_to_an_fast(struct xlat_stream *s, struct slice data, struct buf *out)
 {
 	static const char *const keys[] = { "choices", "error", "usage" };
 	static const char *const ckeys[] = { "index", "delta", "finish_reason" };
-	static const char *const dkeys[] = { "content", "tool_calls" };
-	struct slice v[3], cv[3], dv[2], choice, more;
+	static const char *const dkeys[] = { "content", "refusal", "tool_calls" };
+	struct slice v[3], cv[3] = { 0 }, dv[3] = { 0 }, choice, more, text = { 0 };
 	struct json_iter it;
-	if (s->blk != BLK_TEXT || !json_sure(data, keys, v, 3) ||
-	    (v[1].p && !slice_eq_cstr(v[1], "null")) ||
-	    (v[2].p && !slice_eq_cstr(v[2], "null")) ||
-	    !json_array_begin(&it, v[0]) || json_array_next(&it, &choice) != 1 ||
-	    json_array_next(&it, &more) != 0 || json_scan_object(choice, ckeys, cv, 3) ||
-	    (cv[0].p && !slice_eq_cstr(cv[0], "0")) || is_string(cv[2]) ||
-	    json_scan_object(cv[1], dkeys, dv, 2) || !is_string(dv[0]) || dv[0].n < 3 ||
-	    (dv[1].p && dv[1].p[0] == '[' && !is_empty_array(dv[1])))
+	if (!s->started)
 		return false;
-	return fast_text(s, dv[0], out);
+	if (slice_eq_cstr(data, "[DONE]"))
+		return an_fast_end(s, out);
+	if (!json_sure(data, keys, v, 3) || (v[1].p && !is_null(v[1])))
+		return false;
+	/* choices: none, or choice 0 alone; a delta or choice that is not an object is none */
+	if (json_array_begin(&it, v[0]) && json_array_next(&it, &choice) == 1) {
+		if (json_array_next(&it, &more) != 0)
+			return false;
+		json_scan_object(choice, ckeys, cv, 3);
+		json_scan_object(cv[1], dkeys, dv, 3);
+	}
+	if ((cv[0].p && !slice_eq_cstr(cv[0], "0")) ||
+	    (dv[2].p && dv[2].p[0] == '[' && !is_empty_array(dv[2])))
+		return false;
+	if (is_string(dv[0]) && dv[0].n > 2)
+		text = dv[0];
+	else if (is_string(dv[1]) && dv[1].n > 2)
+		text = dv[1];
+	const char *stop = NULL;
+	if (is_string(cv[2])) {
+		if (has_escape(cv[2]))
+			return false;
+		stop = raw_is(cv[2], "length") ? "max_tokens"
+		       : raw_is(cv[2], "tool_calls") || raw_is(cv[2], "function_call") ? "tool_use"
+		       : raw_is(cv[2], "content_filter") ? "refusal"
+							 : "end_turn";
+	}
+	char *p = fast_room(s, out, text.n + FAST_ROOM, false);
+	if (!p)
+		return false;
+	if (v[2].p) { /* null, as any usage that is not an object, counts nothing */
+		tally_scan(DIALECT_OPENAI, v[2], &s->tally);
+		tally_usage(&s->tally, &s->usage);
+	}
+	if (text.p && s->blk != BLK_TEXT) {
+		if (s->blk != BLK_NONE)
+			p = an_block_stop(p, s->blk_index);
+		s->blk = BLK_TEXT;
+		s->blk_index++;
+		p = catf(an_event(p, "content_block_start"), "\",\"index\":%lld,"
+			     "\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n",
+			     (long long)s->blk_index);
+	}
+	if (text.p)
+		p = put_text_delta(s, p, text);
+	if (stop) {
+		s->reason = stop;
+		if (s->blk != BLK_NONE)
+			p = an_block_stop(p, s->blk_index);
+		s->blk = BLK_NONE;
+	}
+	out->len = (size_t)(p - out->p);
+	return true;
 }
 
 /* An Anthropic event for an OpenAI client, past message_start: text deltas of the open text
@@ -2370,10 +2450,15 @@ static bool an_to_oa_fast(struct xlat_stream *s, struct slice data, struct buf *
 	int64_t idx;
 	if (!s->started || !json_sure(data, keys, v, 5))
 		return false;
-	if (raw_is(v[0], "content_block_delta"))
-		return s->blk == BLK_TEXT && v[1].p && json_int(v[1], &idx) &&
-		       idx == s->blk_index && !json_scan_object(v[2], dkeys, dv, 3) &&
-		       raw_is(dv[0], "text_delta") && is_string(dv[1]) && fast_text(s, dv[1], out);
+	if (raw_is(v[0], "content_block_delta")) {
+		char *p;
+		if (s->blk != BLK_TEXT || !v[1].p || !json_int(v[1], &idx) || idx != s->blk_index ||
+		    json_scan_object(v[2], dkeys, dv, 3) || !raw_is(dv[0], "text_delta") ||
+		    !is_string(dv[1]) || !(p = fast_room(s, out, dv[1].n + FAST_ROOM, true)))
+			return false;
+		out->len = (size_t)(put_text_delta(s, p, dv[1]) - out->p);
+		return true;
+	}
 	if (raw_is(v[0], "ping"))
 		return true;
 	if (raw_is(v[0], "content_block_stop")) {
@@ -2396,8 +2481,7 @@ static bool an_to_oa_fast(struct xlat_stream *s, struct slice data, struct buf *
 		if (end) {
 			if (!s->finish_sent)
 				finish = s->reason ? s->reason : "stop";
-		} else if (!json_scan_object(v[2], dkeys, dv, 3) && dv[2].p &&
-			   !slice_eq_cstr(dv[2], "null")) {
+		} else if (!json_scan_object(v[2], dkeys, dv, 3) && dv[2].p && !is_null(dv[2])) {
 			if (is_string(dv[2]) && has_escape(dv[2]))
 				return false;
 			finish = raw_is(dv[2], "max_tokens") ||
@@ -2410,7 +2494,7 @@ static bool an_to_oa_fast(struct xlat_stream *s, struct slice data, struct buf *
 		struct tally before = s->tally;
 		if (!end && v[4].p)
 			tally_scan(DIALECT_ANTHROPIC, v[4], &s->tally);
-		if ((finish || end) && !fast_oa_end(s, finish, end, out)) {
+		if ((finish || end) && !oa_fast_end(s, finish, end, out)) {
 			s->tally = before;
 			return false;
 		}

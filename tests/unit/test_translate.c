@@ -1328,6 +1328,81 @@ static void test_stream_fast_texts(void **state)
 	buf_free(&deep);
 }
 
+/* The chunks around the text an Anthropic client's fast path takes: finish reasons, the
+ * usage chunk, [DONE], with the text block open or not, and the shapes that are nothing. */
+#define OA_FINISH(reason) "{'id':'chatcmpl-t','choices':[{'index':0,'delta':{}," \
+			  "'finish_reason':" reason "}]}"
+#define OA_USAGE "{'id':'chatcmpl-t','choices':[],'usage':{'prompt_tokens':20," \
+		 "'completion_tokens':6,'total_tokens':26,'prompt_tokens_details':{'cached_tokens':8}}}"
+
+static const struct step oa_shapes[] = {
+	{ "", OA_CHUNK("{'role':'assistant','content':''}", "null") },
+	{ "", "{'choices':[]}" },
+	{ "", "{'choices':5}" },
+	{ "", "{}" },
+	{ "", "{'choices':[7]}" },
+	{ "", "{'choices':[{'delta':5}]}" },
+	{ "", "{'choices':[{'index':0,'delta':{'content':null,'refusal':'','tool_calls':null}}]}" },
+	{ "", "{'choices':[{'index':0,'delta':{'refusal':'I cannot'}}]}" },
+	{ "", "{'choices':[{'index':0,'delta':{'content':'','refusal':'still not'}}]}" },
+	{ "", "{'choices':[{'index':0,'delta':{'content':'text and usage'}}],'usage':{'prompt_tokens':4}}" },
+	{ "", "{'choices':[{'index':0,'delta':{'content':'text and finish'},'finish_reason':'stop'}]}" },
+	{ "", "{'choices':[{'delta':{'content':'a'}},{'delta':{'content':'b'}}]}" },
+	{ "", "{'choices':[{'index':0,'delta':{},'finish_reason':'length'}]}" },
+	{ "", OA_TEXT("a new block") },
+	{ "", OA_CHUNK("{'tool_calls':[{'index':0,'id':'call_a','function':{'name':'f'}}]}", "null") },
+	{ "", OA_TEXT("text after a tool call") },
+	{ "", OA_CHUNK("{'tool_calls':[{'index':1,'id':'call_b','function':{'name':'g'}}]}", "null") },
+	{ "", "{'choices':[{'index':0,'delta':{},'finish_reason':null}],'usage':null}" },
+};
+
+static void test_stream_fast_oa_ends(void **state)
+{
+	static const char *const reasons[] = {
+		"'stop'", "'length'", "'tool_calls'", "'function_call'", "'content_filter'", "'new'",
+		"5", "'leng\\u0074h'",
+	};
+	struct step steps[N(oa_shapes) + 3];
+	memcpy(steps, oa_shapes, sizeof(oa_shapes));
+	for (size_t i = 0; i < N(reasons); i++) {
+		char finish[128];
+		snprintf(finish, sizeof(finish), OA_FINISH("%s"), reasons[i]);
+		steps[N(oa_shapes)] = (struct step){ "", keep(strdup(finish)) };
+		steps[N(oa_shapes) + 1] = (struct step){ "", OA_USAGE };
+		steps[N(oa_shapes) + 2] = (struct step){ "", "[DONE]" };
+		expect_fast_is_full(OA, AN, "m", false, steps, N(steps));
+		/* cut short: [DONE] with no finish_reason, or none at all */
+		expect_fast_is_full(OA, AN, "m", false, steps, N(oa_shapes) + 1);
+		steps[N(oa_shapes) - 1] = steps[N(oa_shapes) + 2];
+		expect_fast_is_full(OA, AN, "m", false, steps, N(oa_shapes));
+		steps[N(oa_shapes) - 1] = oa_shapes[N(oa_shapes) - 1];
+	}
+	/* golden: the usual stream's end on the fast path */
+	static const struct step end[] = {
+		{ "", OA_CHUNK("{'role':'assistant','content':''}", "null") },
+		{ "", OA_TEXT("Hi") },
+		{ "", OA_FINISH("'length'") },
+		{ "", OA_USAGE },
+		{ "", "[DONE]" },
+	};
+	static const char *const want[] = {
+		"message_start|{'type':'message_start','message':{'id':'msg_s1','type':'message',"
+		"'role':'assistant','model':'client-m','content':[],'stop_reason':null,"
+		"'stop_sequence':null,'usage':{'input_tokens':0,'output_tokens':0,"
+		"'cache_read_input_tokens':0,'cache_creation_input_tokens':0}}}",
+		"content_block_start|{'type':'content_block_start','index':0,"
+		"'content_block':{'type':'text','text':''}}",
+		"content_block_delta|{'type':'content_block_delta','index':0,"
+		"'delta':{'type':'text_delta','text':'Hi'}}",
+		"content_block_stop|{'type':'content_block_stop','index':0}",
+		"message_delta|{'type':'message_delta','delta':{'stop_reason':'max_tokens',"
+		"'stop_sequence':null},'usage':{'input_tokens':12,'output_tokens':6,"
+		"'cache_read_input_tokens':8,'cache_creation_input_tokens':0}}",
+		"message_stop|{'type':'message_stop'}",
+	};
+	xlat_stream_free(expect_stream(OA, AN, "client-m", false, end, N(end), want, N(want)));
+}
+
 static size_t count(const char *hay, const char *needle)
 {
 	size_t n = 0;
@@ -1376,7 +1451,7 @@ int main(void)
 		T(test_stream_oa_to_an),      T(test_stream_oa_to_an_truncated),
 		T(test_stream_an_to_oa),      T(test_stream_errors),         T(test_stream_refused_events),
 		T(test_stream_same_dialect),  T(test_stream_empty),         T(test_stream_fast_texts),
-		T(test_stream_fast_ends),
+		T(test_stream_fast_ends),      T(test_stream_fast_oa_ends),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
