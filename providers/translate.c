@@ -1107,261 +1107,6 @@ int xlat_request(enum dialect from, enum dialect to, struct slice body,
 	return rc;
 }
 
-/* ---- responses ---- */
-
-static int oa_to_an_response(struct cx *c, const json_t *in, const char *model, json_t *out,
-			     struct tally *t)
-{
-	const json_t *choice = json_array_get(get(in, "choices"), 0);
-	const json_t *msg = get(choice, "message");
-	if (!json_is_object(msg))
-		return -1;
-	char id[ID_MAX];
-	swap_id(id, get(in, "id"), "chatcmpl-", "msg_");
-	json_t *content = json_array();
-	put(c, out, "id", json_string(id));
-	put(c, out, "type", json_string("message"));
-	put(c, out, "role", json_string("assistant"));
-	put(c, out, "model", json_string(model ? model : ""));
-	put(c, out, "content", content);
-	if (oa_parts(c, get(msg, "content"), content, 0, true))
-		return -1;
-	json_t *refusal = get(msg, "refusal");
-	if (json_is_string(refusal) && json_string_length(refusal))
-		push(c, content, text_block(c, refusal));
-	if (oa_tool_uses(c, get(msg, "tool_calls"), content, 0))
-		return -1;
-	put(c, out, "stop_reason", json_string(stop_from_finish(get(choice, "finish_reason"))));
-	put(c, out, "stop_sequence", json_null());
-	tally_json(DIALECT_OPENAI, get(in, "usage"), t);
-	put(c, out, "usage", usage_json(c, DIALECT_ANTHROPIC, t));
-	return 0;
-}
-
-static int an_to_oa_response(struct cx *c, const json_t *in, const char *model, json_t *out,
-			     struct tally *t)
-{
-	const json_t *content = get(in, "content");
-	if (!json_is_array(content))
-		return -1;
-	char id[ID_MAX];
-	swap_id(id, get(in, "id"), "msg_", "chatcmpl-");
-	struct buf text = { 0 };
-	json_t *calls = json_array();
-	size_t i;
-	json_t *blk;
-	int rc = 0;
-	json_array_foreach(content, i, blk) {
-		const json_t *type = get(blk, "type");
-		if (str_is(type, "text") && json_is_string(get(blk, "text"))) {
-			/* the model's own pieces: joined as they are */
-			if (!join(&text, "", get(blk, "text")))
-				rc = -1;
-		} else if (str_is(type, "tool_use")) {
-			json_t *call = an_tool_call(c, blk, 0, i, &rc);
-			if (call)
-				push(c, calls, call);
-		}
-		if (rc)
-			break;
-	}
-	json_t *msg = json_object(), *choice = json_object(), *choices = json_array();
-	put(c, msg, "role", json_string("assistant"));
-	put(c, msg, "content", text.len || !json_array_size(calls) ? stringn(text.p, text.len)
-								   : json_null());
-	put(c, msg, "refusal", json_null());
-	if (json_array_size(calls))
-		put_ref(c, msg, "tool_calls", calls);
-	put(c, choice, "index", json_integer(0));
-	put(c, choice, "message", msg);
-	put(c, choice, "logprobs", json_null());
-	put(c, choice, "finish_reason", json_string(finish_from_stop(get(in, "stop_reason"))));
-	push(c, choices, choice);
-	put(c, out, "id", json_string(id));
-	put(c, out, "object", json_string("chat.completion"));
-	put(c, out, "created", json_integer((json_int_t)time(NULL)));
-	put(c, out, "model", json_string(model ? model : ""));
-	put(c, out, "choices", choices);
-	tally_json(DIALECT_ANTHROPIC, get(in, "usage"), t);
-	put(c, out, "usage", usage_json(c, DIALECT_OPENAI, t));
-	buf_free(&text);
-	json_decref(calls);
-	return rc;
-}
-
-int xlat_response(enum dialect from, enum dialect to, struct slice body, const char *client_model,
-		  struct buf *out, struct usage *u)
-{
-	struct cx c = { NULL, 0, false };
-	struct tally t = { 0 };
-	json_t *in = load(body), *res = json_object();
-	int rc = -1;
-	if (json_is_object(in)) {
-		if (from == to) {
-			rc = json_object_update(res, in);
-			if (client_model)
-				put(&c, res, "model", json_string(client_model));
-			tally_json(from, get(in, "usage"), &t);
-		} else if (from == DIALECT_OPENAI) {
-			rc = oa_to_an_response(&c, in, client_model, res, &t);
-		} else {
-			rc = an_to_oa_response(&c, in, client_model, res, &t);
-		}
-	}
-	if (!rc && (c.oom || !emit_json(out, res)))
-		rc = -1;
-	if (u)
-		tally_usage(&t, u);
-	json_decref(res);
-	json_decref(in);
-	return rc;
-}
-
-/* ---- errors ---- */
-
-static const char *an_error_type(int status)
-{
-	switch (status) {
-	case 401: return "authentication_error";
-	case 403: return "permission_error";
-	case 404: return "not_found_error";
-	case 413: return "request_too_large";
-	case 429: return "rate_limit_error";
-	case 503:
-	case 529: return "overloaded_error";
-	default: return status < 500 ? "invalid_request_error" : "api_error";
-	}
-}
-
-/* The status an Anthropic error type stands for (stream errors carry no status). */
-static int an_error_status(const json_t *type)
-{
-	static const int statuses[] = { 400, 401, 403, 404, 413, 429, 529 };
-	for (size_t i = 0; i < sizeof(statuses) / sizeof(statuses[0]); i++)
-		if (str_is(type, an_error_type(statuses[i])))
-			return statuses[i];
-	return 500;
-}
-
-/* OpenAI's own style: invalid_request_error for every 4xx but 429 (the code says more). */
-static const char *oa_error_type(int status)
-{
-	return status == 429 ? "rate_limit_error" : status < 500 ? "invalid_request_error" : "api_error";
-}
-
-static json_t *error_json(struct cx *c, enum dialect d, const char *type, json_t *message,
-			  json_t *code)
-{
-	json_t *e = json_object(), *body = json_object();
-	if (d == DIALECT_OPENAI) {
-		put(c, e, "message", message);
-		put(c, e, "type", json_string(type));
-		put(c, e, "param", json_null());
-		put(c, e, "code", code ? code : json_null());
-		put(c, body, "error", e);
-		return body;
-	}
-	json_decref(code);
-	put(c, e, "type", json_string(type));
-	put(c, e, "message", message);
-	put(c, body, "type", json_string("error"));
-	put(c, body, "error", e);
-	return body;
-}
-
-/* The message and code of a provider's error body, in either dialect's shape or the
- * common variants of OpenAI-compatible servers ({"error":"..."}, {"message":"..."}). */
-static void read_error(const json_t *in, json_t **message, json_t **code)
-{
-	const json_t *e = get(in, "error");
-	const json_t *m = json_is_string(e) ? e : get(e, "message");
-	if (!json_is_string(m))
-		m = get(in, "message");
-	if (!json_is_string(m))
-		m = get(in, "detail");
-	*message = json_is_string(m) && json_string_length(m) ? json_incref((json_t *)m) : NULL;
-	const json_t *k = get(e, "code");
-	if (!json_is_string(k))
-		k = get(e, "type"); /* Anthropic's type is the closest to OpenAI's code */
-	*code = json_is_string(k) ? json_incref((json_t *)k) : NULL;
-}
-
-int xlat_error(enum dialect from, enum dialect to, int status, struct slice body, struct buf *out)
-{
-	if (status < 400 || status > 599)
-		status = 502;
-	int client_status = to == DIALECT_OPENAI && status == 529 ? 503 : status;
-	struct cx c = { NULL, 0, false };
-	json_t *in = load(body), *message, *code;
-	if (from == to && json_is_object(get(in, "error")) &&
-	    json_is_string(get(get(in, "error"), "message")) && emit_json(out, in)) {
-		json_decref(in);
-		return client_status;
-	}
-	read_error(in, &message, &code);
-	if (!message) {
-		char text[64];
-		snprintf(text, sizeof(text), "the provider returned HTTP %d", status);
-		message = json_string(text);
-	}
-	const char *type = to == DIALECT_OPENAI ? oa_error_type(status) : an_error_type(status);
-	json_t *res = error_json(&c, to, type, message, code);
-	if (c.oom || !emit_json(out, res))
-		emit_raw(out, to == DIALECT_OPENAI ? "{\"error\":{\"message\":\"provider error\"}}"
-						   : "{\"type\":\"error\",\"error\":{\"type\":"
-						     "\"api_error\",\"message\":\"provider error\"}}");
-	json_decref(res);
-	json_decref(in);
-	return client_status;
-}
-
-static int kind_status(enum xlat_err_kind kind)
-{
-	switch (kind) {
-	case XERR_INVALID_REQUEST: return 400;
-	case XERR_AUTHENTICATION: return 401;
-	case XERR_PERMISSION: return 403;
-	case XERR_RATE_LIMIT:
-	case XERR_BUDGET: return 429;
-	case XERR_UPSTREAM: return 502;
-	case XERR_INTERNAL: break;
-	}
-	return 500;
-}
-
-/* A gateway error body as a json tree (shared by xlat_error_body and stream errors). */
-static json_t *gateway_error(struct cx *c, enum dialect d, enum xlat_err_kind kind, int status,
-			     const char *code, const char *message)
-{
-	if (status < 400 || status > 599)
-		status = kind_status(kind);
-	const char *type;
-	if (d == DIALECT_ANTHROPIC)
-		type = an_error_type(status);
-	else if (kind == XERR_BUDGET)
-		type = "insufficient_quota";
-	else
-		type = oa_error_type(status);
-	if (kind == XERR_BUDGET && !code)
-		code = "budget_exceeded";
-	json_t *m = json_string(message ? message : "");
-	if (!m) /* not UTF-8: the gateway's own text, so only a bug gets here */
-		m = json_string("error");
-	return error_json(c, d, type, m, code ? json_string(code) : NULL);
-}
-
-void xlat_error_body(enum dialect d, enum xlat_err_kind kind, int status, const char *code,
-		     const char *message, struct buf *out)
-{
-	struct cx c = { NULL, 0, false };
-	json_t *body = gateway_error(&c, d, kind, status, code, message);
-	if (c.oom || !emit_json(out, body))
-		emit_raw(out, d == DIALECT_OPENAI ? "{\"error\":{\"message\":\"error\"}}"
-						  : "{\"type\":\"error\",\"error\":{\"type\":"
-						    "\"api_error\",\"message\":\"error\"}}");
-	json_decref(body);
-}
-
 /* ---- fast paths: jansson's answer without jansson ----
  *
  * Most translated traffic is a stream's text deltas, and a full parse and rebuild costs
@@ -1669,6 +1414,469 @@ static char *put_string(char *dst, struct slice body)
 		}
 	}
 	return dst;
+}
+
+/* Append s as jansson writes it as a JSON string, quotes included; false if s is not UTF-8
+ * (jansson refuses it: the full path then decides) or out is full. */
+static bool put_cstring(struct buf *out, const char *s)
+{
+	size_t n = strlen(s);
+	if (!buf_reserve(out, 6 * n + 2, XLAT_MAX_OUT))
+		return false;
+	const unsigned char *p = (const unsigned char *)s, *end = p + n;
+	char *dst = out->p + out->len;
+	*dst++ = '"';
+	while (p < end) {
+		size_t k = utf8_seq(p, end);
+		if (!k)
+			return false;
+		if (*p == '"' || *p == '\\' || *p < 0x20) {
+			dst = put_escape(dst, *p);
+		} else {
+			memcpy(dst, p, k);
+			dst += k;
+		}
+		p += k;
+	}
+	*dst++ = '"';
+	out->len = (size_t)(dst - out->p);
+	return true;
+}
+
+static bool is_empty_array(struct slice v)
+{
+	size_t i = 0, n = v.n;
+	while (i < n && strchr(" \t\r\n", v.p[i]))
+		i++;
+	while (n > i && strchr(" \t\r\n", v.p[n - 1]))
+		n--;
+	if (n - i < 2 || v.p[i] != '[' || v.p[n - 1] != ']')
+		return false;
+	for (i++; i < n - 1; i++)
+		if (!strchr(" \t\r\n", v.p[i]))
+			return false;
+	return true;
+}
+
+static bool is_string(struct slice v)
+{
+	return v.p && v.p[0] == '"';
+}
+
+static bool is_null(struct slice v)
+{
+	return slice_eq_cstr(v, "null");
+}
+
+/* A string without escapes equals s (an escaped one may too: callers then decline). */
+static bool raw_is(struct slice v, const char *s)
+{
+	size_t n = strlen(s);
+	return v.n == n + 2 && v.p[0] == '"' && memcmp(v.p + 1, s, n) == 0;
+}
+
+static bool has_escape(struct slice v)
+{
+	return memchr(v.p, '\\', v.n) != NULL;
+}
+
+/* Append the body of v, a string json_sure passed, as jansson writes the string it decodes
+ * to (without the quotes). */
+static bool emit_text(struct buf *out, struct slice v)
+{
+	if (!buf_reserve(out, v.n, XLAT_MAX_OUT))
+		return false;
+	out->len = (size_t)(put_string(out->p + out->len, (struct slice){ v.p + 1, v.n - 2 }) - out->p);
+	return true;
+}
+
+/* An id with one dialect's prefix swapped for the other's, as swap_id makes it from the
+ * decoded string; false where the fast path cannot be sure of that (escapes, or so long that
+ * swap_id cuts it, maybe inside a UTF-8 sequence). */
+static bool fast_id(char *dst, struct slice id, const char *strip, const char *add)
+{
+	if (!is_string(id) || id.n == 2) {
+		swap_id(dst, NULL, strip, add);
+		return true;
+	}
+	struct slice body = { id.p + 1, id.n - 2 };
+	size_t n = strlen(strip), m = strlen(add);
+	if (has_escape(id))
+		return false;
+	if (body.n >= n && memcmp(body.p, strip, n) == 0)
+		body.p += n, body.n -= n;
+	if (m + body.n >= ID_MAX)
+		return false;
+	memcpy(dst, add, m);
+	memcpy(dst + m, body.p, body.n);
+	dst[m + body.n] = 0;
+	return true;
+}
+
+/* Append key (the text before a number), then v as jansson writes a json_int_t. */
+static bool emit_num(struct buf *out, const char *key, uint64_t v)
+{
+	char num[24];
+	snprintf(num, sizeof(num), "%lld", (long long)v);
+	return emit_raw(out, key) && emit_raw(out, num);
+}
+
+/* A plain text answer (content and refusal text, no tool calls) from an OpenAI provider for
+ * an Anthropic client, as oa_to_an_response writes it. */
+static bool oa_to_an_response_fast(struct slice body, const char *model, struct buf *out,
+				   struct tally *t)
+{
+	static const char *const keys[] = { "id", "choices", "usage" };
+	static const char *const ckeys[] = { "message", "finish_reason" };
+	static const char *const mkeys[] = { "content", "refusal", "tool_calls" };
+	struct slice v[3], cv[2], mv[3], choice;
+	struct json_iter it;
+	char id[ID_MAX];
+	if (!json_sure(body, keys, v, 3) || !json_array_begin(&it, v[1]) ||
+	    json_array_next(&it, &choice) != 1 || json_scan_object(choice, ckeys, cv, 2) ||
+	    json_scan_object(cv[0], mkeys, mv, 3) ||
+	    (mv[0].p && !is_null(mv[0]) && !is_string(mv[0])) ||
+	    (mv[2].p && !is_null(mv[2]) && !is_empty_array(mv[2])) ||
+	    (is_string(cv[1]) && has_escape(cv[1])) || !fast_id(id, v[0], "chatcmpl-", "msg_"))
+		return false;
+	const char *stop = raw_is(cv[1], "length") ? "max_tokens"
+			   : raw_is(cv[1], "tool_calls") || raw_is(cv[1], "function_call") ? "tool_use"
+			   : raw_is(cv[1], "content_filter") ? "refusal"
+							     : "end_turn";
+	if (v[2].p)
+		tally_scan(DIALECT_OPENAI, v[2], t);
+	size_t mark = out->len;
+	bool ok = emit_raw(out, "{\"id\":\"") && emit_raw(out, id) &&
+		  emit_raw(out, "\",\"type\":\"message\",\"role\":\"assistant\",\"model\":") &&
+		  put_cstring(out, model ? model : "") && emit_raw(out, ",\"content\":[");
+	for (int i = 0; i < 2; i++) { /* content, then refusal: the non-empty ones */
+		if (!ok || !is_string(mv[i]) || mv[i].n == 2)
+			continue;
+		ok = emit_raw(out, out->p[out->len - 1] == '[' ? "{\"type\":\"text\",\"text\":\""
+							       : ",{\"type\":\"text\",\"text\":\"") &&
+		     emit_text(out, mv[i]) && emit_raw(out, "\"}");
+	}
+	ok = ok && emit_raw(out, "],\"stop_reason\":\"") && emit_raw(out, stop) &&
+	     emit_num(out, "\",\"stop_sequence\":null,\"usage\":{\"input_tokens\":", t->input) &&
+	     emit_num(out, ",\"output_tokens\":", t->output) &&
+	     emit_num(out, ",\"cache_read_input_tokens\":", t->cache_read) &&
+	     emit_num(out, ",\"cache_creation_input_tokens\":", t->cache_write) &&
+	     emit_raw(out, "}}");
+	if (!ok)
+		out->len = mark;
+	return ok;
+}
+
+/* An answer of text blocks (others but tool_use ignored, as an OpenAI client has no place for
+ * them) from an Anthropic provider for an OpenAI client, as an_to_oa_response writes it. */
+static bool an_to_oa_response_fast(struct slice body, const char *model, struct buf *out,
+				   struct tally *t)
+{
+	static const char *const keys[] = { "id", "content", "stop_reason", "usage" };
+	static const char *const bkeys[] = { "type", "text" };
+	struct slice v[4], blk, bv[2];
+	struct json_iter it;
+	char id[ID_MAX];
+	if (!json_sure(body, keys, v, 4) || !json_array_begin(&it, v[1]) ||
+	    (is_string(v[2]) && has_escape(v[2])) || !fast_id(id, v[0], "msg_", "chatcmpl-"))
+		return false;
+	while (json_array_next(&it, &blk) == 1)
+		if (!json_scan_object(blk, bkeys, bv, 2) && is_string(bv[0]) &&
+		    (has_escape(bv[0]) || raw_is(bv[0], "tool_use")))
+			return false;
+	const char *finish = raw_is(v[2], "max_tokens") ||
+					     raw_is(v[2], "model_context_window_exceeded")
+				     ? "length"
+			     : raw_is(v[2], "tool_use") ? "tool_calls"
+			     : raw_is(v[2], "refusal") ? "content_filter"
+							: "stop";
+	if (v[3].p)
+		tally_scan(DIALECT_ANTHROPIC, v[3], t);
+	uint64_t prompt = t->input + t->cache_read + t->cache_write;
+	size_t mark = out->len;
+	bool ok = emit_raw(out, "{\"id\":\"") && emit_raw(out, id) &&
+		  emit_num(out, "\",\"object\":\"chat.completion\",\"created\":", (uint64_t)time(NULL)) &&
+		  emit_raw(out, ",\"model\":") &&
+		  put_cstring(out, model ? model : "") &&
+		  emit_raw(out, ",\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\","
+				"\"content\":\"");
+	json_array_begin(&it, v[1]);
+	while (ok && json_array_next(&it, &blk) == 1) /* the text blocks, joined as they are */
+		if (!json_scan_object(blk, bkeys, bv, 2) && raw_is(bv[0], "text") && is_string(bv[1]))
+			ok = emit_text(out, bv[1]);
+	ok = ok && emit_raw(out, "\",\"refusal\":null},\"logprobs\":null,\"finish_reason\":\"") &&
+	     emit_raw(out, finish) &&
+	     emit_num(out, "\"}],\"usage\":{\"prompt_tokens\":", prompt) &&
+	     emit_num(out, ",\"completion_tokens\":", t->output) &&
+	     emit_num(out, ",\"total_tokens\":", prompt + t->output) &&
+	     emit_num(out, ",\"prompt_tokens_details\":{\"cached_tokens\":", t->cache_read) &&
+	     emit_raw(out, "}}}");
+	if (!ok)
+		out->len = mark;
+	return ok;
+}
+
+/* ---- responses ---- */
+
+static int oa_to_an_response(struct cx *c, const json_t *in, const char *model, json_t *out,
+			     struct tally *t)
+{
+	const json_t *choice = json_array_get(get(in, "choices"), 0);
+	const json_t *msg = get(choice, "message");
+	if (!json_is_object(msg))
+		return -1;
+	char id[ID_MAX];
+	swap_id(id, get(in, "id"), "chatcmpl-", "msg_");
+	json_t *content = json_array();
+	put(c, out, "id", json_string(id));
+	put(c, out, "type", json_string("message"));
+	put(c, out, "role", json_string("assistant"));
+	put(c, out, "model", json_string(model ? model : ""));
+	put(c, out, "content", content);
+	if (oa_parts(c, get(msg, "content"), content, 0, true))
+		return -1;
+	json_t *refusal = get(msg, "refusal");
+	if (json_is_string(refusal) && json_string_length(refusal))
+		push(c, content, text_block(c, refusal));
+	if (oa_tool_uses(c, get(msg, "tool_calls"), content, 0))
+		return -1;
+	put(c, out, "stop_reason", json_string(stop_from_finish(get(choice, "finish_reason"))));
+	put(c, out, "stop_sequence", json_null());
+	tally_json(DIALECT_OPENAI, get(in, "usage"), t);
+	put(c, out, "usage", usage_json(c, DIALECT_ANTHROPIC, t));
+	return 0;
+}
+
+static int an_to_oa_response(struct cx *c, const json_t *in, const char *model, json_t *out,
+			     struct tally *t)
+{
+	const json_t *content = get(in, "content");
+	if (!json_is_array(content))
+		return -1;
+	char id[ID_MAX];
+	swap_id(id, get(in, "id"), "msg_", "chatcmpl-");
+	struct buf text = { 0 };
+	json_t *calls = json_array();
+	size_t i;
+	json_t *blk;
+	int rc = 0;
+	json_array_foreach(content, i, blk) {
+		const json_t *type = get(blk, "type");
+		if (str_is(type, "text") && json_is_string(get(blk, "text"))) {
+			/* the model's own pieces: joined as they are */
+			if (!join(&text, "", get(blk, "text")))
+				rc = -1;
+		} else if (str_is(type, "tool_use")) {
+			json_t *call = an_tool_call(c, blk, 0, i, &rc);
+			if (call)
+				push(c, calls, call);
+		}
+		if (rc)
+			break;
+	}
+	json_t *msg = json_object(), *choice = json_object(), *choices = json_array();
+	put(c, msg, "role", json_string("assistant"));
+	put(c, msg, "content", text.len || !json_array_size(calls) ? stringn(text.p, text.len)
+								   : json_null());
+	put(c, msg, "refusal", json_null());
+	if (json_array_size(calls))
+		put_ref(c, msg, "tool_calls", calls);
+	put(c, choice, "index", json_integer(0));
+	put(c, choice, "message", msg);
+	put(c, choice, "logprobs", json_null());
+	put(c, choice, "finish_reason", json_string(finish_from_stop(get(in, "stop_reason"))));
+	push(c, choices, choice);
+	put(c, out, "id", json_string(id));
+	put(c, out, "object", json_string("chat.completion"));
+	put(c, out, "created", json_integer((json_int_t)time(NULL)));
+	put(c, out, "model", json_string(model ? model : ""));
+	put(c, out, "choices", choices);
+	tally_json(DIALECT_ANTHROPIC, get(in, "usage"), t);
+	put(c, out, "usage", usage_json(c, DIALECT_OPENAI, t));
+	buf_free(&text);
+	json_decref(calls);
+	return rc;
+}
+
+int xlat_response(enum dialect from, enum dialect to, struct slice body, const char *client_model,
+		  struct buf *out, struct usage *u)
+{
+	struct cx c = { NULL, 0, false };
+	struct tally t = { 0 };
+	if (fast_on && from != to &&
+	    (from == DIALECT_OPENAI ? oa_to_an_response_fast(body, client_model, out, &t)
+				    : an_to_oa_response_fast(body, client_model, out, &t))) {
+		if (u)
+			tally_usage(&t, u);
+		return 0;
+	}
+	t = (struct tally){ 0 };
+	json_t *in = load(body), *res = json_object();
+	int rc = -1;
+	if (json_is_object(in)) {
+		if (from == to) {
+			rc = json_object_update(res, in);
+			if (client_model)
+				put(&c, res, "model", json_string(client_model));
+			tally_json(from, get(in, "usage"), &t);
+		} else if (from == DIALECT_OPENAI) {
+			rc = oa_to_an_response(&c, in, client_model, res, &t);
+		} else {
+			rc = an_to_oa_response(&c, in, client_model, res, &t);
+		}
+	}
+	if (!rc && (c.oom || !emit_json(out, res)))
+		rc = -1;
+	if (u)
+		tally_usage(&t, u);
+	json_decref(res);
+	json_decref(in);
+	return rc;
+}
+
+/* ---- errors ---- */
+
+static const char *an_error_type(int status)
+{
+	switch (status) {
+	case 401: return "authentication_error";
+	case 403: return "permission_error";
+	case 404: return "not_found_error";
+	case 413: return "request_too_large";
+	case 429: return "rate_limit_error";
+	case 503:
+	case 529: return "overloaded_error";
+	default: return status < 500 ? "invalid_request_error" : "api_error";
+	}
+}
+
+/* The status an Anthropic error type stands for (stream errors carry no status). */
+static int an_error_status(const json_t *type)
+{
+	static const int statuses[] = { 400, 401, 403, 404, 413, 429, 529 };
+	for (size_t i = 0; i < sizeof(statuses) / sizeof(statuses[0]); i++)
+		if (str_is(type, an_error_type(statuses[i])))
+			return statuses[i];
+	return 500;
+}
+
+/* OpenAI's own style: invalid_request_error for every 4xx but 429 (the code says more). */
+static const char *oa_error_type(int status)
+{
+	return status == 429 ? "rate_limit_error" : status < 500 ? "invalid_request_error" : "api_error";
+}
+
+static json_t *error_json(struct cx *c, enum dialect d, const char *type, json_t *message,
+			  json_t *code)
+{
+	json_t *e = json_object(), *body = json_object();
+	if (d == DIALECT_OPENAI) {
+		put(c, e, "message", message);
+		put(c, e, "type", json_string(type));
+		put(c, e, "param", json_null());
+		put(c, e, "code", code ? code : json_null());
+		put(c, body, "error", e);
+		return body;
+	}
+	json_decref(code);
+	put(c, e, "type", json_string(type));
+	put(c, e, "message", message);
+	put(c, body, "type", json_string("error"));
+	put(c, body, "error", e);
+	return body;
+}
+
+/* The message and code of a provider's error body, in either dialect's shape or the
+ * common variants of OpenAI-compatible servers ({"error":"..."}, {"message":"..."}). */
+static void read_error(const json_t *in, json_t **message, json_t **code)
+{
+	const json_t *e = get(in, "error");
+	const json_t *m = json_is_string(e) ? e : get(e, "message");
+	if (!json_is_string(m))
+		m = get(in, "message");
+	if (!json_is_string(m))
+		m = get(in, "detail");
+	*message = json_is_string(m) && json_string_length(m) ? json_incref((json_t *)m) : NULL;
+	const json_t *k = get(e, "code");
+	if (!json_is_string(k))
+		k = get(e, "type"); /* Anthropic's type is the closest to OpenAI's code */
+	*code = json_is_string(k) ? json_incref((json_t *)k) : NULL;
+}
+
+int xlat_error(enum dialect from, enum dialect to, int status, struct slice body, struct buf *out)
+{
+	if (status < 400 || status > 599)
+		status = 502;
+	int client_status = to == DIALECT_OPENAI && status == 529 ? 503 : status;
+	struct cx c = { NULL, 0, false };
+	json_t *in = load(body), *message, *code;
+	if (from == to && json_is_object(get(in, "error")) &&
+	    json_is_string(get(get(in, "error"), "message")) && emit_json(out, in)) {
+		json_decref(in);
+		return client_status;
+	}
+	read_error(in, &message, &code);
+	if (!message) {
+		char text[64];
+		snprintf(text, sizeof(text), "the provider returned HTTP %d", status);
+		message = json_string(text);
+	}
+	const char *type = to == DIALECT_OPENAI ? oa_error_type(status) : an_error_type(status);
+	json_t *res = error_json(&c, to, type, message, code);
+	if (c.oom || !emit_json(out, res))
+		emit_raw(out, to == DIALECT_OPENAI ? "{\"error\":{\"message\":\"provider error\"}}"
+						   : "{\"type\":\"error\",\"error\":{\"type\":"
+						     "\"api_error\",\"message\":\"provider error\"}}");
+	json_decref(res);
+	json_decref(in);
+	return client_status;
+}
+
+static int kind_status(enum xlat_err_kind kind)
+{
+	switch (kind) {
+	case XERR_INVALID_REQUEST: return 400;
+	case XERR_AUTHENTICATION: return 401;
+	case XERR_PERMISSION: return 403;
+	case XERR_RATE_LIMIT:
+	case XERR_BUDGET: return 429;
+	case XERR_UPSTREAM: return 502;
+	case XERR_INTERNAL: break;
+	}
+	return 500;
+}
+
+/* A gateway error body as a json tree (shared by xlat_error_body and stream errors). */
+static json_t *gateway_error(struct cx *c, enum dialect d, enum xlat_err_kind kind, int status,
+			     const char *code, const char *message)
+{
+	if (status < 400 || status > 599)
+		status = kind_status(kind);
+	const char *type;
+	if (d == DIALECT_ANTHROPIC)
+		type = an_error_type(status);
+	else if (kind == XERR_BUDGET)
+		type = "insufficient_quota";
+	else
+		type = oa_error_type(status);
+	if (kind == XERR_BUDGET && !code)
+		code = "budget_exceeded";
+	json_t *m = json_string(message ? message : "");
+	if (!m) /* not UTF-8: the gateway's own text, so only a bug gets here */
+		m = json_string("error");
+	return error_json(c, d, type, m, code ? json_string(code) : NULL);
+}
+
+void xlat_error_body(enum dialect d, enum xlat_err_kind kind, int status, const char *code,
+		     const char *message, struct buf *out)
+{
+	struct cx c = { NULL, 0, false };
+	json_t *body = gateway_error(&c, d, kind, status, code, message);
+	if (c.oom || !emit_json(out, body))
+		emit_raw(out, d == DIALECT_OPENAI ? "{\"error\":{\"message\":\"error\"}}"
+						  : "{\"type\":\"error\",\"error\":{\"type\":"
+						    "\"api_error\",\"message\":\"error\"}}");
+	json_decref(body);
 }
 
 /* ---- streams ---- */
@@ -2116,21 +2324,6 @@ static bool copy_event(struct buf *out, struct slice name, struct slice data)
 	return ok;
 }
 
-static bool is_empty_array(struct slice v)
-{
-	size_t i = 0, n = v.n;
-	while (i < n && strchr(" \t\r\n", v.p[i]))
-		i++;
-	while (n > i && strchr(" \t\r\n", v.p[n - 1]))
-		n--;
-	if (n - i < 2 || v.p[i] != '[' || v.p[n - 1] != ']')
-		return false;
-	for (i++; i < n - 1; i++)
-		if (!strchr(" \t\r\n", v.p[i]))
-			return false;
-	return true;
-}
-
 static int same_event(struct xlat_stream *s, struct slice name, struct slice data, struct buf *out)
 {
 	if (s->to == DIALECT_OPENAI) {
@@ -2155,7 +2348,7 @@ static int same_event(struct xlat_stream *s, struct slice name, struct slice dat
 	struct slice v[4], type;
 	if (json_scan_object(data, keys, v, 4))
 		return -1;
-	if (!name.n && !json_plain_string(v[0], &name))
+	if (!name.n && (!json_plain_string(v[0], &name) || !name.n)) /* no name, no event */
 		return -1;
 	if (memchr(name.p, '\n', name.n) || memchr(name.p, '\r', name.n))
 		return -1; /* would break the client's SSE framing */
@@ -2184,33 +2377,6 @@ static int same_event(struct xlat_stream *s, struct slice name, struct slice dat
 }
 
 /* -- fast paths for text deltas -- */
-
-/* Append s as jansson writes it as a JSON string, quotes included; false if s is not UTF-8
- * (jansson refuses it: the full path then decides) or out is full. */
-static bool put_cstring(struct buf *out, const char *s)
-{
-	size_t n = strlen(s);
-	if (!buf_reserve(out, 6 * n + 2, XLAT_MAX_OUT))
-		return false;
-	const unsigned char *p = (const unsigned char *)s, *end = p + n;
-	char *dst = out->p + out->len;
-	*dst++ = '"';
-	while (p < end) {
-		size_t k = utf8_seq(p, end);
-		if (!k)
-			return false;
-		if (*p == '"' || *p == '\\' || *p < 0x20) {
-			dst = put_escape(dst, *p);
-		} else {
-			memcpy(dst, p, k);
-			dst += k;
-		}
-		p += k;
-	}
-	*dst++ = '"';
-	out->len = (size_t)(dst - out->p);
-	return true;
-}
 
 /* An OpenAI client's chunks up to their "choices": id, time and model are fixed once the
  * client has its opening event, which the fast path's events never come before. Made once. */
@@ -2349,28 +2515,6 @@ static bool an_fast_end(struct xlat_stream *s, struct buf *out)
 	s->finish_sent = true;
 	s->finished = true;
 	return true;
-}
-
-static bool is_string(struct slice v)
-{
-	return v.p && v.p[0] == '"';
-}
-
-static bool is_null(struct slice v)
-{
-	return slice_eq_cstr(v, "null");
-}
-
-/* A string without escapes equals s (an escaped one may too: callers then decline). */
-static bool raw_is(struct slice v, const char *s)
-{
-	size_t n = strlen(s);
-	return v.n == n + 2 && v.p[0] == '"' && memcmp(v.p + 1, s, n) == 0;
-}
-
-static bool has_escape(struct slice v)
-{
-	return memchr(v.p, '\\', v.n) != NULL;
 }
 
 /* An OpenAI chunk for an Anthropic client, past the opening event: choice 0's text, its

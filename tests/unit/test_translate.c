@@ -1037,6 +1037,14 @@ static void test_stream_refused_events(void **state)
 	assert_int_equal(xlat_stream_event(s, SLICE_LIT("content_block_delta"), slice_cstr(Q(
 		"{'type':'content_block_delta','index':4,'delta':{'type':'text_delta','text':'x'}}")),
 		&out), -1);
+	xlat_stream_free(s);
+
+	/* same dialect: an event with neither a name nor a type cannot be relayed */
+	s = xlat_stream_new(AN, AN, "m", false);
+	assert_int_equal(xlat_stream_event(s, SLICE_LIT(""), SLICE_LIT("{\"type\":\"\"}"), &out),
+			 -1);
+	xlat_stream_free(s);
+	s = xlat_stream_new(AN, OA, "m", false);
 	/* unknown event types are dropped, not refused */
 	len = out.len;
 	assert_int_equal(xlat_stream_event(s, SLICE_LIT("new_thing"), slice_cstr(Q(
@@ -1403,6 +1411,114 @@ static void test_stream_fast_oa_ends(void **state)
 	xlat_stream_free(expect_stream(OA, AN, "client-m", false, end, N(end), want, N(want)));
 }
 
+/* ---- responses: the fast path against the full path ---- */
+
+/* xlat_response's answer is the same, byte for byte, with the fast paths and without (made-up
+ * ids aside; a second apart, "created" may differ: then it is tried again, once); so are its
+ * return value and usage. */
+static void expect_response_fast_is_full(enum dialect from, enum dialect to, const char *body_q,
+					 const char *model)
+{
+	const char *body = Q(body_q);
+	for (int attempt = 0; attempt < 2; attempt++) {
+		struct buf fast = { 0 }, full = { 0 };
+		struct usage fu = { 0 }, su = { 0 };
+		xlat_set_fast(true);
+		int frc = xlat_response(from, to, slice_cstr(body), model, &fast, &fu);
+		xlat_set_fast(false);
+		int src = xlat_response(from, to, slice_cstr(body), model, &full, &su);
+		xlat_set_fast(true);
+		unmade(&fast);
+		unmade(&full);
+		bool same = frc == src && fast.len == full.len && !memcmp(fast.p, full.p, fast.len);
+		if (!same && attempt == 1)
+			fail_msg("%s\nfast path (%d):\n%.*s\nfull path (%d):\n%.*s", body, frc,
+				 (int)fast.len, fast.p, src, (int)full.len, full.p);
+		assert_int_equal(fu.prompt_tokens, su.prompt_tokens);
+		assert_int_equal(fu.completion_tokens, su.completion_tokens);
+		assert_int_equal(fu.cached_tokens, su.cached_tokens);
+		assert_int_equal(fu.present, su.present);
+		buf_free(&fast);
+		buf_free(&full);
+		if (same)
+			return;
+	}
+}
+
+#define OA_RESP(id, message, finish, usage) \
+	"{" id "'object':'chat.completion','created':1,'model':'g','choices':[{'index':0," \
+	"'message':" message ",'logprobs':null,'finish_reason':" finish "}]" usage "}"
+#define OA_USAGE_FULL ",'usage':{'prompt_tokens':9,'completion_tokens':3,'total_tokens':12," \
+		      "'prompt_tokens_details':{'cached_tokens':4}}"
+
+static void test_response_fast(void **state)
+{
+	static const char *const oa[] = {
+		OA_RESP("'id':'chatcmpl-1',", "{'role':'assistant','content':'Hello \\u00e9\\n\\'x\\' "
+			"\\/ \\ud83d\\ude00 \\u001f'}", "'stop'", OA_USAGE_FULL),
+		OA_RESP("'id':'chatcmpl-1',", "{'role':'assistant','content':'','refusal':'no'}",
+			"'content_filter'", ""),
+		OA_RESP("'id':'chatcmpl-1',", "{'content':'both','refusal':'and this'}", "'length'", ""),
+		OA_RESP("'id':'chatcmpl-1',", "{'content':null,'refusal':null}", "null", ",'usage':null"),
+		OA_RESP("'id':'chatcmpl-1',", "{'content':'a','tool_calls':[]}", "'tool_calls'", ""),
+		OA_RESP("'id':'chatcmpl-1',", "{'content':'a','tool_calls':null}", "'function_call'", ""),
+		OA_RESP("'id':'chatcmpl-1',", "{'content':'a'}", "'something_new'", ",'usage':5"),
+		OA_RESP("'id':'chatcmpl-1',", "{'content':'a'}", "'leng\\u0074h'", ""),
+		OA_RESP("'id':'chatcmpl-1',", "{'content':'a'}", "7", ""),
+		OA_RESP("", "{'content':'no id'}", "'stop'", ""),
+		OA_RESP("'id':'',", "{'content':'empty id'}", "'stop'", ""),
+		OA_RESP("'id':5,", "{'content':'number id'}", "'stop'", ""),
+		OA_RESP("'id':'other-prefix',", "{'content':'a'}", "'stop'", ""),
+		OA_RESP("'id':'chatcmpl-\\u0041',", "{'content':'escaped id'}", "'stop'", ""),
+		OA_RESP("'id':'chatcmpl-\xc3\xa9',", "{'content':'UTF-8 id'}", "'stop'", ""),
+		OA_RESP("'id':'chatcmpl-xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
+			"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
+			"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\xc3\xa9\xc3\xa9',",
+			"{'content':'long id'}", "'stop'", ""),
+		OA_RESP("'id':'chatcmpl-1',", "{'content':[{'type':'text','text':'parts'}]}", "'stop'", ""),
+		OA_RESP("'id':'chatcmpl-1',", "{'content':'a','tool_calls':[{'id':'c','type':'function',"
+			"'function':{'name':'f','arguments':'{}'}}]}", "'tool_calls'", ""),
+		OA_RESP("'id':'chatcmpl-1',", "{'content':5}", "'stop'", ""),
+		OA_RESP("'id':'chatcmpl-1',", "5", "'stop'", ""),
+		"{'choices':[]}",
+		"{'choices':[{'message':{'content':'first'}},{'message':{'content':'second'}}]}",
+		"{'choices':[{'message':{'content':'bad number'}}],'x':1e999}",
+		"{'choices':[{'message':{'content':'trailing comma'}},]}",
+		"{'choices':[{'message':{'content':'not UTF-8 \xc3'}}]}",
+		"[1]",
+	};
+	static const char *const an[] = {
+		"{'id':'msg_1','type':'message','role':'assistant','model':'c','content':["
+		"{'type':'text','text':'Hi'},{'type':'thinking','thinking':'x'},{'type':'text',"
+		"'text':' there \\u00e9\\/\\n'},{'type':'text','text':''},5,{'type':'text','text':7},"
+		"{'text':'no type'}],'stop_reason':'end_turn','stop_sequence':null,'usage':"
+		"{'input_tokens':5,'output_tokens':2,'cache_read_input_tokens':3,"
+		"'cache_creation_input_tokens':1}}",
+		"{'id':'msg_1','content':[],'stop_reason':'max_tokens'}",
+		"{'id':'msg_1','content':[{'type':'text','text':'a'}],"
+		"'stop_reason':'model_context_window_exceeded','usage':null}",
+		"{'id':'msg_1','content':[{'type':'text','text':'a'}],'stop_reason':'tool_use'}",
+		"{'id':'msg_1','content':[{'type':'text','text':'a'}],'stop_reason':'refusal'}",
+		"{'id':'msg_1','content':[{'type':'text','text':'a'}],'stop_reason':'pause_turn'}",
+		"{'id':'msg_1','content':[{'type':'text','text':'a'}],'stop_reason':'to\\u006fl_use'}",
+		"{'id':'msg_1','content':[{'type':'text','text':'a'}],'stop_reason':null}",
+		"{'id':'msg_1','content':[{'type':'te\\u0078t','text':'escaped type'}]}",
+		"{'id':'msg_1','content':[{'type':'tool_use','id':'t','name':'f','input':{}}]}",
+		"{'content':[{'type':'text','text':'no id'}]}",
+		"{'id':'other','content':[{'type':'text','text':'a'}]}",
+		"{'id':'msg_1','content':{}}",
+		"{'id':'msg_1'}",
+		"{'id':'msg_1','content':[{'type':'text','text':'not UTF-8 \xff'}]}",
+	};
+	static const char *const models[] = { "client-m", "m\xc3\xa9 \"q\"\n", NULL, "bad \xff" };
+	for (size_t m = 0; m < N(models); m++) {
+		for (size_t i = 0; i < N(oa); i++)
+			expect_response_fast_is_full(OA, AN, oa[i], models[m]);
+		for (size_t i = 0; i < N(an); i++)
+			expect_response_fast_is_full(AN, OA, an[i], models[m]);
+	}
+}
+
 static size_t count(const char *hay, const char *needle)
 {
 	size_t n = 0;
@@ -1452,6 +1568,7 @@ int main(void)
 		T(test_stream_an_to_oa),      T(test_stream_errors),         T(test_stream_refused_events),
 		T(test_stream_same_dialect),  T(test_stream_empty),         T(test_stream_fast_texts),
 		T(test_stream_fast_ends),      T(test_stream_fast_oa_ends),
+		T(test_response_fast),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
