@@ -4,8 +4,8 @@
  * four dialect pairs. For any bytes: no crash or leak; a translated request or response is
  * one JSON object; every stream is well-formed SSE ending in its terminator (message_stop
  * or error; [DONE]) written exactly once, and a translated one has one data line per event,
- * JSON or [DONE]; and the fast paths (xlat_set_fast) write what the full path writes, byte for
- * byte (but for made-up ids and the clock), with the same usage. */
+ * JSON or [DONE]; and the fast paths (xlat_set_fast) write what the full path writes, streams
+ * and responses, byte for byte (but for made-up ids and the clock), with the same usage. */
 /* fuzz-sources: providers/translate.c core/json.c -ljansson */
 #include <stdint.h>
 #include <stdio.h>
@@ -139,12 +139,30 @@ static void stream(enum dialect from, enum dialect to, const char *text, size_t 
 		abort();
 	unclock(&out);
 	unclock(&full);
-	if (out.len != full.len || memcmp(out.p, full.p, out.len))
+	if (out.len != full.len || (out.len && memcmp(out.p, full.p, out.len)))
 		abort();
 	buf_free(&out);
 	buf_free(&full);
 	xlat_stream_free(s);
 	xlat_stream_free(slow);
+}
+
+/* The full path's answer to a response is the fast path's (rc, out, u). */
+static void response_is_full(enum dialect from, enum dialect to, struct slice in, int rc,
+			     struct buf *out, const struct usage *u)
+{
+	struct buf full = { 0 };
+	struct usage su;
+	xlat_set_fast(false);
+	int src = xlat_response(from, to, in, "fuzz-model", &full, &su);
+	xlat_set_fast(true);
+	unclock(out);
+	unclock(&full);
+	if (rc != src || out->len != full.len || (out->len && memcmp(out->p, full.p, out->len)) ||
+	    u->prompt_tokens != su.prompt_tokens || u->completion_tokens != su.completion_tokens ||
+	    u->cached_tokens != su.cached_tokens || u->present != su.present)
+		abort();
+	buf_free(&full);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
@@ -169,8 +187,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			abort();
 		}
 		out.len = 0;
-		if (xlat_response(from, to, in, "fuzz-model", &out, &u) == 0)
+		int rc = xlat_response(from, to, in, "fuzz-model", &out, &u);
+		if (rc == 0)
 			check_object(&out);
+		response_is_full(from, to, in, rc, &out, &u);
 		xlat_response_usage(from, in, &u);
 		out.len = 0;
 		int status = xlat_error(from, to, 400 + (int)(size % 200), in, &out);
