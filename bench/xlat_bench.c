@@ -14,12 +14,18 @@
  *   fast    + translation as the gateway does it (text deltas on the fast path)
  * Before measuring, each stream's fast output is checked to be the slow output, byte for byte.
  *
- *   build/bench/xlat_bench [-r rounds] [-t ms_per_round] [-m mode] [-s stream]
+ * Then the bodies of a translated request that does not stream: the response (shaped like
+ * tools/mockllm's, 16 words; slow and fast, checked the same), and for scale the request
+ * itself (bench/bodies/chat.json and messages.json, the whole-gateway bench's; jansson both
+ * ways, as there is no fast path for requests).
+ *
+ *   build/bench/xlat_bench [-r rounds] [-t ms_per_round] [-m mode] [-s stream] [-b bodies_dir]
  *                          [-n streams]   (per round, instead of a time: for perf and callgrind)
  *                          [-p]           (print each stream's translated output once)
  * Times are CPU time of this thread, the best round of each case (the machine is shared).
  */
 #include <getopt.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -246,14 +252,120 @@ static bool same_output(const struct stream *s, bool print)
 	return false;
 }
 
+/* ---- bodies ---- */
+
+struct body {
+	const char *name;
+	bool request;
+	enum dialect from, to;
+	struct buf bytes;
+};
+
+static void make_response(struct body *b)
+{
+	char text[512] = "";
+	for (unsigned i = 0; i < 16; i++)
+		strcat(text, words[i % NWORDS]);
+	char out[1024];
+	if (b->from == DIALECT_OPENAI)
+		snprintf(out, sizeof(out), "{\"id\":\"chatcmpl-mock7\",\"object\":\"chat.completion\","
+			 "\"created\":1764000000,\"model\":\"gpt-4o-mini\",\"choices\":[{\"index\":0,"
+			 "\"message\":{\"role\":\"assistant\",\"content\":\"%s\"},\"logprobs\":null,"
+			 "\"finish_reason\":\"stop\"}],\"usage\":{\"prompt_tokens\":95,"
+			 "\"completion_tokens\":16,\"total_tokens\":111}}\n", text);
+	else
+		snprintf(out, sizeof(out), "{\"id\":\"msg_mock7\",\"type\":\"message\",\"role\":"
+			 "\"assistant\",\"model\":\"claude-sonnet-4-5\",\"content\":[{\"type\":\"text\","
+			 "\"text\":\"%s\"}],\"stop_reason\":\"end_turn\",\"stop_sequence\":null,"
+			 "\"usage\":{\"input_tokens\":95,\"output_tokens\":16}}\n", text);
+	if (!buf_append(&b->bytes, out, strlen(out), SIZE_MAX))
+		fail("out of memory");
+}
+
+static void read_body(struct body *b, const char *dir, const char *file)
+{
+	char path[512];
+	snprintf(path, sizeof(path), "%s/%s", dir, file);
+	FILE *f = fopen(path, "rb");
+	if (!f)
+		fail("cannot read a body in the bodies directory (give it with -b)");
+	char chunk[4096];
+	size_t n;
+	while ((n = fread(chunk, 1, sizeof(chunk), f)) > 0)
+		if (!buf_append(&b->bytes, chunk, n, SIZE_MAX))
+			fail("out of memory");
+	fclose(f);
+}
+
+/* One translation of b into out (emptied first). */
+static int one_body(const struct body *b, enum mode mode, struct buf *out)
+{
+	static const struct xlat_request_opts o = { "upstream-model", 4096, true };
+	char err[256];
+	struct usage u;
+	out->len = 0;
+	xlat_set_fast(mode == M_FAST);
+	if (b->request)
+		return xlat_request(b->from, b->to, slice_of(b->bytes.p, b->bytes.len), &o, out, err,
+				    sizeof(err));
+	return xlat_response(b->from, b->to, slice_of(b->bytes.p, b->bytes.len), "client-model",
+			     out, &u);
+}
+
+/* ns per translation: the best of rounds, each at least ms of CPU time (or fixed calls). */
+static double measure_body(const struct body *b, enum mode mode, int rounds, int ms)
+{
+	struct buf out = { 0 };
+	double best = 0;
+	uint64_t sink = 0;
+	for (int k = 0; k < rounds; k++) {
+		uint64_t n = 0;
+		double t0 = cpu_ns(), t1 = t0;
+		for (unsigned batch = 64; fixed ? n < fixed : t1 - t0 < ms * 1e6;
+		     batch += batch < 4096 ? batch : 0) {
+			if (fixed && batch > fixed - n)
+				batch = (unsigned)(fixed - n);
+			for (unsigned i = 0; i < batch; i++)
+				if (one_body(b, mode, &out) == 0)
+					sink += out.len;
+			n += batch;
+			t1 = cpu_ns();
+		}
+		double per = (t1 - t0) / (double)n;
+		if (k == 0 || per < best)
+			best = per;
+	}
+	if (sink == 42) /* keep the work */
+		putchar(' ');
+	buf_free(&out);
+	return best;
+}
+
+/* The fast answer is the slow one, byte for byte ("created" a second apart: tried again). */
+static bool same_body(const struct body *b)
+{
+	for (int attempt = 0; attempt < 2; attempt++) {
+		struct buf slow = { 0 }, fast = { 0 };
+		int src = one_body(b, M_SLOW, &slow), frc = one_body(b, M_FAST, &fast);
+		bool same = src == 0 && frc == 0 && slow.len == fast.len &&
+			    memcmp(slow.p, fast.p, slow.len) == 0;
+		buf_free(&slow);
+		buf_free(&fast);
+		if (same)
+			return true;
+	}
+	return false;
+}
+
 int main(int argc, char **argv)
 {
 	int rounds = 5, ms = 200, opt;
 	int only = -1;
 	bool print = false;
-	const char *only_stream = NULL;
-	while ((opt = getopt(argc, argv, "r:t:m:s:n:p")) != -1) {
+	const char *only_stream = NULL, *bodies = "bench/bodies";
+	while ((opt = getopt(argc, argv, "r:t:m:s:n:pb:")) != -1) {
 		switch (opt) {
+		case 'b': bodies = optarg; break;
 		case 'r': rounds = atoi(optarg); break;
 		case 't': ms = atoi(optarg); break;
 		case 's': only_stream = optarg; break;
@@ -268,7 +380,7 @@ int main(int argc, char **argv)
 			break;
 		default:
 			fprintf(stderr, "usage: %s [-r rounds] [-t ms_per_round] [-m parse|slow|fast] "
-				"[-s stream] [-n streams] [-p]\n", argv[0]);
+				"[-s stream] [-n streams] [-p] [-b bodies_dir]\n", argv[0]);
 			return 2;
 		}
 	}
@@ -301,6 +413,36 @@ int main(int argc, char **argv)
 			fflush(stdout);
 		}
 		buf_free(&s->bytes);
+	}
+	struct body list[] = {
+		{ .name = "resp-oa-to-an", .from = DIALECT_OPENAI, .to = DIALECT_ANTHROPIC },
+		{ .name = "resp-an-to-oa", .from = DIALECT_ANTHROPIC, .to = DIALECT_OPENAI },
+		{ .name = "req-oa-to-an", .request = true, .from = DIALECT_OPENAI,
+		  .to = DIALECT_ANTHROPIC },
+		{ .name = "req-an-to-oa", .request = true, .from = DIALECT_ANTHROPIC,
+		  .to = DIALECT_OPENAI },
+	};
+	printf("\n%-13s %6s %10s\n", "body", "mode", "ns/call");
+	for (size_t i = 0; i < sizeof(list) / sizeof(list[0]); i++) {
+		struct body *b = &list[i];
+		if (only_stream && strcmp(only_stream, b->name) != 0)
+			continue;
+		if (!b->request)
+			make_response(b);
+		else
+			read_body(b, bodies, b->from == DIALECT_OPENAI ? "chat.json" : "messages.json");
+		if (!same_body(b)) {
+			printf("%s: the fast answer differs from the slow answer\n", b->name);
+			bad = 1;
+		}
+		for (int m = M_SLOW; m < M_N; m++) {
+			if ((only >= 0 && m != only) || (b->request && m == M_FAST))
+				continue;
+			printf("%-13s %6s %10.0f\n", b->name, mode_names[m],
+			       measure_body(b, (enum mode)m, rounds, ms));
+			fflush(stdout);
+		}
+		buf_free(&b->bytes);
 	}
 	return bad;
 }
