@@ -2,7 +2,9 @@
  * events, usage and errors. docs/translation.md is the mapping, field by field; this file
  * follows it. Translation is a full parse and rebuild with jansson: the output is built
  * only from fields we know, so nothing unknown is ever passed through by accident. The
- * same-dialect paths (usage, stream copy-through) use the zero-copy scanner in core/json.
+ * same-dialect paths (usage, stream copy-through) use the zero-copy scanner in core/json,
+ * and so do the fast paths for the usual translated shapes (a stream's text and the events
+ * around it, a plain text response), which write what jansson would, byte for byte.
  */
 #include "translate.h"
 
@@ -2376,7 +2378,7 @@ static int same_event(struct xlat_stream *s, struct slice name, struct slice dat
 	return copy_event(out, type, data) ? 0 : -1;
 }
 
-/* -- fast paths for text deltas -- */
+/* -- fast paths: the usual events -- */
 
 /* An OpenAI client's chunks up to their "choices": id, time and model are fixed once the
  * client has its opening event, which the fast path's events never come before. Made once. */
@@ -2441,8 +2443,7 @@ static char *an_event(char *p, const char *type)
 
 static char *an_block_stop(char *p, int64_t index)
 {
-	return catf(an_event(p, "content_block_stop"), "\",\"index\":%lld}\n\n",
-			   (long long)index);
+	return catf(an_event(p, "content_block_stop"), "\",\"index\":%lld}\n\n", (long long)index);
 }
 
 /* The text of a delta whose JSON string value is text (quotes included), to either client. */
@@ -2454,7 +2455,7 @@ static char *put_text_delta(struct xlat_stream *s, char *p, struct slice text)
 		return cat(p, "\"},\"logprobs\":null,\"finish_reason\":null}]}\n\n");
 	}
 	p = catf(an_event(p, "content_block_delta"), "\",\"index\":%lld,\"delta\":{\"type\":"
-		     "\"text_delta\",\"text\":\"", (long long)s->blk_index);
+		 "\"text_delta\",\"text\":\"", (long long)s->blk_index);
 	return cat(put_string(p, body), "\"}}\n\n");
 }
 
@@ -2479,9 +2480,9 @@ static bool oa_fast_end(struct xlat_stream *s, const char *finish, bool end, str
 		uint64_t prompt = t->input + t->cache_read + t->cache_write;
 		p = put_head(s, p);
 		p = catf(p, "[],\"usage\":{\"prompt_tokens\":%lld,\"completion_tokens\":%lld,"
-			     "\"total_tokens\":%lld,\"prompt_tokens_details\":{\"cached_tokens\":%lld}}}"
-			     "\n\n", (long long)prompt, (long long)t->output,
-			     (long long)(prompt + t->output), (long long)t->cache_read);
+			 "\"total_tokens\":%lld,\"prompt_tokens_details\":{\"cached_tokens\":%lld}}}"
+			 "\n\n", (long long)prompt, (long long)t->output,
+			 (long long)(prompt + t->output), (long long)t->cache_read);
 	}
 	if (end)
 		p = cat(p, "data: [DONE]\n\n");
@@ -2568,8 +2569,8 @@ static bool oa_to_an_fast(struct xlat_stream *s, struct slice data, struct buf *
 		s->blk = BLK_TEXT;
 		s->blk_index++;
 		p = catf(an_event(p, "content_block_start"), "\",\"index\":%lld,"
-			     "\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n",
-			     (long long)s->blk_index);
+			 "\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n",
+			 (long long)s->blk_index);
 	}
 	if (text.p)
 		p = put_text_delta(s, p, text);

@@ -2,8 +2,8 @@
  * the translation between them: requests, responses, stream events, usage and errors.
  *
  * The pipeline calls this only when the caller's dialect differs from the provider's
- * (a full parse and rebuild, with jansson); same-dialect traffic never comes here except
- * for errors the gateway makes itself. Nothing here knows about sockets, keys or money.
+ * (a full parse and rebuild, with jansson, but for the usual shapes' fast paths);
+ * same-dialect traffic never comes here except for errors the gateway makes itself. Nothing here knows about sockets, keys or money.
  * Every output is complete, well-formed JSON or SSE text appended to a struct buf.
  */
 #ifndef PENSTOCK_TRANSLATE_H
@@ -99,9 +99,10 @@ void xlat_stream_error(struct xlat_stream *s, enum xlat_err_kind kind, const cha
 const struct usage *xlat_stream_usage(const struct xlat_stream *s);
 void xlat_stream_free(struct xlat_stream *s);
 
-/* Common shapes (a stream's text deltas) have a fast path that writes, byte for byte, what
- * the full jansson translation writes. On by default; tests and benches turn it off to
- * compare the two. Process-wide: not to be changed while other threads translate. */
+/* The usual shapes (a stream's text and the events around it, a plain text response) have
+ * fast paths that write, byte for byte, what the full jansson translation writes. On by
+ * default; tests and benches turn them off to compare the two. Process-wide: not to be
+ * changed while other threads translate. */
 void xlat_set_fast(bool on);
 
 #endif
