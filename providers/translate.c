@@ -1418,20 +1418,16 @@ static char *put_string(char *dst, struct slice body)
 	return dst;
 }
 
-/* Append s as jansson writes it as a JSON string, quotes included; false if s is not UTF-8
- * (jansson refuses it: the full path then decides) or out is full. */
-static bool put_cstring(struct buf *out, const char *s)
+/* Write s (n bytes) at dst as jansson writes it as a JSON string, quotes included: at most
+ * 6 * n + 2 bytes. NULL if s is not UTF-8 (jansson refuses it: the full path then decides). */
+static char *put_cstr(char *dst, const char *s, size_t n)
 {
-	size_t n = strlen(s);
-	if (!buf_reserve(out, 6 * n + 2, XLAT_MAX_OUT))
-		return false;
 	const unsigned char *p = (const unsigned char *)s, *end = p + n;
-	char *dst = out->p + out->len;
 	*dst++ = '"';
 	while (p < end) {
 		size_t k = utf8_seq(p, end);
 		if (!k)
-			return false;
+			return NULL;
 		if (*p == '"' || *p == '\\' || *p < 0x20) {
 			dst = put_escape(dst, *p);
 		} else {
@@ -1441,7 +1437,19 @@ static bool put_cstring(struct buf *out, const char *s)
 		p += k;
 	}
 	*dst++ = '"';
-	out->len = (size_t)(dst - out->p);
+	return dst;
+}
+
+/* put_cstr appended to out; false if s is not UTF-8 or out is full. */
+static bool put_cstring(struct buf *out, const char *s)
+{
+	size_t n = strlen(s);
+	if (!buf_reserve(out, 6 * n + 2, XLAT_MAX_OUT))
+		return false;
+	char *end = put_cstr(out->p + out->len, s, n);
+	if (!end)
+		return false;
+	out->len = (size_t)(end - out->p);
 	return true;
 }
 
@@ -2518,20 +2526,33 @@ static bool an_fast_end(struct xlat_stream *s, struct buf *out)
 	return true;
 }
 
-/* An OpenAI chunk for an Anthropic client, past the opening event: choice 0's text, its
- * finish_reason, the usage chunk and [DONE], as oa_to_an_event handles them. */
+/* Anthropic client: message_start (an_open) with the model and the usage so far. */
+static char *an_fast_open(char *p, const char *id, const char *model, const struct tally *t)
+{
+	p = cat(cat(cat(an_event(p, "message_start"), "\",\"message\":{\"id\":\""), id),
+		"\",\"type\":\"message\",\"role\":\"assistant\",\"model\":");
+	p = put_cstr(p, model, strlen(model));
+	if (!p)
+		return NULL;
+	return catf(p, ",\"content\":[],\"stop_reason\":null,\"stop_sequence\":null,\"usage\":"
+		    "{\"input_tokens\":%lld,\"output_tokens\":%lld,\"cache_read_input_tokens\":%lld,"
+		    "\"cache_creation_input_tokens\":%lld}}}\n\n", (long long)t->input,
+		    (long long)t->output, (long long)t->cache_read, (long long)t->cache_write);
+}
+
+/* An OpenAI chunk for an Anthropic client: the opening event for the first, choice 0's text,
+ * its finish_reason, the usage chunk and [DONE], as oa_to_an_event handles them. */
 static bool oa_to_an_fast(struct xlat_stream *s, struct slice data, struct buf *out)
 {
-	static const char *const keys[] = { "choices", "error", "usage" };
+	static const char *const keys[] = { "choices", "error", "usage", "id" };
 	static const char *const ckeys[] = { "index", "delta", "finish_reason" };
 	static const char *const dkeys[] = { "content", "refusal", "tool_calls" };
-	struct slice v[3], cv[3] = { 0 }, dv[3] = { 0 }, choice, more, text = { 0 };
+	struct slice v[4], cv[3] = { 0 }, dv[3] = { 0 }, choice, more, text = { 0 };
 	struct json_iter it;
-	if (!s->started)
-		return false;
+	char id[ID_MAX];
 	if (slice_eq_cstr(data, "[DONE]"))
-		return an_fast_end(s, out);
-	if (!json_sure(data, keys, v, 3) || (v[1].p && !is_null(v[1])))
+		return s->started && an_fast_end(s, out);
+	if (!json_sure(data, keys, v, 4) || (v[1].p && !is_null(v[1])))
 		return false;
 	/* choices: none, or choice 0 alone; a delta or choice that is not an object is none */
 	if (json_array_begin(&it, v[0]) && json_array_next(&it, &choice) == 1) {
@@ -2556,13 +2577,19 @@ static bool oa_to_an_fast(struct xlat_stream *s, struct slice data, struct buf *
 		       : raw_is(cv[2], "content_filter") ? "refusal"
 							 : "end_turn";
 	}
-	char *p = fast_room(s, out, text.n + FAST_ROOM, false);
-	if (!p)
+	struct tally t = s->tally;
+	if (v[2].p) /* null, as any usage that is not an object, counts nothing */
+		tally_scan(DIALECT_OPENAI, v[2], &t);
+	char *p = fast_room(s, out, text.n + 6 * strlen(s->model) + FAST_ROOM, false);
+	if (!p || (!s->started && (!fast_id(id, v[3], "chatcmpl-", "msg_") ||
+				   !(p = an_fast_open(p, id, s->model, &t)))))
 		return false;
-	if (v[2].p) { /* null, as any usage that is not an object, counts nothing */
-		tally_scan(DIALECT_OPENAI, v[2], &s->tally);
-		tally_usage(&s->tally, &s->usage);
+	if (!s->started) {
+		memcpy(s->id, id, sizeof(id));
+		s->started = true;
 	}
+	s->tally = t;
+	tally_usage(&s->tally, &s->usage);
 	if (text.p && s->blk != BLK_TEXT) {
 		if (s->blk != BLK_NONE)
 			p = an_block_stop(p, s->blk_index);
@@ -2584,16 +2611,48 @@ static bool oa_to_an_fast(struct xlat_stream *s, struct slice data, struct buf *
 	return true;
 }
 
-/* An Anthropic event for an OpenAI client, past message_start: text deltas of the open text
- * block, the events that write nothing (ping, a text block's start and stop), and the end
+/* OpenAI client, message_start: the id and usage, and the opening chunk (oa_open). */
+static bool oa_fast_open(struct xlat_stream *s, struct slice msg, struct buf *out)
+{
+	static const char *const mkeys[] = { "id", "usage" };
+	struct slice mv[2];
+	char *p;
+	json_scan_object(msg, mkeys, mv, 2); /* a message that is not an object has neither */
+	if (!s->started) {
+		/* the chunk head is made with the id: undone if the fast path declines (the full
+		 * path then makes the id again) */
+		if (!fast_id(s->id, mv[0], "msg_", "chatcmpl-") ||
+		    !(p = fast_room(s, out, FAST_ROOM, true))) {
+			s->head.made = false;
+			s->head.b.len = 0;
+			return false;
+		}
+		p = cat(p, "[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"},"
+			   "\"logprobs\":null,\"finish_reason\":null}]}\n\n");
+		out->len = (size_t)(p - out->p);
+		s->started = true;
+	}
+	if (mv[1].p)
+		tally_scan(DIALECT_ANTHROPIC, mv[1], &s->tally);
+	tally_usage(&s->tally, &s->usage);
+	return true;
+}
+
+/* An Anthropic event for an OpenAI client: message_start, text deltas of the open text block,
+ * the events that write nothing (ping, a text block's start and stop), and the end
  * (message_delta, message_stop); as an_to_oa_event handles them. */
 static bool an_to_oa_fast(struct xlat_stream *s, struct slice data, struct buf *out)
 {
-	static const char *const keys[] = { "type", "index", "delta", "content_block", "usage" };
+	static const char *const keys[] = { "type", "index", "delta",
+					    "content_block", "usage", "message" };
 	static const char *const dkeys[] = { "type", "text", "stop_reason" };
-	struct slice v[5], dv[3];
+	struct slice v[6], dv[3];
 	int64_t idx;
-	if (!s->started || !json_sure(data, keys, v, 5))
+	if (!json_sure(data, keys, v, 6))
+		return false;
+	if (raw_is(v[0], "message_start"))
+		return oa_fast_open(s, v[5], out);
+	if (!s->started)
 		return false;
 	if (raw_is(v[0], "content_block_delta")) {
 		char *p;

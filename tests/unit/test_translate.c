@@ -1411,6 +1411,59 @@ static void test_stream_fast_oa_ends(void **state)
 	xlat_stream_free(expect_stream(OA, AN, "client-m", false, end, N(end), want, N(want)));
 }
 
+/* The opening events on the fast path: ids of every form, usage, a message that is not an
+ * object, message_start twice, and a model that is not UTF-8 (the full path refuses it). */
+static void test_stream_fast_opening(void **state)
+{
+	static const char *const an_starts[] = {
+		"{'type':'message_start','message':{'id':'msg_01Q','usage':{'input_tokens':4,"
+		"'cache_read_input_tokens':2,'cache_creation_input_tokens':1}}}",
+		"{'type':'message_start','message':{'usage':{'input_tokens':4}}}",
+		"{'type':'message_start','message':{'id':'','usage':null}}",
+		"{'type':'message_start','message':{'id':5}}",
+		"{'type':'message_start','message':{'id':'msg_\\u0041'}}",
+		"{'type':'message_start','message':{'id':'no-prefix \xc3\xa9'}}",
+		"{'type':'message_start','message':{'id':'msg_xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
+		"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
+		"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\xc3\xa9'}}",
+		"{'type':'message_start','message':5}",
+		"{'type':'message_start'}",
+	};
+	static const char *const oa_firsts[] = {
+		OA_CHUNK("{'role':'assistant','content':''}", "null"),
+		OA_TEXT("text first"),
+		"{'choices':[{'index':0,'delta':{'role':'assistant','content':'no id'}}]}",
+		"{'id':'','choices':[],'usage':{'prompt_tokens':7,'completion_tokens':1,"
+		"'prompt_tokens_details':{'cached_tokens':3}}}",
+		"{'id':'chatcmpl-\\u0041','choices':[]}",
+		"{'id':'chatcmpl-1','choices':[{'index':0,'delta':{},'finish_reason':'stop'}]}",
+		"{'id':'chatcmpl-1','choices':[{'index':0,'delta':{'content':'x'}}],"
+		"'error':{'message':'boom'}}",
+		"[DONE]",
+	};
+	static const char *const models[] = { "m", "m\xc3\xa9 \"q\"", "bad \xff" };
+	for (size_t m = 0; m < N(models); m++) {
+		for (size_t i = 0; i < N(an_starts); i++) {
+			struct step steps[] = {
+				{ "message_start", an_starts[i] },
+				{ "message_start", an_starts[(i + 1) % N(an_starts)] },
+				AN_START(",'index':0", "{'type':'text','text':''}"),
+				AN_DELTA("0", "x"),
+				{ "message_stop", "{'type':'message_stop'}" },
+			};
+			expect_fast_is_full(AN, OA, models[m], true, steps, N(steps));
+		}
+		for (size_t i = 0; i < N(oa_firsts); i++) {
+			struct step steps[] = {
+				{ "", oa_firsts[i] },
+				{ "", OA_TEXT("y") },
+				{ "", "[DONE]" },
+			};
+			expect_fast_is_full(OA, AN, models[m], false, steps, N(steps));
+		}
+	}
+}
+
 /* ---- responses: the fast path against the full path ---- */
 
 /* xlat_response's answer is the same, byte for byte, with the fast paths and without (made-up
@@ -1568,7 +1621,7 @@ int main(void)
 		T(test_stream_an_to_oa),      T(test_stream_errors),         T(test_stream_refused_events),
 		T(test_stream_same_dialect),  T(test_stream_empty),         T(test_stream_fast_texts),
 		T(test_stream_fast_ends),      T(test_stream_fast_oa_ends),
-		T(test_response_fast),
+		T(test_stream_fast_opening),     T(test_response_fast),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
