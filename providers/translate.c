@@ -1496,7 +1496,8 @@ static bool emit_text(struct buf *out, struct slice v)
 {
 	if (!buf_reserve(out, v.n, XLAT_MAX_OUT))
 		return false;
-	out->len = (size_t)(put_string(out->p + out->len, (struct slice){ v.p + 1, v.n - 2 }) - out->p);
+	char *end = put_string(out->p + out->len, (struct slice){ v.p + 1, v.n - 2 });
+	out->len = (size_t)(end - out->p);
 	return true;
 }
 
@@ -1605,9 +1606,9 @@ static bool an_to_oa_response_fast(struct slice body, const char *model, struct 
 	uint64_t prompt = t->input + t->cache_read + t->cache_write;
 	size_t mark = out->len;
 	bool ok = emit_raw(out, "{\"id\":\"") && emit_raw(out, id) &&
-		  emit_num(out, "\",\"object\":\"chat.completion\",\"created\":", (uint64_t)time(NULL)) &&
-		  emit_raw(out, ",\"model\":") &&
-		  put_cstring(out, model ? model : "") &&
+		  emit_num(out, "\",\"object\":\"chat.completion\",\"created\":",
+			   (uint64_t)time(NULL)) &&
+		  emit_raw(out, ",\"model\":") && put_cstring(out, model ? model : "") &&
 		  emit_raw(out, ",\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\","
 				"\"content\":\"");
 	json_array_begin(&it, v[1]);

@@ -3,8 +3,9 @@
  *
  * The pipeline calls this only when the caller's dialect differs from the provider's
  * (a full parse and rebuild, with jansson, but for the usual shapes' fast paths);
- * same-dialect traffic never comes here except for errors the gateway makes itself. Nothing here knows about sockets, keys or money.
- * Every output is complete, well-formed JSON or SSE text appended to a struct buf.
+ * same-dialect traffic never comes here except for errors the gateway makes itself.
+ * Nothing here knows about sockets, keys or money. Every output is complete, well-formed
+ * JSON or SSE text appended to a struct buf.
  */
 #ifndef PENSTOCK_TRANSLATE_H
 #define PENSTOCK_TRANSLATE_H
