@@ -2,7 +2,9 @@
  * events, usage and errors. docs/translation.md is the mapping, field by field; this file
  * follows it. Translation is a full parse and rebuild with jansson: the output is built
  * only from fields we know, so nothing unknown is ever passed through by accident. The
- * same-dialect paths (usage, stream copy-through) use the zero-copy scanner in core/json.
+ * same-dialect paths (usage, stream copy-through) use the zero-copy scanner in core/json,
+ * and so do the fast paths for the usual translated shapes (a stream's text and the events
+ * around it, a plain text response), which write what jansson would, byte for byte.
  */
 #include "translate.h"
 
@@ -1107,6 +1109,524 @@ int xlat_request(enum dialect from, enum dialect to, struct slice body,
 	return rc;
 }
 
+/* ---- fast paths: jansson's answer without jansson ----
+ *
+ * Most translated traffic is a stream's text deltas, and a full parse and rebuild costs
+ * microseconds per event. For those shapes the fast paths read the event with the zero-copy
+ * scanner and write what the full path would write, byte for byte; for anything else they
+ * decline and the full path runs. They act only on input jansson surely loads (json_sure
+ * checks, strictly), and copy a JSON string as jansson would write the string it decodes. */
+
+static bool fast_on = true;
+
+void xlat_set_fast(bool on)
+{
+	fast_on = on;
+}
+
+#define SURE_DEPTH 16 /* deeper is never a usual shape: the full path decides */
+
+/* Length of the valid UTF-8 sequence at p (jansson's rules: shortest form, no surrogates, at
+ * most U+10FFFF), or 0. */
+static size_t utf8_seq(const unsigned char *p, const unsigned char *end)
+{
+	unsigned c = p[0];
+	size_t n;
+	uint32_t cp;
+	if (c < 0x80)
+		return 1;
+	if (c < 0xc2)
+		return 0;
+	if (c < 0xe0)
+		n = 2, cp = c & 0x1f;
+	else if (c < 0xf0)
+		n = 3, cp = c & 0x0f;
+	else if (c < 0xf5)
+		n = 4, cp = c & 0x07;
+	else
+		return 0;
+	if ((size_t)(end - p) < n)
+		return 0;
+	for (size_t i = 1; i < n; i++) {
+		if ((p[i] & 0xc0) != 0x80)
+			return 0;
+		cp = cp << 6 | (p[i] & 0x3fu);
+	}
+	if ((n == 3 && cp < 0x800) || (n == 4 && cp < 0x10000) || cp > 0x10ffff ||
+	    (cp >= 0xd800 && cp <= 0xdfff))
+		return 0;
+	return n;
+}
+
+static bool hex4(const char *p, const char *end, uint32_t *cp)
+{
+	if (end - p < 4)
+		return false;
+	*cp = 0;
+	for (int i = 0; i < 4; i++) {
+		char c = p[i];
+		unsigned d = c >= '0' && c <= '9' ? (unsigned)(c - '0')
+			     : c >= 'a' && c <= 'f' ? (unsigned)(c - 'a' + 10)
+			     : c >= 'A' && c <= 'F' ? (unsigned)(c - 'A' + 10) : 16;
+		if (d == 16)
+			return false;
+		*cp = *cp << 4 | d;
+	}
+	return true;
+}
+
+/* The code point of the \u escape at p (one or a surrogate pair, as jansson pairs them);
+ * *len is the escape's length. False where jansson would refuse it. */
+static bool u_escape(const char *p, const char *end, uint32_t *cp, size_t *len)
+{
+	uint32_t lo;
+	if (!hex4(p + 2, end, cp) || (*cp >= 0xdc00 && *cp <= 0xdfff))
+		return false;
+	*len = 6;
+	if (*cp < 0xd800 || *cp > 0xdbff)
+		return true;
+	if (end - p < 12 || p[6] != '\\' || p[7] != 'u' || !hex4(p + 8, end, &lo) || lo < 0xdc00 ||
+	    lo > 0xdfff)
+		return false;
+	*cp = 0x10000 + ((*cp - 0xd800) << 10) + (lo - 0xdc00);
+	*len = 12;
+	return true;
+}
+
+struct sure {
+	const char *p, *end;
+};
+
+static void sure_ws(struct sure *v)
+{
+	while (v->p < v->end && (*v->p == ' ' || *v->p == '\t' || *v->p == '\n' || *v->p == '\r'))
+		v->p++;
+}
+
+/* A string at v->p. Keys may not hold escapes: the scanner compares them raw. Byte by byte:
+ * the strings of stream events are short. */
+static bool sure_string(struct sure *v, bool key)
+{
+	const unsigned char *p = (const unsigned char *)v->p + 1;
+	const unsigned char *end = (const unsigned char *)v->end;
+	for (;;) {
+		while (p < end && *p >= 0x20 && *p < 0x80 && *p != '"' && *p != '\\')
+			p++;
+		if (p == end || *p < 0x20)
+			return false;
+		if (*p == '"') {
+			v->p = (const char *)p + 1;
+			return true;
+		}
+		if (*p >= 0x80) {
+			size_t n = utf8_seq(p, end);
+			if (!n)
+				return false;
+			p += n;
+			continue;
+		}
+		if (key || end - p < 2)
+			return false;
+		uint32_t cp;
+		size_t len = 2;
+		bool ok = p[1] == 'u' ? u_escape((const char *)p, v->end, &cp, &len)
+				      : p[1] && strchr("\"\\/bfnrt", p[1]);
+		if (!ok)
+			return false;
+		p += len;
+	}
+}
+
+/* A number jansson surely takes: integers to 18 digits (more may overflow its int64), reals
+ * without an exponent (with one they may overflow a double: the 'e' then fails the check
+ * after the value, as does a digit after a leading 0). */
+static bool sure_number(struct sure *v)
+{
+	const char *p = v->p, *end = v->end;
+	if (p < end && *p == '-')
+		p++;
+	const char *digits = p;
+	if (p < end && *p == '0')
+		p++;
+	else
+		while (p < end && *p >= '0' && *p <= '9')
+			p++;
+	if (p == digits || p - digits > 18)
+		return false;
+	if (p < end && *p == '.') {
+		const char *frac = ++p;
+		while (p < end && *p >= '0' && *p <= '9')
+			p++;
+		if (p == frac)
+			return false;
+	}
+	v->p = p;
+	return true;
+}
+
+static bool sure_word(struct sure *v, const char *w, size_t n)
+{
+	if ((size_t)(v->end - v->p) < n || memcmp(v->p, w, n) != 0)
+		return false;
+	v->p += n;
+	return true;
+}
+
+/* The top-level keys an object's scan returns the raw values of (as json_scan_object). */
+struct capture {
+	const char *const *keys;
+	struct slice *vals;
+	unsigned n;
+};
+
+static bool sure_value(struct sure *v, int depth, const struct capture *cap)
+{
+	if (v->p == v->end)
+		return false;
+	char c = *v->p;
+	if (c == '"')
+		return sure_string(v, false);
+	if (c == 't')
+		return sure_word(v, "true", 4);
+	if (c == 'f')
+		return sure_word(v, "false", 5);
+	if (c == 'n')
+		return sure_word(v, "null", 4);
+	if (c != '{' && c != '[')
+		return sure_number(v);
+	if (depth == SURE_DEPTH)
+		return false;
+	char close = c == '{' ? '}' : ']';
+	v->p++;
+	sure_ws(v);
+	if (v->p < v->end && *v->p == close) {
+		v->p++;
+		return true;
+	}
+	for (;;) {
+		struct slice key = { NULL, 0 };
+		sure_ws(v);
+		if (c == '{') {
+			key.p = v->p + 1;
+			if (v->p == v->end || *v->p != '"' || !sure_string(v, true))
+				return false;
+			key.n = (size_t)(v->p - 1 - key.p);
+			sure_ws(v);
+			if (v->p == v->end || *v->p != ':')
+				return false;
+			v->p++;
+			sure_ws(v);
+		}
+		const char *val = v->p;
+		if (!sure_value(v, depth + 1, NULL))
+			return false;
+		for (unsigned i = 0; cap && i < cap->n; i++)
+			if (key.n && key.p[0] == cap->keys[i][0] && slice_eq_cstr(key, cap->keys[i]))
+				cap->vals[i] = (struct slice){ val, (size_t)(v->p - val) };
+		sure_ws(v);
+		if (v->p == v->end)
+			return false;
+		if (*v->p == close) {
+			v->p++;
+			return true;
+		}
+		if (*v->p != ',')
+			return false;
+		v->p++;
+	}
+}
+
+/* json_scan_object for text that jansson (JSON_ALLOW_NUL) surely loads as one object with no
+ * escape in a key. False where it would not, or might not: then the full path decides. */
+static bool json_sure(struct slice text, const char *const *keys, struct slice *vals, unsigned n)
+{
+	struct sure v = { text.p, text.p + text.n };
+	struct capture cap = { keys, vals, n };
+	for (unsigned i = 0; i < n; i++)
+		vals[i] = (struct slice){ NULL, 0 };
+	sure_ws(&v);
+	if (v.p == v.end || *v.p != '{' || !sure_value(&v, 0, &cap))
+		return false;
+	sure_ws(&v);
+	return v.p == v.end;
+}
+
+/* '"', '\\' or a control character as jansson escapes it, at dst; returns the end. */
+static char *put_escape(char *dst, unsigned c)
+{
+	static const char hex[] = "0123456789ABCDEF";
+	*dst++ = '\\';
+	switch (c) {
+	case '"': *dst++ = '"'; break;
+	case '\\': *dst++ = '\\'; break;
+	case '\b': *dst++ = 'b'; break;
+	case '\f': *dst++ = 'f'; break;
+	case '\n': *dst++ = 'n'; break;
+	case '\r': *dst++ = 'r'; break;
+	case '\t': *dst++ = 't'; break;
+	default:
+		memcpy(dst, "u00", 3);
+		dst[3] = hex[c >> 4 & 15];
+		dst[4] = hex[c & 15];
+		dst += 5;
+	}
+	return dst;
+}
+
+/* Write the body of a string json_sure passed (between its quotes) at dst as jansson writes
+ * the string it decodes to: UTF-8 as is; '"', '\\' and control characters escaped (\b \f \n
+ * \r \t, others \u00XX); any other escape decoded ("\/" is "/", "\u00e9" is "é"). Never
+ * longer than the body. Returns the end of what it wrote. */
+static char *put_string(char *dst, struct slice body)
+{
+	const char *p = body.p, *end = body.p + body.n;
+	while (p < end) {
+		const char *bs = memchr(p, '\\', (size_t)(end - p));
+		size_t run = (size_t)((bs ? bs : end) - p);
+		memcpy(dst, p, run);
+		dst += run;
+		if (!bs)
+			break;
+		uint32_t cp = 0;
+		size_t len = 2;
+		if (bs[1] == '/')
+			cp = '/';
+		else if (bs[1] == 'u')
+			u_escape(bs, end, &cp, &len);
+		p = bs + len;
+		if (bs[1] != '/' && bs[1] != 'u') { /* \" \\ \b \f \n \r \t: jansson's own spelling */
+			*dst++ = '\\';
+			*dst++ = bs[1];
+		} else if (cp == '"' || cp == '\\' || cp < 0x20) {
+			dst = put_escape(dst, cp);
+		} else if (cp < 0x80) {
+			*dst++ = (char)cp;
+		} else if (cp < 0x800) {
+			*dst++ = (char)(0xc0 | cp >> 6);
+			*dst++ = (char)(0x80 | (cp & 0x3f));
+		} else if (cp < 0x10000) {
+			*dst++ = (char)(0xe0 | cp >> 12);
+			*dst++ = (char)(0x80 | (cp >> 6 & 0x3f));
+			*dst++ = (char)(0x80 | (cp & 0x3f));
+		} else {
+			*dst++ = (char)(0xf0 | cp >> 18);
+			*dst++ = (char)(0x80 | (cp >> 12 & 0x3f));
+			*dst++ = (char)(0x80 | (cp >> 6 & 0x3f));
+			*dst++ = (char)(0x80 | (cp & 0x3f));
+		}
+	}
+	return dst;
+}
+
+/* Write s (n bytes) at dst as jansson writes it as a JSON string, quotes included: at most
+ * 6 * n + 2 bytes. NULL if s is not UTF-8 (jansson refuses it: the full path then decides). */
+static char *put_cstr(char *dst, const char *s, size_t n)
+{
+	const unsigned char *p = (const unsigned char *)s, *end = p + n;
+	*dst++ = '"';
+	while (p < end) {
+		size_t k = utf8_seq(p, end);
+		if (!k)
+			return NULL;
+		if (*p == '"' || *p == '\\' || *p < 0x20) {
+			dst = put_escape(dst, *p);
+		} else {
+			memcpy(dst, p, k);
+			dst += k;
+		}
+		p += k;
+	}
+	*dst++ = '"';
+	return dst;
+}
+
+/* put_cstr appended to out; false if s is not UTF-8 or out is full. */
+static bool put_cstring(struct buf *out, const char *s)
+{
+	size_t n = strlen(s);
+	if (!buf_reserve(out, 6 * n + 2, XLAT_MAX_OUT))
+		return false;
+	char *end = put_cstr(out->p + out->len, s, n);
+	if (!end)
+		return false;
+	out->len = (size_t)(end - out->p);
+	return true;
+}
+
+static bool is_empty_array(struct slice v)
+{
+	size_t i = 0, n = v.n;
+	while (i < n && strchr(" \t\r\n", v.p[i]))
+		i++;
+	while (n > i && strchr(" \t\r\n", v.p[n - 1]))
+		n--;
+	if (n - i < 2 || v.p[i] != '[' || v.p[n - 1] != ']')
+		return false;
+	for (i++; i < n - 1; i++)
+		if (!strchr(" \t\r\n", v.p[i]))
+			return false;
+	return true;
+}
+
+static bool is_string(struct slice v)
+{
+	return v.p && v.p[0] == '"';
+}
+
+static bool is_null(struct slice v)
+{
+	return slice_eq_cstr(v, "null");
+}
+
+/* A string without escapes equals s (an escaped one may too: callers then decline). */
+static bool raw_is(struct slice v, const char *s)
+{
+	size_t n = strlen(s);
+	return v.n == n + 2 && v.p[0] == '"' && memcmp(v.p + 1, s, n) == 0;
+}
+
+static bool has_escape(struct slice v)
+{
+	return memchr(v.p, '\\', v.n) != NULL;
+}
+
+/* Append the body of v, a string json_sure passed, as jansson writes the string it decodes
+ * to (without the quotes). */
+static bool emit_text(struct buf *out, struct slice v)
+{
+	if (!buf_reserve(out, v.n, XLAT_MAX_OUT))
+		return false;
+	char *end = put_string(out->p + out->len, (struct slice){ v.p + 1, v.n - 2 });
+	out->len = (size_t)(end - out->p);
+	return true;
+}
+
+/* An id with one dialect's prefix swapped for the other's, as swap_id makes it from the
+ * decoded string; false where the fast path cannot be sure of that (escapes, or so long that
+ * swap_id cuts it, maybe inside a UTF-8 sequence). */
+static bool fast_id(char *dst, struct slice id, const char *strip, const char *add)
+{
+	if (!is_string(id) || id.n == 2) {
+		swap_id(dst, NULL, strip, add);
+		return true;
+	}
+	struct slice body = { id.p + 1, id.n - 2 };
+	size_t n = strlen(strip), m = strlen(add);
+	if (has_escape(id))
+		return false;
+	if (body.n >= n && memcmp(body.p, strip, n) == 0)
+		body.p += n, body.n -= n;
+	if (m + body.n >= ID_MAX)
+		return false;
+	memcpy(dst, add, m);
+	memcpy(dst + m, body.p, body.n);
+	dst[m + body.n] = 0;
+	return true;
+}
+
+/* Append key (the text before a number), then v as jansson writes a json_int_t. */
+static bool emit_num(struct buf *out, const char *key, uint64_t v)
+{
+	char num[24];
+	snprintf(num, sizeof(num), "%lld", (long long)v);
+	return emit_raw(out, key) && emit_raw(out, num);
+}
+
+/* A plain text answer (content and refusal text, no tool calls) from an OpenAI provider for
+ * an Anthropic client, as oa_to_an_response writes it. */
+static bool oa_to_an_response_fast(struct slice body, const char *model, struct buf *out,
+				   struct tally *t)
+{
+	static const char *const keys[] = { "id", "choices", "usage" };
+	static const char *const ckeys[] = { "message", "finish_reason" };
+	static const char *const mkeys[] = { "content", "refusal", "tool_calls" };
+	struct slice v[3], cv[2], mv[3], choice;
+	struct json_iter it;
+	char id[ID_MAX];
+	if (!json_sure(body, keys, v, 3) || !json_array_begin(&it, v[1]) ||
+	    json_array_next(&it, &choice) != 1 || json_scan_object(choice, ckeys, cv, 2) ||
+	    json_scan_object(cv[0], mkeys, mv, 3) ||
+	    (mv[0].p && !is_null(mv[0]) && !is_string(mv[0])) ||
+	    (mv[2].p && !is_null(mv[2]) && !is_empty_array(mv[2])) ||
+	    (is_string(cv[1]) && has_escape(cv[1])) || !fast_id(id, v[0], "chatcmpl-", "msg_"))
+		return false;
+	const char *stop = raw_is(cv[1], "length") ? "max_tokens"
+			   : raw_is(cv[1], "tool_calls") || raw_is(cv[1], "function_call") ? "tool_use"
+			   : raw_is(cv[1], "content_filter") ? "refusal"
+							     : "end_turn";
+	if (v[2].p)
+		tally_scan(DIALECT_OPENAI, v[2], t);
+	size_t mark = out->len;
+	bool ok = emit_raw(out, "{\"id\":\"") && emit_raw(out, id) &&
+		  emit_raw(out, "\",\"type\":\"message\",\"role\":\"assistant\",\"model\":") &&
+		  put_cstring(out, model ? model : "") && emit_raw(out, ",\"content\":[");
+	for (int i = 0; i < 2; i++) { /* content, then refusal: the non-empty ones */
+		if (!ok || !is_string(mv[i]) || mv[i].n == 2)
+			continue;
+		ok = emit_raw(out, out->p[out->len - 1] == '[' ? "{\"type\":\"text\",\"text\":\""
+							       : ",{\"type\":\"text\",\"text\":\"") &&
+		     emit_text(out, mv[i]) && emit_raw(out, "\"}");
+	}
+	ok = ok && emit_raw(out, "],\"stop_reason\":\"") && emit_raw(out, stop) &&
+	     emit_num(out, "\",\"stop_sequence\":null,\"usage\":{\"input_tokens\":", t->input) &&
+	     emit_num(out, ",\"output_tokens\":", t->output) &&
+	     emit_num(out, ",\"cache_read_input_tokens\":", t->cache_read) &&
+	     emit_num(out, ",\"cache_creation_input_tokens\":", t->cache_write) &&
+	     emit_raw(out, "}}");
+	if (!ok)
+		out->len = mark;
+	return ok;
+}
+
+/* An answer of text blocks (others but tool_use ignored, as an OpenAI client has no place for
+ * them) from an Anthropic provider for an OpenAI client, as an_to_oa_response writes it. */
+static bool an_to_oa_response_fast(struct slice body, const char *model, struct buf *out,
+				   struct tally *t)
+{
+	static const char *const keys[] = { "id", "content", "stop_reason", "usage" };
+	static const char *const bkeys[] = { "type", "text" };
+	struct slice v[4], blk, bv[2];
+	struct json_iter it;
+	char id[ID_MAX];
+	if (!json_sure(body, keys, v, 4) || !json_array_begin(&it, v[1]) ||
+	    (is_string(v[2]) && has_escape(v[2])) || !fast_id(id, v[0], "msg_", "chatcmpl-"))
+		return false;
+	while (json_array_next(&it, &blk) == 1)
+		if (!json_scan_object(blk, bkeys, bv, 2) && is_string(bv[0]) &&
+		    (has_escape(bv[0]) || raw_is(bv[0], "tool_use")))
+			return false;
+	const char *finish = raw_is(v[2], "max_tokens") ||
+					     raw_is(v[2], "model_context_window_exceeded")
+				     ? "length"
+			     : raw_is(v[2], "tool_use") ? "tool_calls"
+			     : raw_is(v[2], "refusal") ? "content_filter"
+							: "stop";
+	if (v[3].p)
+		tally_scan(DIALECT_ANTHROPIC, v[3], t);
+	uint64_t prompt = t->input + t->cache_read + t->cache_write;
+	size_t mark = out->len;
+	bool ok = emit_raw(out, "{\"id\":\"") && emit_raw(out, id) &&
+		  emit_num(out, "\",\"object\":\"chat.completion\",\"created\":",
+			   (uint64_t)time(NULL)) &&
+		  emit_raw(out, ",\"model\":") && put_cstring(out, model ? model : "") &&
+		  emit_raw(out, ",\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\","
+				"\"content\":\"");
+	json_array_begin(&it, v[1]);
+	while (ok && json_array_next(&it, &blk) == 1) /* the text blocks, joined as they are */
+		if (!json_scan_object(blk, bkeys, bv, 2) && raw_is(bv[0], "text") && is_string(bv[1]))
+			ok = emit_text(out, bv[1]);
+	ok = ok && emit_raw(out, "\",\"refusal\":null},\"logprobs\":null,\"finish_reason\":\"") &&
+	     emit_raw(out, finish) &&
+	     emit_num(out, "\"}],\"usage\":{\"prompt_tokens\":", prompt) &&
+	     emit_num(out, ",\"completion_tokens\":", t->output) &&
+	     emit_num(out, ",\"total_tokens\":", prompt + t->output) &&
+	     emit_num(out, ",\"prompt_tokens_details\":{\"cached_tokens\":", t->cache_read) &&
+	     emit_raw(out, "}}}");
+	if (!ok)
+		out->len = mark;
+	return ok;
+}
+
 /* ---- responses ---- */
 
 static int oa_to_an_response(struct cx *c, const json_t *in, const char *model, json_t *out,
@@ -1194,6 +1714,14 @@ int xlat_response(enum dialect from, enum dialect to, struct slice body, const c
 {
 	struct cx c = { NULL, 0, false };
 	struct tally t = { 0 };
+	if (fast_on && from != to &&
+	    (from == DIALECT_OPENAI ? oa_to_an_response_fast(body, client_model, out, &t)
+				    : an_to_oa_response_fast(body, client_model, out, &t))) {
+		if (u)
+			tally_usage(&t, u);
+		return 0;
+	}
+	t = (struct tally){ 0 };
 	json_t *in = load(body), *res = json_object();
 	int rc = -1;
 	if (json_is_object(in)) {
@@ -1383,6 +1911,10 @@ struct xlat_stream {
 	int64_t tool_at;    /* OpenAI upstream: tool_call index of the open tool block */
 	int64_t tools;      /* tool calls started so far */
 	const char *reason; /* stop_reason or finish_reason, in the client's dialect */
+	struct head {       /* an OpenAI client's chunks up to "choices" (chunk_head_ready) */
+		struct buf b;
+		bool made, ok;
+	} head;
 };
 
 struct xlat_stream *xlat_stream_new(enum dialect from, enum dialect to, const char *client_model,
@@ -1409,6 +1941,7 @@ void xlat_stream_free(struct xlat_stream *s)
 {
 	if (!s)
 		return;
+	buf_free(&s->head.b);
 	free(s->model);
 	free(s);
 }
@@ -1802,21 +2335,6 @@ static bool copy_event(struct buf *out, struct slice name, struct slice data)
 	return ok;
 }
 
-static bool is_empty_array(struct slice v)
-{
-	size_t i = 0, n = v.n;
-	while (i < n && strchr(" \t\r\n", v.p[i]))
-		i++;
-	while (n > i && strchr(" \t\r\n", v.p[n - 1]))
-		n--;
-	if (n - i < 2 || v.p[i] != '[' || v.p[n - 1] != ']')
-		return false;
-	for (i++; i < n - 1; i++)
-		if (!strchr(" \t\r\n", v.p[i]))
-			return false;
-	return true;
-}
-
 static int same_event(struct xlat_stream *s, struct slice name, struct slice data, struct buf *out)
 {
 	if (s->to == DIALECT_OPENAI) {
@@ -1841,7 +2359,7 @@ static int same_event(struct xlat_stream *s, struct slice name, struct slice dat
 	struct slice v[4], type;
 	if (json_scan_object(data, keys, v, 4))
 		return -1;
-	if (!name.n && !json_plain_string(v[0], &name))
+	if (!name.n && (!json_plain_string(v[0], &name) || !name.n)) /* no name, no event */
 		return -1;
 	if (memchr(name.p, '\n', name.n) || memchr(name.p, '\r', name.n))
 		return -1; /* would break the client's SSE framing */
@@ -1869,6 +2387,330 @@ static int same_event(struct xlat_stream *s, struct slice name, struct slice dat
 	return copy_event(out, type, data) ? 0 : -1;
 }
 
+/* -- fast paths: the usual events -- */
+
+/* An OpenAI client's chunks up to their "choices": id, time and model are fixed once the
+ * client has its opening event, which the fast path's events never come before. Made once. */
+static bool chunk_head_ready(struct xlat_stream *s)
+{
+	struct head *h = &s->head;
+	if (h->made)
+		return h->ok;
+	char num[24];
+	snprintf(num, sizeof(num), "%lld", s->created);
+	h->made = true;
+	h->ok = emit_raw(&h->b, "data: {\"id\":") && put_cstring(&h->b, s->id) &&
+		emit_raw(&h->b, ",\"object\":\"chat.completion.chunk\",\"created\":") &&
+		emit_raw(&h->b, num) && emit_raw(&h->b, ",\"model\":") &&
+		put_cstring(&h->b, s->model) && emit_raw(&h->b, ",\"choices\":");
+	return h->ok;
+}
+
+static char *put_head(const struct xlat_stream *s, char *p)
+{
+	memcpy(p, s->head.b.p, s->head.b.len);
+	return p + s->head.b.len;
+}
+
+/* Where n more bytes of fast output go (after the chunk head, with head), or NULL near the
+ * output bound: then the fast path declines, before it changed anything, and the full path
+ * decides. */
+static char *fast_room(struct xlat_stream *s, struct buf *out, size_t n, bool head)
+{
+	if (head && !chunk_head_ready(s))
+		return NULL;
+	if (!buf_reserve(out, n + (head ? s->head.b.len : 0), XLAT_MAX_OUT))
+		return NULL;
+	char *p = out->p + out->len;
+	return head ? put_head(s, p) : p;
+}
+
+static char *cat(char *dst, const char *s)
+{
+	size_t n = strlen(s);
+	memcpy(dst, s, n);
+	return dst + n;
+}
+
+__attribute__((format(printf, 2, 3))) static char *catf(char *dst, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	int n = vsprintf(dst, fmt, ap);
+	va_end(ap);
+	return dst + n;
+}
+
+/* What follows is the layout an_delta, an_start_block, an_close_block, an_finish, oa_chunk,
+ * oa_finish and usage_json write, as jansson dumps it: test_translate and fuzz_translate
+ * compare the two, byte for byte. */
+
+static char *an_event(char *p, const char *type)
+{
+	return cat(cat(cat(cat(p, "event: "), type), "\ndata: {\"type\":\""), type);
+}
+
+static char *an_block_stop(char *p, int64_t index)
+{
+	return catf(an_event(p, "content_block_stop"), "\",\"index\":%lld}\n\n", (long long)index);
+}
+
+/* The text of a delta whose JSON string value is text (quotes included), to either client. */
+static char *put_text_delta(struct xlat_stream *s, char *p, struct slice text)
+{
+	struct slice body = { text.p + 1, text.n - 2 };
+	if (s->to == DIALECT_OPENAI) {
+		p = put_string(cat(p, "[{\"index\":0,\"delta\":{\"content\":\""), body);
+		return cat(p, "\"},\"logprobs\":null,\"finish_reason\":null}]}\n\n");
+	}
+	p = catf(an_event(p, "content_block_delta"), "\",\"index\":%lld,\"delta\":{\"type\":"
+		 "\"text_delta\",\"text\":\"", (long long)s->blk_index);
+	return cat(put_string(p, body), "\"}}\n\n");
+}
+
+/* Room for the fixed parts of the events one upstream event becomes, with its text. */
+#define FAST_ROOM 1024
+
+/* OpenAI client: the finish_reason chunk (message_delta, oa_finish), then at the end the
+ * usage chunk if asked for, and [DONE]. */
+static bool oa_fast_end(struct xlat_stream *s, const char *finish, bool end, struct buf *out)
+{
+	bool usage = end && s->wants_usage;
+	char *p = chunk_head_ready(s) ? fast_room(s, out, s->head.b.len + FAST_ROOM, false) : NULL;
+	if (!p)
+		return false;
+	if (finish) {
+		p = put_head(s, p);
+		p = cat(p, "[{\"index\":0,\"delta\":{},\"logprobs\":null,\"finish_reason\":\"");
+		p = cat(cat(p, finish), "\"}]}\n\n");
+	}
+	if (usage) {
+		const struct tally *t = &s->tally;
+		uint64_t prompt = t->input + t->cache_read + t->cache_write;
+		p = put_head(s, p);
+		p = catf(p, "[],\"usage\":{\"prompt_tokens\":%lld,\"completion_tokens\":%lld,"
+			 "\"total_tokens\":%lld,\"prompt_tokens_details\":{\"cached_tokens\":%lld}}}"
+			 "\n\n", (long long)prompt, (long long)t->output,
+			 (long long)(prompt + t->output), (long long)t->cache_read);
+	}
+	if (end)
+		p = cat(p, "data: [DONE]\n\n");
+	out->len = (size_t)(p - out->p);
+	if (finish)
+		s->finish_sent = true;
+	if (end)
+		s->finished = true;
+	return true;
+}
+
+/* Anthropic client, [DONE]: an_finish past the opening event. */
+static bool an_fast_end(struct xlat_stream *s, struct buf *out)
+{
+	const struct tally *t = &s->tally;
+	char *p = fast_room(s, out, FAST_ROOM, false);
+	if (!p)
+		return false;
+	if (s->blk != BLK_NONE)
+		p = an_block_stop(p, s->blk_index);
+	/* finish_sent: only an_finish sets it for an Anthropic client, and finishes the stream */
+	p = catf(an_event(p, "message_delta"), "\",\"delta\":{\"stop_reason\":\"%s\","
+		 "\"stop_sequence\":null},\"usage\":{\"input_tokens\":%lld,"
+		 "\"output_tokens\":%lld,\"cache_read_input_tokens\":%lld,"
+		 "\"cache_creation_input_tokens\":%lld}}\n\n",
+		 s->reason ? s->reason : "end_turn", (long long)t->input,
+		 (long long)t->output, (long long)t->cache_read, (long long)t->cache_write);
+	p = cat(an_event(p, "message_stop"), "\"}\n\n");
+	out->len = (size_t)(p - out->p);
+	s->blk = BLK_NONE;
+	s->finish_sent = true;
+	s->finished = true;
+	return true;
+}
+
+/* Anthropic client: message_start (an_open) with the model and the usage so far. */
+static char *an_fast_open(char *p, const char *id, const char *model, const struct tally *t)
+{
+	p = cat(cat(cat(an_event(p, "message_start"), "\",\"message\":{\"id\":\""), id),
+		"\",\"type\":\"message\",\"role\":\"assistant\",\"model\":");
+	p = put_cstr(p, model, strlen(model));
+	if (!p)
+		return NULL;
+	return catf(p, ",\"content\":[],\"stop_reason\":null,\"stop_sequence\":null,\"usage\":"
+		    "{\"input_tokens\":%lld,\"output_tokens\":%lld,\"cache_read_input_tokens\":%lld,"
+		    "\"cache_creation_input_tokens\":%lld}}}\n\n", (long long)t->input,
+		    (long long)t->output, (long long)t->cache_read, (long long)t->cache_write);
+}
+
+/* An OpenAI chunk for an Anthropic client: the opening event for the first, choice 0's text,
+ * its finish_reason, the usage chunk and [DONE], as oa_to_an_event handles them. */
+static bool oa_to_an_fast(struct xlat_stream *s, struct slice data, struct buf *out)
+{
+	static const char *const keys[] = { "choices", "error", "usage", "id" };
+	static const char *const ckeys[] = { "index", "delta", "finish_reason" };
+	static const char *const dkeys[] = { "content", "refusal", "tool_calls" };
+	struct slice v[4], cv[3] = { 0 }, dv[3] = { 0 }, choice, more, text = { 0 };
+	struct json_iter it;
+	char id[ID_MAX];
+	if (slice_eq_cstr(data, "[DONE]"))
+		return s->started && an_fast_end(s, out);
+	if (!json_sure(data, keys, v, 4) || (v[1].p && !is_null(v[1])))
+		return false;
+	/* choices: none, or choice 0 alone; a delta or choice that is not an object is none */
+	if (json_array_begin(&it, v[0]) && json_array_next(&it, &choice) == 1) {
+		if (json_array_next(&it, &more) != 0)
+			return false;
+		json_scan_object(choice, ckeys, cv, 3);
+		json_scan_object(cv[1], dkeys, dv, 3);
+	}
+	if ((cv[0].p && !slice_eq_cstr(cv[0], "0")) ||
+	    (dv[2].p && dv[2].p[0] == '[' && !is_empty_array(dv[2])))
+		return false;
+	if (is_string(dv[0]) && dv[0].n > 2)
+		text = dv[0];
+	else if (is_string(dv[1]) && dv[1].n > 2)
+		text = dv[1];
+	const char *stop = NULL;
+	if (is_string(cv[2])) {
+		if (has_escape(cv[2]))
+			return false;
+		stop = raw_is(cv[2], "length") ? "max_tokens"
+		       : raw_is(cv[2], "tool_calls") || raw_is(cv[2], "function_call") ? "tool_use"
+		       : raw_is(cv[2], "content_filter") ? "refusal"
+							 : "end_turn";
+	}
+	struct tally t = s->tally;
+	if (v[2].p) /* null, as any usage that is not an object, counts nothing */
+		tally_scan(DIALECT_OPENAI, v[2], &t);
+	char *p = fast_room(s, out, text.n + 6 * strlen(s->model) + FAST_ROOM, false);
+	if (!p || (!s->started && (!fast_id(id, v[3], "chatcmpl-", "msg_") ||
+				   !(p = an_fast_open(p, id, s->model, &t)))))
+		return false;
+	if (!s->started) {
+		memcpy(s->id, id, sizeof(id));
+		s->started = true;
+	}
+	s->tally = t;
+	tally_usage(&s->tally, &s->usage);
+	if (text.p && s->blk != BLK_TEXT) {
+		if (s->blk != BLK_NONE)
+			p = an_block_stop(p, s->blk_index);
+		s->blk = BLK_TEXT;
+		s->blk_index++;
+		p = catf(an_event(p, "content_block_start"), "\",\"index\":%lld,"
+			 "\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n",
+			 (long long)s->blk_index);
+	}
+	if (text.p)
+		p = put_text_delta(s, p, text);
+	if (stop) {
+		s->reason = stop;
+		if (s->blk != BLK_NONE)
+			p = an_block_stop(p, s->blk_index);
+		s->blk = BLK_NONE;
+	}
+	out->len = (size_t)(p - out->p);
+	return true;
+}
+
+/* OpenAI client, message_start: the id and usage, and the opening chunk (oa_open). */
+static bool oa_fast_open(struct xlat_stream *s, struct slice msg, struct buf *out)
+{
+	static const char *const mkeys[] = { "id", "usage" };
+	struct slice mv[2];
+	char *p;
+	json_scan_object(msg, mkeys, mv, 2); /* a message that is not an object has neither */
+	if (!s->started) {
+		/* the chunk head is made with the id: undone if the fast path declines (the full
+		 * path then makes the id again) */
+		if (!fast_id(s->id, mv[0], "msg_", "chatcmpl-") ||
+		    !(p = fast_room(s, out, FAST_ROOM, true))) {
+			s->head.made = false;
+			s->head.b.len = 0;
+			return false;
+		}
+		p = cat(p, "[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"},"
+			   "\"logprobs\":null,\"finish_reason\":null}]}\n\n");
+		out->len = (size_t)(p - out->p);
+		s->started = true;
+	}
+	if (mv[1].p)
+		tally_scan(DIALECT_ANTHROPIC, mv[1], &s->tally);
+	tally_usage(&s->tally, &s->usage);
+	return true;
+}
+
+/* An Anthropic event for an OpenAI client: message_start, text deltas of the open text block,
+ * the events that write nothing (ping, a text block's start and stop), and the end
+ * (message_delta, message_stop); as an_to_oa_event handles them. */
+static bool an_to_oa_fast(struct xlat_stream *s, struct slice data, struct buf *out)
+{
+	static const char *const keys[] = { "type", "index", "delta",
+					    "content_block", "usage", "message" };
+	static const char *const dkeys[] = { "type", "text", "stop_reason" };
+	struct slice v[6], dv[3];
+	int64_t idx;
+	if (!json_sure(data, keys, v, 6))
+		return false;
+	if (raw_is(v[0], "message_start"))
+		return oa_fast_open(s, v[5], out);
+	if (!s->started)
+		return false;
+	if (raw_is(v[0], "content_block_delta")) {
+		char *p;
+		if (s->blk != BLK_TEXT || !v[1].p || !json_int(v[1], &idx) || idx != s->blk_index ||
+		    json_scan_object(v[2], dkeys, dv, 3) || !raw_is(dv[0], "text_delta") ||
+		    !is_string(dv[1]) || !(p = fast_room(s, out, dv[1].n + FAST_ROOM, true)))
+			return false;
+		out->len = (size_t)(put_text_delta(s, p, dv[1]) - out->p);
+		return true;
+	}
+	if (raw_is(v[0], "ping"))
+		return true;
+	if (raw_is(v[0], "content_block_stop")) {
+		s->blk = BLK_NONE;
+		return true;
+	}
+	if (raw_is(v[0], "content_block_start")) {
+		/* a text block with no text yet, or a block of a kind an OpenAI client never sees */
+		if (json_scan_object(v[3], dkeys, dv, 2) || !is_string(dv[0]) || has_escape(dv[0]) ||
+		    raw_is(dv[0], "tool_use") || (raw_is(dv[0], "text") && is_string(dv[1]) &&
+						  dv[1].n > 2))
+			return false;
+		s->blk_index = v[1].p && json_int(v[1], &idx) ? idx : s->blk_index + 1;
+		s->blk = raw_is(dv[0], "text") ? BLK_TEXT : BLK_OTHER;
+		return true;
+	}
+	bool end = raw_is(v[0], "message_stop");
+	if (end || raw_is(v[0], "message_delta")) {
+		const char *finish = NULL;
+		if (end) {
+			if (!s->finish_sent)
+				finish = s->reason ? s->reason : "stop";
+		} else if (!json_scan_object(v[2], dkeys, dv, 3) && dv[2].p && !is_null(dv[2])) {
+			if (is_string(dv[2]) && has_escape(dv[2]))
+				return false;
+			finish = raw_is(dv[2], "max_tokens") ||
+						 raw_is(dv[2], "model_context_window_exceeded")
+					 ? "length"
+				 : raw_is(dv[2], "tool_use") ? "tool_calls"
+				 : raw_is(dv[2], "refusal") ? "content_filter"
+							    : "stop";
+		}
+		struct tally before = s->tally;
+		if (!end && v[4].p)
+			tally_scan(DIALECT_ANTHROPIC, v[4], &s->tally);
+		if ((finish || end) && !oa_fast_end(s, finish, end, out)) {
+			s->tally = before;
+			return false;
+		}
+		if (finish && !end)
+			s->reason = finish;
+		tally_usage(&s->tally, &s->usage);
+		return true;
+	}
+	return false;
+}
+
 int xlat_stream_event(struct xlat_stream *s, struct slice event, struct slice data, struct buf *out)
 {
 	if (s->finished)
@@ -1878,6 +2720,9 @@ int xlat_stream_event(struct xlat_stream *s, struct slice event, struct slice da
 	int rc;
 	if (s->from == s->to)
 		rc = same_event(s, event, data, out);
+	else if (fast_on && (s->from == DIALECT_OPENAI ? oa_to_an_fast(s, data, out)
+						      : an_to_oa_fast(s, data, out)))
+		rc = 0;
 	else if (s->from == DIALECT_OPENAI)
 		rc = oa_to_an_event(s, &c, data, out);
 	else

@@ -2,9 +2,10 @@
  * the translation between them: requests, responses, stream events, usage and errors.
  *
  * The pipeline calls this only when the caller's dialect differs from the provider's
- * (a full parse and rebuild, with jansson); same-dialect traffic never comes here except
- * for errors the gateway makes itself. Nothing here knows about sockets, keys or money.
- * Every output is complete, well-formed JSON or SSE text appended to a struct buf.
+ * (a full parse and rebuild, with jansson, but for the usual shapes' fast paths);
+ * same-dialect traffic never comes here except for errors the gateway makes itself.
+ * Nothing here knows about sockets, keys or money. Every output is complete, well-formed
+ * JSON or SSE text appended to a struct buf.
  */
 #ifndef PENSTOCK_TRANSLATE_H
 #define PENSTOCK_TRANSLATE_H
@@ -98,5 +99,11 @@ void xlat_stream_error(struct xlat_stream *s, enum xlat_err_kind kind, const cha
 /* Usage seen so far in the provider's events. */
 const struct usage *xlat_stream_usage(const struct xlat_stream *s);
 void xlat_stream_free(struct xlat_stream *s);
+
+/* The usual shapes (a stream's text and the events around it, a plain text response) have
+ * fast paths that write, byte for byte, what the full jansson translation writes. On by
+ * default; tests and benches turn them off to compare the two. Process-wide: not to be
+ * changed while other threads translate. */
+void xlat_set_fast(bool on);
 
 #endif

@@ -4,7 +4,8 @@
  * four dialect pairs. For any bytes: no crash or leak; a translated request or response is
  * one JSON object; every stream is well-formed SSE ending in its terminator (message_stop
  * or error; [DONE]) written exactly once, and a translated one has one data line per event,
- * JSON or [DONE]. */
+ * JSON or [DONE]; and the fast paths (xlat_set_fast) write what the full path writes, streams
+ * and responses, byte for byte (but for made-up ids and the clock), with the same usage. */
 /* fuzz-sources: providers/translate.c core/json.c -ljansson */
 #include <stdint.h>
 #include <stdio.h>
@@ -74,11 +75,12 @@ static void check_stream(const struct buf *b, enum dialect to, bool translated)
 		abort();
 }
 
-static void stream(enum dialect from, enum dialect to, const char *text, size_t n, bool usage,
-		   bool cut_short)
+/* The stream's output for text cut into events; fast: the fast paths on or off. */
+static struct xlat_stream *run(enum dialect from, enum dialect to, const char *text, size_t n,
+			       bool usage, bool cut_short, bool fast, struct buf *out)
 {
+	xlat_set_fast(fast);
 	struct xlat_stream *s = xlat_stream_new(from, to, "fuzz-model", usage);
-	struct buf out = { 0 };
 	const char *p = text, *end = text + n;
 	while (p < end) {
 		const char *stop = memmem(p, (size_t)(end - p), "\n\n", 2);
@@ -89,21 +91,78 @@ static void stream(enum dialect from, enum dialect to, const char *text, size_t 
 			name = slice_of(p + 7, (size_t)(nl - p - 7));
 			data = slice_of(nl + 1, (size_t)(ev_end - nl - 1));
 		}
-		if (xlat_stream_event(s, name, data, &out)) {
+		if (xlat_stream_event(s, name, data, out)) {
 			cut_short = true;
 			break;
 		}
 		p = stop ? stop + 2 : end;
 	}
 	if (cut_short)
-		xlat_stream_error(s, XERR_UPSTREAM, "upstream failed", &out);
-	xlat_stream_end(s, &out);
+		xlat_stream_error(s, XERR_UPSTREAM, "upstream failed", out);
+	xlat_stream_end(s, out);
+	xlat_set_fast(true);
+	return s;
+}
+
+/* b without what differs from one run to the next: made-up ids' digits ("msg_penstock<hex>")
+ * and "created" times. */
+static void unclock(struct buf *b)
+{
+	static const char *const marks[] = { "penstock", "\"created\":" };
+	static const char *const digits[] = { "0123456789abcdef", "0123456789" };
+	size_t w = 0;
+	for (size_t r = 0; r < b->len;) {
+		b->p[w++] = b->p[r++];
+		for (size_t m = 0; m < 2; m++) {
+			size_t k = strlen(marks[m]);
+			if (w < k || memcmp(b->p + w - k, marks[m], k) != 0)
+				continue;
+			while (r < b->len && b->p[r] && strchr(digits[m], b->p[r]))
+				r++;
+		}
+	}
+	b->len = w;
+}
+
+static void stream(enum dialect from, enum dialect to, const char *text, size_t n, bool usage,
+		   bool cut_short)
+{
+	struct buf out = { 0 }, full = { 0 };
+	struct xlat_stream *s = run(from, to, text, n, usage, cut_short, true, &out);
+	struct xlat_stream *slow = run(from, to, text, n, usage, cut_short, false, &full);
 	check_stream(&out, to, from != to);
-	const struct usage *u = xlat_stream_usage(s);
+	const struct usage *u = xlat_stream_usage(s), *su = xlat_stream_usage(slow);
 	if (u->cached_tokens > u->prompt_tokens && from == DIALECT_OPENAI)
 		abort();
+	if (u->prompt_tokens != su->prompt_tokens || u->completion_tokens != su->completion_tokens ||
+	    u->cached_tokens != su->cached_tokens || u->present != su->present)
+		abort();
+	unclock(&out);
+	unclock(&full);
+	if (out.len != full.len || (out.len && memcmp(out.p, full.p, out.len)))
+		abort();
 	buf_free(&out);
+	buf_free(&full);
 	xlat_stream_free(s);
+	xlat_stream_free(slow);
+}
+
+/* The full path's answer to a response is the fast path's (rc, out, u). */
+static void response_is_full(enum dialect from, enum dialect to, struct slice in, int rc,
+			     struct buf *out, const struct usage *u)
+{
+	struct buf full = { 0 };
+	struct usage su;
+	xlat_set_fast(false);
+	int src = xlat_response(from, to, in, "fuzz-model", &full, &su);
+	xlat_set_fast(true);
+	unclock(out);
+	unclock(&full);
+	if (rc != src || out->len != full.len || (out->len && memcmp(out->p, full.p, out->len)) ||
+	    u->prompt_tokens != su.prompt_tokens || u->completion_tokens != su.completion_tokens ||
+	    u->cached_tokens != su.cached_tokens || u->present != su.present)
+		abort();
+	buf_free(&full);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
@@ -128,8 +187,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			abort();
 		}
 		out.len = 0;
-		if (xlat_response(from, to, in, "fuzz-model", &out, &u) == 0)
+		int rc = xlat_response(from, to, in, "fuzz-model", &out, &u);
+		if (rc == 0)
 			check_object(&out);
+		response_is_full(from, to, in, rc, &out, &u);
 		xlat_response_usage(from, in, &u);
 		out.len = 0;
 		int status = xlat_error(from, to, 400 + (int)(size % 200), in, &out);

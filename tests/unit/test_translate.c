@@ -20,7 +20,7 @@
 
 /* ---- helpers ---- */
 
-static char *owned[512];
+static char *owned[16384];
 static size_t nowned;
 
 static char *keep(char *p)
@@ -685,20 +685,81 @@ struct step {
 	const char *event, *data; /* data in Q() spelling */
 };
 
-/* Feed steps to a stream, end it, and check the SSE text: every event has one data line
- * that is valid JSON (or [DONE]), an Anthropic event's name is its data's type, and the
- * events match want ("name|json" or "|json" for OpenAI, "|[DONE]"). */
-static void expect_stream(struct xlat_stream *s, const struct step *steps, size_t n,
-			  const char *const *want, size_t nwant)
+/* A stream fed steps and ended, its output appended to out; fast: the fast paths on or off.
+ * A refused event fails the test, or with note_refused is noted in out ("refused\n"). */
+static struct xlat_stream *run_stream(enum dialect from, enum dialect to, const char *model,
+				      bool usage, const struct step *steps, size_t n, bool fast,
+				      bool note_refused, struct buf *out)
 {
-	struct buf out = { 0 };
+	xlat_set_fast(fast);
+	struct xlat_stream *s = xlat_stream_new(from, to, model, usage);
+	assert_non_null(s);
 	for (size_t i = 0; i < n; i++) {
 		const char *data = Q(steps[i].data);
-		int rc = xlat_stream_event(s, slice_cstr(steps[i].event), slice_cstr(data), &out);
-		if (rc)
+		int rc = xlat_stream_event(s, slice_cstr(steps[i].event), slice_cstr(data), out);
+		if (rc && !note_refused)
 			fail_msg("event %zu (%s) refused", i, steps[i].data);
+		if (rc)
+			assert_true(buf_append(out, "refused\n", 8, SIZE_MAX));
 	}
-	xlat_stream_end(s, &out);
+	xlat_stream_end(s, out);
+	xlat_set_fast(true);
+	return s;
+}
+
+/* b without the digits of made-up ids ("msg_penstock<hex>": a counter) */
+static void unmade(struct buf *b)
+{
+	size_t w = 0;
+	for (size_t r = 0; r < b->len;) {
+		b->p[w++] = b->p[r++];
+		if (w >= 8 && memcmp(b->p + w - 8, "penstock", 8) == 0)
+			while (r < b->len && strchr("0123456789abcdef", b->p[r]) && b->p[r])
+				r++;
+	}
+	b->len = w;
+}
+
+/* The stream's output (refusals included) is the same, byte for byte, with the fast paths and
+ * without, and so is its usage. A second apart, "created" may differ: then it is tried again, once. */
+static void expect_fast_is_full(enum dialect from, enum dialect to, const char *model, bool usage,
+				const struct step *steps, size_t n)
+{
+	for (int attempt = 0; attempt < 2; attempt++) {
+		struct buf fast = { 0 }, full = { 0 };
+		struct xlat_stream *f = run_stream(from, to, model, usage, steps, n, true, true, &fast);
+		struct xlat_stream *s = run_stream(from, to, model, usage, steps, n, false, true, &full);
+		const struct usage *fu = xlat_stream_usage(f), *su = xlat_stream_usage(s);
+		unmade(&fast);
+		unmade(&full);
+		bool same = fast.len == full.len && memcmp(fast.p, full.p, fast.len) == 0;
+		if (!same && attempt == 1)
+			fail_msg("fast path:\n%.*s\nfull path:\n%.*s", (int)fast.len, fast.p,
+				 (int)full.len, full.p);
+		assert_int_equal(fu->prompt_tokens, su->prompt_tokens);
+		assert_int_equal(fu->completion_tokens, su->completion_tokens);
+		assert_int_equal(fu->cached_tokens, su->cached_tokens);
+		assert_int_equal(fu->present, su->present);
+		buf_free(&fast);
+		buf_free(&full);
+		xlat_stream_free(f);
+		xlat_stream_free(s);
+		if (same)
+			return;
+	}
+}
+
+/* Feed steps to a new stream, end it, and check the SSE text: the fast paths change nothing;
+ * every event has one data line that is valid JSON (or [DONE]), an Anthropic event's name is
+ * its data's type, and the events match want ("name|json" or "|json" for OpenAI, "|[DONE]").
+ * Returns the stream (for its usage). */
+static struct xlat_stream *expect_stream(enum dialect from, enum dialect to, const char *model,
+					 bool usage, const struct step *steps, size_t n,
+					 const char *const *want, size_t nwant)
+{
+	struct buf out = { 0 };
+	expect_fast_is_full(from, to, model, usage, steps, n);
+	struct xlat_stream *s = run_stream(from, to, model, usage, steps, n, true, false, &out);
 	size_t before = out.len;
 	xlat_stream_end(s, &out);
 	xlat_stream_error(s, XERR_UPSTREAM, "late", &out);
@@ -742,6 +803,7 @@ static void expect_stream(struct xlat_stream *s, const struct step *steps, size_
 	}
 	assert_int_equal(k, nwant);
 	buf_free(&out);
+	return s;
 }
 
 #define N(a) (sizeof(a) / sizeof((a)[0]))
@@ -800,8 +862,8 @@ static void test_stream_oa_to_an(void **state)
 		"'cache_read_input_tokens':10,'cache_creation_input_tokens':0}}",
 		"message_stop|{'type':'message_stop'}",
 	};
-	struct xlat_stream *s = xlat_stream_new(OA, AN, "client-m", false);
-	expect_stream(s, oa_stream, N(oa_stream), want, N(want));
+	struct xlat_stream *s = expect_stream(OA, AN, "client-m", false,
+					      oa_stream, N(oa_stream), want, N(want));
 	const struct usage *u = xlat_stream_usage(s);
 	assert_true(u->present);
 	assert_int_equal(u->prompt_tokens, 50);
@@ -831,8 +893,7 @@ static void test_stream_oa_to_an_truncated(void **state)
 		"'cache_read_input_tokens':0,'cache_creation_input_tokens':0}}",
 		"message_stop|{'type':'message_stop'}",
 	};
-	struct xlat_stream *s = xlat_stream_new(OA, AN, "m", false);
-	expect_stream(s, steps, N(steps), want, N(want));
+	struct xlat_stream *s = expect_stream(OA, AN, "m", false, steps, N(steps), want, N(want));
 	assert_false(xlat_stream_usage(s)->present);
 	xlat_stream_free(s);
 }
@@ -892,8 +953,8 @@ static const char *const an_stream_want[] = {
 
 static void test_stream_an_to_oa(void **state)
 {
-	struct xlat_stream *s = xlat_stream_new(AN, OA, "client-m", true);
-	expect_stream(s, an_stream, N(an_stream), an_stream_want, N(an_stream_want));
+	struct xlat_stream *s = expect_stream(AN, OA, "client-m", true,
+					      an_stream, N(an_stream), an_stream_want, N(an_stream_want));
 	const struct usage *u = xlat_stream_usage(s);
 	assert_int_equal(u->prompt_tokens, 125);
 	assert_int_equal(u->completion_tokens, 31);
@@ -903,8 +964,8 @@ static void test_stream_an_to_oa(void **state)
 	/* a client that did not ask for usage gets no usage chunk */
 	static const char *const *w = an_stream_want;
 	const char *no_usage[] = { w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[8] };
-	s = xlat_stream_new(AN, OA, "client-m", false);
-	expect_stream(s, an_stream, N(an_stream), no_usage, N(no_usage));
+	s = expect_stream(AN, OA, "client-m", false,
+			  an_stream, N(an_stream), no_usage, N(no_usage));
 	assert_int_equal(xlat_stream_usage(s)->completion_tokens, 31);
 	xlat_stream_free(s);
 }
@@ -924,8 +985,8 @@ static void test_stream_errors(void **state)
 		"'code':'overloaded_error'}}",
 		"|[DONE]",
 	};
-	struct xlat_stream *s = xlat_stream_new(AN, OA, "m", true);
-	expect_stream(s, an_err, N(an_err), an_err_want, N(an_err_want));
+	struct xlat_stream *s = expect_stream(AN, OA, "m", true,
+					      an_err, N(an_err), an_err_want, N(an_err_want));
 	xlat_stream_free(s);
 
 	/* the gateway ends streams early in either dialect */
@@ -976,6 +1037,14 @@ static void test_stream_refused_events(void **state)
 	assert_int_equal(xlat_stream_event(s, SLICE_LIT("content_block_delta"), slice_cstr(Q(
 		"{'type':'content_block_delta','index':4,'delta':{'type':'text_delta','text':'x'}}")),
 		&out), -1);
+	xlat_stream_free(s);
+
+	/* same dialect: an event with neither a name nor a type cannot be relayed */
+	s = xlat_stream_new(AN, AN, "m", false);
+	assert_int_equal(xlat_stream_event(s, SLICE_LIT(""), SLICE_LIT("{\"type\":\"\"}"), &out),
+			 -1);
+	xlat_stream_free(s);
+	s = xlat_stream_new(AN, OA, "m", false);
 	/* unknown event types are dropped, not refused */
 	len = out.len;
 	assert_int_equal(xlat_stream_event(s, SLICE_LIT("new_thing"), slice_cstr(Q(
@@ -1001,12 +1070,11 @@ static void test_stream_same_dialect(void **state)
 		"|[DONE]",
 	};
 	static const char *const want_plain[] = { want_usage[0], want_usage[1], want_usage[3] };
-	struct xlat_stream *s = xlat_stream_new(OA, OA, "m", true);
-	expect_stream(s, oa, N(oa), want_usage, N(want_usage));
+	struct xlat_stream *s = expect_stream(OA, OA, "m", true,
+					      oa, N(oa), want_usage, N(want_usage));
 	assert_int_equal(xlat_stream_usage(s)->prompt_tokens, 3);
 	xlat_stream_free(s);
-	s = xlat_stream_new(OA, OA, "m", false);
-	expect_stream(s, oa, N(oa), want_plain, N(want_plain));
+	s = expect_stream(OA, OA, "m", false, oa, N(oa), want_plain, N(want_plain));
 	assert_int_equal(xlat_stream_usage(s)->completion_tokens, 2);
 	xlat_stream_free(s);
 
@@ -1031,8 +1099,7 @@ static void test_stream_same_dialect(void **state)
 		"'cache_read_input_tokens':0,'cache_creation_input_tokens':0}}",
 		"message_stop|{'type':'message_stop'}",
 	};
-	s = xlat_stream_new(AN, AN, "m", false);
-	expect_stream(s, an, N(an), an_want, N(an_want));
+	s = expect_stream(AN, AN, "m", false, an, N(an), an_want, N(an_want));
 	assert_int_equal(xlat_stream_usage(s)->prompt_tokens, 4);
 	xlat_stream_free(s);
 
@@ -1044,6 +1111,465 @@ static void test_stream_same_dialect(void **state)
 	assert_string_equal(out.p, "data: {\"choices\":\ndata: []}\n\n");
 	xlat_stream_free(s);
 	buf_free(&out);
+}
+
+/* Text deltas on the fast path and beside it: every escape JSON has, UTF-8, and the shapes
+ * the fast path declines (each must come out as the full path writes it, checked byte for
+ * byte by expect_fast_is_full; a few golden events say what that is). */
+#define AN_DELTA(i, text) \
+	{ "content_block_delta", "{'type':'content_block_delta','index':" i "," \
+				 "'delta':{'type':'text_delta','text':'" text "'}}" }
+
+static const struct step an_texts[] = {
+	{ "message_start", "{'type':'message_start','message':{'id':'msg_t','usage':{}}}" },
+	{ "content_block_start", "{'type':'content_block_start','index':0,"
+				 "'content_block':{'type':'text','text':''}}" },
+	AN_DELTA("0", "a\\/b \\u00e9\\u00E9 \\ud83d\\ude00 \\u0000\\u001f\\u007f \\\\\\'x\\' "
+		      "\\b\\f\\n\\r\\t \\u0041\\u000a\\u0022\\u005c\\u002f"),
+	AN_DELTA("0", "\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80 \x7f </script>"),
+	AN_DELTA("0", ""),
+	AN_DELTA("-0", "negative zero is 0"),
+	{ "content_block_delta", " {'type' : 'content_block_delta' , 'index':0,'delta':{'text':"
+				 "'spaced, keys reordered','type':'text_delta','x':[1.5,-2,true,"
+				 "false,null,{}]}} " },
+	{ "content_block_delta", "{'type':'content_block_delta','index':0,'delta':{'type':"
+				 "'text_delta','text':'dup'},'delta':{'type':'text_delta',"
+				 "'text':'last wins'}}" },
+	{ "", "{'type':'content_block_delta','index':0,'delta':{'type':'text_delta','text':'no name'}}" },
+	{ "content_block_delta", "{'index':0,'delta':{'type':'text_delta','text':'no type: the name'}}" },
+	{ "content_block_delta", "{'type':'content_block_delta','delta':{'type':'text_delta',"
+				 "'text':'no index'}}" },
+	{ "content_block_delta", "{'type':'content_block_delta','index':0,'delta':{'type':"
+				 "'text_delta','text':'big','n':1e999999}}" },
+	{ "content_block_delta", "{'type':'content_block_delta','index':0,'delta':{'type':"
+				 "'text_delta','text':'long int','n':12345678901234567890123}}" },
+	{ "content_block_delta", "{'type':'content_block_delta','index':0,'delta':{'type':"
+				 "'text_delta','text':'bad real','n':1.}}" },
+	{ "content_block_delta", "{'type':'content_block_delta','index':0,'delta':{'type':"
+				 "'text_delta','text':'escaped key','\\u0074ext':'y'}}" },
+	AN_DELTA("0", "not UTF-8: \xf4\x90\x80\x80"),
+	AN_DELTA("0", "not UTF-8: \xc0\x80"),
+	AN_DELTA("0", "not UTF-8: \xed\xa0\x80"),
+	AN_DELTA("0", "not UTF-8: \xe2\x82"),
+	AN_DELTA("0", "not UTF-8: \xe0\x80\x80"),
+	AN_DELTA("0", "not UTF-8: \xf0\x8f\xbf\xbf"),
+	AN_DELTA("0", "not UTF-8: \x80"),
+	AN_DELTA("0", "not UTF-8: \xc3" "A"),
+	AN_DELTA("0", "not UTF-8: \xf5\x80\x80\x80"),
+	AN_DELTA("0", "lone surrogate: \\ud800"),
+	AN_DELTA("0", "lone surrogate: \\udc00"),
+	AN_DELTA("0", "bad pair: \\ud800\\u0041"),
+	AN_DELTA("0", "bad escape: \\x"),
+	AN_DELTA("0", "ok again"),
+	AN_DELTA("5", "not the open block"),
+	{ "content_block_stop", "{'type':'content_block_stop','index':0}" },
+	AN_DELTA("0", "the block is closed"),
+	{ "content_block_start", "{'type':'content_block_start','index':1,"
+				 "'content_block':{'type':'text','text':'start text'}}" },
+	AN_DELTA("1", "second block"),
+	{ "content_block_stop", "{'type':'content_block_stop','index':1}" },
+	{ "content_block_start", "{'type':'content_block_start','index':2,"
+				 "'content_block':{'type':'thinking','thinking':''}}" },
+	AN_DELTA("2", "text in a thinking block"),
+	{ "message_stop", "{'type':'message_stop'}" },
+};
+
+/* The events around the text an OpenAI client's fast path takes: block starts of every kind,
+ * ping, the end with each stop reason. Each stream is run with and without usage. */
+#define AN_START(i, block) \
+	{ "content_block_start", "{'type':'content_block_start'" i ",'content_block':" block "}" }
+#define AN_STOP(reason) \
+	{ "message_delta", "{'type':'message_delta','delta':{'stop_reason':" reason "," \
+			   "'stop_sequence':null},'usage':{'output_tokens':7,'input_tokens':3}}" }
+
+static const struct step an_blocks[] = {
+	{ "ping", "{'type':'ping'}" },
+	{ "content_block_stop", "{'type':'content_block_stop','index':0}" },
+	{ "message_start", "{'type':'message_start','message':{'id':'msg_b','usage':"
+			   "{'input_tokens':5,'cache_read_input_tokens':2}}}" },
+	{ "ping", "{'type':'ping'}" },
+	AN_START(",'index':0", "{'type':'text','text':''}"),
+	AN_DELTA("0", "a"),
+	{ "content_block_stop", "{'type':'content_block_stop','index':0}" },
+	AN_START("", "{'type':'text'}"),
+	AN_DELTA("1", "no index: the next one"),
+	{ "content_block_stop", "{}" },
+	AN_START(",'index':1.5", "{'type':'text','text':null}"),
+	AN_DELTA("2", "a real index: the next one"),
+	AN_START(",'index':7", "{'type':'text','text':'with text'}"),
+	AN_DELTA("7", "b"),
+	AN_START(",'index':8", "{'type':'thinking','thinking':''}"),
+	AN_DELTA("8", "text in a thinking block"),
+	AN_START(",'index':9", "{'type':'te\\u0078t','text':''}"),
+	AN_DELTA("9", "an escaped type"),
+	AN_START(",'index':10", "{'type':'redacted_thinking'}"),
+	AN_START(",'index':11", "{'type':'tool_use','id':'toolu_1','name':'f','input':{}}"),
+	AN_START(",'index':12", "{'type':5}"),
+	AN_START(",'index':13", "null"),
+	AN_START(",'index':14", "{'type':'text','text':''}"),
+	AN_DELTA("14", "c"),
+	{ "content_block_stop", "{'type':'content_block_stop','index':14}" },
+	{ "message_delta", "{'type':'message_delta','delta':{'stop_reason':null},"
+			   "'usage':{'output_tokens':4}}" },
+	{ "message_delta", "{'type':'message_delta','usage':null}" },
+	{ "message_delta", "{'type':'message_delta','delta':5,'usage':5}" },
+};
+
+static void test_stream_fast_ends(void **state)
+{
+	static const char *const reasons[] = {
+		"'end_turn'", "'max_tokens'", "'model_context_window_exceeded'", "'tool_use'",
+		"'refusal'", "'stop_sequence'", "'pause_turn'", "'new_reason'", "5", "{}",
+		"'tool\\u005fuse'", "'max_tokens\\n'",
+	};
+	struct step steps[N(an_blocks) + 3];
+	memcpy(steps, an_blocks, sizeof(an_blocks));
+	for (size_t i = 0; i < N(reasons); i++) {
+		char delta[256];
+		snprintf(delta, sizeof(delta), "{'type':'message_delta','delta':{'stop_reason':%s,"
+			 "'stop_sequence':null},'usage':{'output_tokens':7,'input_tokens':3}}",
+			 reasons[i]);
+		steps[N(an_blocks)] = (struct step){ "message_delta", keep(strdup(delta)) };
+		/* a second finish chunk, as the full path writes it */
+		steps[N(an_blocks) + 1] = (struct step){ "message_delta", keep(strdup(delta)) };
+		steps[N(an_blocks) + 2] = (struct step){ "message_stop", "{'type':'message_stop',"
+							 "'usage':{'output_tokens':99}}" };
+		for (int usage = 0; usage < 2; usage++) {
+			expect_fast_is_full(AN, OA, "m", usage, steps, N(steps));
+			expect_fast_is_full(AN, OA, "m", usage, steps, N(steps) - 2);
+			steps[N(an_blocks)] = steps[N(an_blocks) + 2];
+			expect_fast_is_full(AN, OA, "m", usage, steps, N(an_blocks) + 1);
+			steps[N(an_blocks)] = steps[N(an_blocks) + 1];
+		}
+	}
+	/* golden: the end of a stream on the fast path */
+	static const struct step end[] = {
+		{ "message_start", "{'type':'message_start','message':{'id':'msg_01Q','usage':"
+				   "{'input_tokens':9,'cache_read_input_tokens':4}}}" },
+		AN_STOP("'max_tokens'"),
+		{ "message_stop", "{'type':'message_stop'}" },
+	};
+	static const char *const want[] = {
+		OA_OUT("{'role':'assistant','content':''}", "null"),
+		OA_OUT("{}", "'length'"),
+		"|{'id':'chatcmpl-01Q','object':'chat.completion.chunk','model':'client-m','choices':[],"
+		"'usage':{'prompt_tokens':7,'completion_tokens':7,'total_tokens':14,"
+		"'prompt_tokens_details':{'cached_tokens':4}}}",
+		"|[DONE]",
+	};
+	xlat_stream_free(expect_stream(AN, OA, "client-m", true, end, N(end), want, N(want)));
+
+	/* before message_start */
+	static const struct step unstarted[] = {
+		AN_START(",'index':0", "{'type':'text','text':''}"),
+		AN_DELTA("0", "x"),
+		{ "message_start", "{'type':'message_start','message':{'id':'msg_late','usage':{}}}" },
+		{ "message_stop", "{'type':'message_stop'}" },
+	};
+	expect_fast_is_full(AN, OA, "m", true, unstarted, N(unstarted));
+}
+
+#define OA_TEXT(text) "{'id':'chatcmpl-t','object':'chat.completion.chunk','created':5,'model':'g'," \
+		      "'choices':[{'index':0,'delta':{'content':'" text "'},'finish_reason':null}]}"
+
+static const struct step oa_texts[] = {
+	{ "", OA_CHUNK("{'role':'assistant','content':''}", "null") },
+	{ "", OA_TEXT("a\\/b \\u00e9\\u00E9 \\ud83d\\ude00 \\u0000\\u001f\\u007f \\\\\\'x\\' "
+		      "\\b\\f\\n\\r\\t \\u0041\\u000a\\u0022\\u005c\\u002f") },
+	{ "", OA_TEXT("\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80 \x7f </script>") },
+	{ "", OA_TEXT("") },
+	{ "", "{'choices':[{'delta':{'content':'no index, no id','tool_calls':[],'refusal':'r'}}],"
+	      "'usage':null,'error':null,'system_fingerprint':'fp_1','x':[0.25,-0,1E2]}" },
+	{ "", "{'choices':[{'index':1,'delta':{'content':'choice 1'}}]}" },
+	{ "", "{'choices':[{'index':0,'delta':{'content':'two'}},{'index':1,'delta':{'content':'x'}}]}" },
+	{ "", "{'choices':[{'index':0,'delta':{'content':'with usage'}}],'usage':{'prompt_tokens':3}}" },
+	{ "", "{'choices':[{'index':0,'delta':{'refusal':'refused'}}]}" },
+	{ "", "{'choices':[{'index':0,'delta':{'content':'and finish'},'finish_reason':'length'}]}" },
+	{ "", OA_TEXT("after the block closed") },
+	{ "", OA_CHUNK("{'tool_calls':[{'index':0,'id':'call_a','function':{'name':'f'}}]}", "null") },
+	{ "", OA_TEXT("after a tool call") },
+	{ "", OA_TEXT("in the same block") },
+	{ "", "{'choices':[{'index':0,'delta':{'content':'x'}}],'error':null,'x':1.}" },
+	{ "", "{'choices':[{'index':0,'delta':{'content':'x'}}],'error':{'message':'boom'}}" },
+	{ "", "{'choices':[{'index':0,'delta':{'content':'and a call','tool_calls':[{'index':1,"
+	      "'id':'call_b','function':{'name':'g'}}]}}]}" },
+	{ "", OA_TEXT("not UTF-8: \xf4\x90\x80\x80") },
+	{ "", OA_TEXT("lone surrogate: \\udc00") },
+	{ "", "[DONE]" },
+};
+
+/* Text first, with no role chunk. */
+static const struct step oa_unstarted[] = {
+	{ "", OA_TEXT("first") },
+	{ "", OA_TEXT("second") },
+};
+
+static void test_stream_fast_texts(void **state)
+{
+	struct xlat_stream *s = xlat_stream_new(AN, OA, "m", false);
+	struct buf out = { 0 };
+	for (size_t i = 0; i < 3; i++)
+		assert_int_equal(xlat_stream_event(s, slice_cstr(an_texts[i].event),
+						   slice_cstr(Q(an_texts[i].data)), &out), 0);
+	assert_true(buf_append(&out, "", 1, SIZE_MAX));
+	/* jansson's spelling: "\/" and "\u00e9" decoded, control characters as \uXXXX */
+	assert_non_null(strstr(out.p, "{\"content\":\"a/b \u00e9\u00e9 \U0001F600 \\u0000\\u001F\x7f "
+				      "\\\\\\\"x\\\" \\b\\f\\n\\r\\t A\\n\\\"\\\\/\"}"));
+	xlat_stream_free(s);
+	buf_free(&out);
+	expect_fast_is_full(AN, OA, "m", true, an_texts, N(an_texts));
+	expect_fast_is_full(AN, OA, "m\u00e9 \"q\"", false, an_texts, N(an_texts));
+	expect_fast_is_full(OA, AN, "m", false, oa_texts, N(oa_texts));
+	expect_fast_is_full(OA, AN, "m\u00e9 \"q\"", true, oa_texts, N(oa_texts));
+	expect_fast_is_full(OA, AN, "m", false, oa_unstarted, N(oa_unstarted));
+
+	/* nesting deeper than jansson takes */
+	struct buf deep = { 0 };
+	const char *head = "{'type':'content_block_delta','index':0,'delta':{'type':'text_delta',"
+			   "'text':'deep','x':";
+	assert_true(buf_append(&deep, head, strlen(head), SIZE_MAX));
+	for (int i = 0; i < 2 * 3000; i++)
+		assert_true(buf_append(&deep, i < 3000 ? "[" : "]", 1, SIZE_MAX));
+	assert_true(buf_append(&deep, "}}", 3, SIZE_MAX));
+	struct step deep_steps[] = { an_texts[0], an_texts[1], { "content_block_delta", deep.p } };
+	expect_fast_is_full(AN, OA, "m", false, deep_steps, N(deep_steps));
+	buf_free(&deep);
+}
+
+/* The chunks around the text an Anthropic client's fast path takes: finish reasons, the
+ * usage chunk, [DONE], with the text block open or not, and the shapes that are nothing. */
+#define OA_FINISH(reason) "{'id':'chatcmpl-t','choices':[{'index':0,'delta':{}," \
+			  "'finish_reason':" reason "}]}"
+#define OA_USAGE "{'id':'chatcmpl-t','choices':[],'usage':{'prompt_tokens':20," \
+		 "'completion_tokens':6,'total_tokens':26,'prompt_tokens_details':{'cached_tokens':8}}}"
+
+static const struct step oa_shapes[] = {
+	{ "", OA_CHUNK("{'role':'assistant','content':''}", "null") },
+	{ "", "{'choices':[]}" },
+	{ "", "{'choices':5}" },
+	{ "", "{}" },
+	{ "", "{'choices':[7]}" },
+	{ "", "{'choices':[{'delta':5}]}" },
+	{ "", "{'choices':[{'index':0,'delta':{'content':null,'refusal':'','tool_calls':null}}]}" },
+	{ "", "{'choices':[{'index':0,'delta':{'refusal':'I cannot'}}]}" },
+	{ "", "{'choices':[{'index':0,'delta':{'content':'','refusal':'still not'}}]}" },
+	{ "", "{'choices':[{'index':0,'delta':{'content':'text and usage'}}],'usage':{'prompt_tokens':4}}" },
+	{ "", "{'choices':[{'index':0,'delta':{'content':'text and finish'},'finish_reason':'stop'}]}" },
+	{ "", "{'choices':[{'delta':{'content':'a'}},{'delta':{'content':'b'}}]}" },
+	{ "", "{'choices':[{'index':0,'delta':{},'finish_reason':'length'}]}" },
+	{ "", OA_TEXT("a new block") },
+	{ "", OA_CHUNK("{'tool_calls':[{'index':0,'id':'call_a','function':{'name':'f'}}]}", "null") },
+	{ "", OA_TEXT("text after a tool call") },
+	{ "", OA_CHUNK("{'tool_calls':[{'index':1,'id':'call_b','function':{'name':'g'}}]}", "null") },
+	{ "", "{'choices':[{'index':0,'delta':{},'finish_reason':null}],'usage':null}" },
+};
+
+static void test_stream_fast_oa_ends(void **state)
+{
+	static const char *const reasons[] = {
+		"'stop'", "'length'", "'tool_calls'", "'function_call'", "'content_filter'", "'new'",
+		"5", "'leng\\u0074h'",
+	};
+	struct step steps[N(oa_shapes) + 3];
+	memcpy(steps, oa_shapes, sizeof(oa_shapes));
+	for (size_t i = 0; i < N(reasons); i++) {
+		char finish[128];
+		snprintf(finish, sizeof(finish), OA_FINISH("%s"), reasons[i]);
+		steps[N(oa_shapes)] = (struct step){ "", keep(strdup(finish)) };
+		steps[N(oa_shapes) + 1] = (struct step){ "", OA_USAGE };
+		steps[N(oa_shapes) + 2] = (struct step){ "", "[DONE]" };
+		expect_fast_is_full(OA, AN, "m", false, steps, N(steps));
+		/* cut short: [DONE] with no finish_reason, or none at all */
+		expect_fast_is_full(OA, AN, "m", false, steps, N(oa_shapes) + 1);
+		steps[N(oa_shapes) - 1] = steps[N(oa_shapes) + 2];
+		expect_fast_is_full(OA, AN, "m", false, steps, N(oa_shapes));
+		steps[N(oa_shapes) - 1] = oa_shapes[N(oa_shapes) - 1];
+	}
+	/* golden: the usual stream's end on the fast path */
+	static const struct step end[] = {
+		{ "", OA_CHUNK("{'role':'assistant','content':''}", "null") },
+		{ "", OA_TEXT("Hi") },
+		{ "", OA_FINISH("'length'") },
+		{ "", OA_USAGE },
+		{ "", "[DONE]" },
+	};
+	static const char *const want[] = {
+		"message_start|{'type':'message_start','message':{'id':'msg_s1','type':'message',"
+		"'role':'assistant','model':'client-m','content':[],'stop_reason':null,"
+		"'stop_sequence':null,'usage':{'input_tokens':0,'output_tokens':0,"
+		"'cache_read_input_tokens':0,'cache_creation_input_tokens':0}}}",
+		"content_block_start|{'type':'content_block_start','index':0,"
+		"'content_block':{'type':'text','text':''}}",
+		"content_block_delta|{'type':'content_block_delta','index':0,"
+		"'delta':{'type':'text_delta','text':'Hi'}}",
+		"content_block_stop|{'type':'content_block_stop','index':0}",
+		"message_delta|{'type':'message_delta','delta':{'stop_reason':'max_tokens',"
+		"'stop_sequence':null},'usage':{'input_tokens':12,'output_tokens':6,"
+		"'cache_read_input_tokens':8,'cache_creation_input_tokens':0}}",
+		"message_stop|{'type':'message_stop'}",
+	};
+	xlat_stream_free(expect_stream(OA, AN, "client-m", false, end, N(end), want, N(want)));
+}
+
+/* The opening events on the fast path: ids of every form, usage, a message that is not an
+ * object, message_start twice, and a model that is not UTF-8 (the full path refuses it). */
+static void test_stream_fast_opening(void **state)
+{
+	static const char *const an_starts[] = {
+		"{'type':'message_start','message':{'id':'msg_01Q','usage':{'input_tokens':4,"
+		"'cache_read_input_tokens':2,'cache_creation_input_tokens':1}}}",
+		"{'type':'message_start','message':{'usage':{'input_tokens':4}}}",
+		"{'type':'message_start','message':{'id':'','usage':null}}",
+		"{'type':'message_start','message':{'id':5}}",
+		"{'type':'message_start','message':{'id':'msg_\\u0041'}}",
+		"{'type':'message_start','message':{'id':'no-prefix \xc3\xa9'}}",
+		"{'type':'message_start','message':{'id':'msg_xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
+		"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
+		"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\xc3\xa9'}}",
+		"{'type':'message_start','message':5}",
+		"{'type':'message_start'}",
+	};
+	static const char *const oa_firsts[] = {
+		OA_CHUNK("{'role':'assistant','content':''}", "null"),
+		OA_TEXT("text first"),
+		"{'choices':[{'index':0,'delta':{'role':'assistant','content':'no id'}}]}",
+		"{'id':'','choices':[],'usage':{'prompt_tokens':7,'completion_tokens':1,"
+		"'prompt_tokens_details':{'cached_tokens':3}}}",
+		"{'id':'chatcmpl-\\u0041','choices':[]}",
+		"{'id':'chatcmpl-1','choices':[{'index':0,'delta':{},'finish_reason':'stop'}]}",
+		"{'id':'chatcmpl-1','choices':[{'index':0,'delta':{'content':'x'}}],"
+		"'error':{'message':'boom'}}",
+		"[DONE]",
+	};
+	static const char *const models[] = { "m", "m\xc3\xa9 \"q\"", "bad \xff" };
+	for (size_t m = 0; m < N(models); m++) {
+		for (size_t i = 0; i < N(an_starts); i++) {
+			struct step steps[] = {
+				{ "message_start", an_starts[i] },
+				{ "message_start", an_starts[(i + 1) % N(an_starts)] },
+				AN_START(",'index':0", "{'type':'text','text':''}"),
+				AN_DELTA("0", "x"),
+				{ "message_stop", "{'type':'message_stop'}" },
+			};
+			expect_fast_is_full(AN, OA, models[m], true, steps, N(steps));
+		}
+		for (size_t i = 0; i < N(oa_firsts); i++) {
+			struct step steps[] = {
+				{ "", oa_firsts[i] },
+				{ "", OA_TEXT("y") },
+				{ "", "[DONE]" },
+			};
+			expect_fast_is_full(OA, AN, models[m], false, steps, N(steps));
+		}
+	}
+}
+
+/* ---- responses: the fast path against the full path ---- */
+
+/* xlat_response's answer is the same, byte for byte, with the fast paths and without (made-up
+ * ids aside; a second apart, "created" may differ: then it is tried again, once); so are its
+ * return value and usage. */
+static void expect_response_fast_is_full(enum dialect from, enum dialect to, const char *body_q,
+					 const char *model)
+{
+	const char *body = Q(body_q);
+	for (int attempt = 0; attempt < 2; attempt++) {
+		struct buf fast = { 0 }, full = { 0 };
+		struct usage fu = { 0 }, su = { 0 };
+		xlat_set_fast(true);
+		int frc = xlat_response(from, to, slice_cstr(body), model, &fast, &fu);
+		xlat_set_fast(false);
+		int src = xlat_response(from, to, slice_cstr(body), model, &full, &su);
+		xlat_set_fast(true);
+		unmade(&fast);
+		unmade(&full);
+		bool same = frc == src && fast.len == full.len && !memcmp(fast.p, full.p, fast.len);
+		if (!same && attempt == 1)
+			fail_msg("%s\nfast path (%d):\n%.*s\nfull path (%d):\n%.*s", body, frc,
+				 (int)fast.len, fast.p, src, (int)full.len, full.p);
+		assert_int_equal(fu.prompt_tokens, su.prompt_tokens);
+		assert_int_equal(fu.completion_tokens, su.completion_tokens);
+		assert_int_equal(fu.cached_tokens, su.cached_tokens);
+		assert_int_equal(fu.present, su.present);
+		buf_free(&fast);
+		buf_free(&full);
+		if (same)
+			return;
+	}
+}
+
+#define OA_RESP(id, message, finish, usage) \
+	"{" id "'object':'chat.completion','created':1,'model':'g','choices':[{'index':0," \
+	"'message':" message ",'logprobs':null,'finish_reason':" finish "}]" usage "}"
+#define OA_USAGE_FULL ",'usage':{'prompt_tokens':9,'completion_tokens':3,'total_tokens':12," \
+		      "'prompt_tokens_details':{'cached_tokens':4}}"
+
+static void test_response_fast(void **state)
+{
+	static const char *const oa[] = {
+		OA_RESP("'id':'chatcmpl-1',", "{'role':'assistant','content':'Hello \\u00e9\\n\\'x\\' "
+			"\\/ \\ud83d\\ude00 \\u001f'}", "'stop'", OA_USAGE_FULL),
+		OA_RESP("'id':'chatcmpl-1',", "{'role':'assistant','content':'','refusal':'no'}",
+			"'content_filter'", ""),
+		OA_RESP("'id':'chatcmpl-1',", "{'content':'both','refusal':'and this'}", "'length'", ""),
+		OA_RESP("'id':'chatcmpl-1',", "{'content':null,'refusal':null}", "null", ",'usage':null"),
+		OA_RESP("'id':'chatcmpl-1',", "{'content':'a','tool_calls':[]}", "'tool_calls'", ""),
+		OA_RESP("'id':'chatcmpl-1',", "{'content':'a','tool_calls':null}", "'function_call'", ""),
+		OA_RESP("'id':'chatcmpl-1',", "{'content':'a'}", "'something_new'", ",'usage':5"),
+		OA_RESP("'id':'chatcmpl-1',", "{'content':'a'}", "'leng\\u0074h'", ""),
+		OA_RESP("'id':'chatcmpl-1',", "{'content':'a'}", "7", ""),
+		OA_RESP("", "{'content':'no id'}", "'stop'", ""),
+		OA_RESP("'id':'',", "{'content':'empty id'}", "'stop'", ""),
+		OA_RESP("'id':5,", "{'content':'number id'}", "'stop'", ""),
+		OA_RESP("'id':'other-prefix',", "{'content':'a'}", "'stop'", ""),
+		OA_RESP("'id':'chatcmpl-\\u0041',", "{'content':'escaped id'}", "'stop'", ""),
+		OA_RESP("'id':'chatcmpl-\xc3\xa9',", "{'content':'UTF-8 id'}", "'stop'", ""),
+		OA_RESP("'id':'chatcmpl-xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
+			"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
+			"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\xc3\xa9\xc3\xa9',",
+			"{'content':'long id'}", "'stop'", ""),
+		OA_RESP("'id':'chatcmpl-1',", "{'content':[{'type':'text','text':'parts'}]}", "'stop'", ""),
+		OA_RESP("'id':'chatcmpl-1',", "{'content':'a','tool_calls':[{'id':'c','type':'function',"
+			"'function':{'name':'f','arguments':'{}'}}]}", "'tool_calls'", ""),
+		OA_RESP("'id':'chatcmpl-1',", "{'content':5}", "'stop'", ""),
+		OA_RESP("'id':'chatcmpl-1',", "5", "'stop'", ""),
+		"{'choices':[]}",
+		"{'choices':[{'message':{'content':'first'}},{'message':{'content':'second'}}]}",
+		"{'choices':[{'message':{'content':'bad number'}}],'x':1e999}",
+		"{'choices':[{'message':{'content':'trailing comma'}},]}",
+		"{'choices':[{'message':{'content':'not UTF-8 \xc3'}}]}",
+		"[1]",
+	};
+	static const char *const an[] = {
+		"{'id':'msg_1','type':'message','role':'assistant','model':'c','content':["
+		"{'type':'text','text':'Hi'},{'type':'thinking','thinking':'x'},{'type':'text',"
+		"'text':' there \\u00e9\\/\\n'},{'type':'text','text':''},5,{'type':'text','text':7},"
+		"{'text':'no type'}],'stop_reason':'end_turn','stop_sequence':null,'usage':"
+		"{'input_tokens':5,'output_tokens':2,'cache_read_input_tokens':3,"
+		"'cache_creation_input_tokens':1}}",
+		"{'id':'msg_1','content':[],'stop_reason':'max_tokens'}",
+		"{'id':'msg_1','content':[{'type':'text','text':'a'}],"
+		"'stop_reason':'model_context_window_exceeded','usage':null}",
+		"{'id':'msg_1','content':[{'type':'text','text':'a'}],'stop_reason':'tool_use'}",
+		"{'id':'msg_1','content':[{'type':'text','text':'a'}],'stop_reason':'refusal'}",
+		"{'id':'msg_1','content':[{'type':'text','text':'a'}],'stop_reason':'pause_turn'}",
+		"{'id':'msg_1','content':[{'type':'text','text':'a'}],'stop_reason':'to\\u006fl_use'}",
+		"{'id':'msg_1','content':[{'type':'text','text':'a'}],'stop_reason':null}",
+		"{'id':'msg_1','content':[{'type':'te\\u0078t','text':'escaped type'}]}",
+		"{'id':'msg_1','content':[{'type':'tool_use','id':'t','name':'f','input':{}}]}",
+		"{'content':[{'type':'text','text':'no id'}]}",
+		"{'id':'other','content':[{'type':'text','text':'a'}]}",
+		"{'id':'msg_1','content':{}}",
+		"{'id':'msg_1'}",
+		"{'id':'msg_1','content':[{'type':'text','text':'not UTF-8 \xff'}]}",
+	};
+	static const char *const models[] = { "client-m", "m\xc3\xa9 \"q\"\n", NULL, "bad \xff" };
+	for (size_t m = 0; m < N(models); m++) {
+		for (size_t i = 0; i < N(oa); i++)
+			expect_response_fast_is_full(OA, AN, oa[i], models[m]);
+		for (size_t i = 0; i < N(an); i++)
+			expect_response_fast_is_full(AN, OA, an[i], models[m]);
+	}
 }
 
 static size_t count(const char *hay, const char *needle)
@@ -1093,7 +1619,9 @@ int main(void)
 		T(test_response_usage),       T(test_errors),                T(test_gateway_errors),
 		T(test_stream_oa_to_an),      T(test_stream_oa_to_an_truncated),
 		T(test_stream_an_to_oa),      T(test_stream_errors),         T(test_stream_refused_events),
-		T(test_stream_same_dialect),  T(test_stream_empty),
+		T(test_stream_same_dialect),  T(test_stream_empty),         T(test_stream_fast_texts),
+		T(test_stream_fast_ends),      T(test_stream_fast_oa_ends),
+		T(test_stream_fast_opening),     T(test_response_fast),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
