@@ -39,18 +39,8 @@ static void put_u8(struct enc *e, uint8_t v)
 	e->p[e->n++] = v;
 }
 
-/* LEB128. With room for the longest (10 bytes) there is one bound check, not one a byte:
- * a record is mostly small integers, on every request. */
 static void put_uv(struct enc *e, uint64_t v)
 {
-	if (e->cap - e->n >= 10) {
-		uint8_t *p = e->p + e->n;
-		for (; v > 0x7f; v >>= 7)
-			*p++ = (uint8_t)(v | 0x80);
-		*p++ = (uint8_t)v;
-		e->n = (size_t)(p - e->p);
-		return;
-	}
 	do {
 		put_u8(e, (uint8_t)((v & 0x7f) | (v > 0x7f ? 0x80 : 0)));
 		v >>= 7;
