@@ -134,9 +134,11 @@ static void spend_key(struct store_spend_key *k, enum store_scope scope,
 }
 
 /* gov_settle's unit: budgets, then the ledger (key, team, model), then the audit record,
- * encoded as gov.c's audit_record() does. The number of records, 0 if one failed. */
+ * encoded as gov.c's audit_record() does: into small (AUDIT_CONTENT_MAX bytes), which the
+ * record borrows until it is submitted, or for bodies into a blob. The number of records,
+ * 0 if one failed. */
 static unsigned settle_unit(const struct opts *o, uint64_t i, struct store_rec *recs,
-			    const char *body)
+			    const char *body, uint8_t *small)
 {
 	static const uint8_t key_hash[32] = { 0x7f, 0x3a, 0x9c, 0x01, 0xd2, 0xe4, 0xb5, 0xa6 };
 	uint64_t day = (uint64_t)time(NULL) / 86400 * 86400;
@@ -165,13 +167,15 @@ static unsigned settle_unit(const struct opts *o, uint64_t i, struct store_rec *
 	struct audit_rec a;
 	char id[24];
 	fill_audit(&a, i, id, body);
-	uint8_t small[AUDIT_CONTENT_MAX];
 	size_t cap = audit_encode_bound(&a);
-	uint8_t *content = cap <= sizeof(small) ? small : malloc(cap);
+	if (cap <= AUDIT_CONTENT_MAX) {
+		size_t len = audit_encode(&a, small, cap);
+		return len && store_rec_audit_ref(&recs[n], small, len) == 0 ? n + 1 : 0;
+	}
+	uint8_t *content = malloc(cap);
 	size_t len = content ? audit_encode(&a, content, cap) : 0;
 	bool ok = len && store_rec_audit(&recs[n], content, len) == 0;
-	if (content != small)
-		free(content);
+	free(content);
 	return ok ? n + 1 : 0;
 }
 
@@ -271,7 +275,8 @@ int main(int argc, char **argv)
 			for (size_t b = 0; b < o.touch; b += 64, ws_at = (ws_at + 64) % o.ws)
 				ws_sum += ws[ws_at]++;
 			struct store_rec recs[STORE_UNIT_MAX];
-			unsigned n = settle_unit(&o, i, recs, body);
+			uint8_t small[AUDIT_CONTENT_MAX];
+			unsigned n = settle_unit(&o, i, recs, body, small);
 			if (n == 0) {
 				fprintf(stderr, "storebench: a record could not be made\n");
 				return 1;

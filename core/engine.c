@@ -28,6 +28,7 @@
 #include <unistd.h>
 
 #include "buf.h"
+#include "fmt.h"
 #include "log.h"
 
 #define RING_ENTRIES 1024
@@ -919,7 +920,8 @@ void ex_peer(const struct exchange *ex, char *out, size_t cap)
 	socklen_t sl = sizeof(ss);
 	char ip[INET6_ADDRSTRLEN], text[INET6_ADDRSTRLEN + 16] = "";
 	if (c->peer) { /* a connection's peer does not change: one getpeername per connection */
-		snprintf(out, cap, "%s", c->peer);
+		struct fmt f = fmt_into(out, cap); /* not snprintf: per request (access log, audit) */
+		fmt_str(&f, c->peer);
 		return;
 	}
 	out[0] = 0;

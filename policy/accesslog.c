@@ -374,6 +374,20 @@ static void put_str(struct line *l, struct slice s)
 	const unsigned char *p = (const unsigned char *)s.p, *end = p + s.n;
 	size_t used = 0;
 	while (p < end) {
+		/* A run of printable ASCII that needs no escape goes in one copy: most fields
+		 * (ids, names, addresses) are nothing else. */
+		size_t run = 0, most = (size_t)(end - p);
+		if (most > ACCESSLOG_FIELD_MAX - used)
+			most = ACCESSLOG_FIELD_MAX - used;
+		while (run < most && p[run] >= 0x20 && p[run] < 0x7f && p[run] != '"' &&
+		       p[run] != '\\')
+			run++;
+		if (run) {
+			put(l, (const char *)p, run);
+			used += run;
+			p += run;
+			continue;
+		}
 		char esc[6];
 		const char *out = esc;
 		size_t n, adv = 1;

@@ -462,16 +462,20 @@ static unsigned ledger_records(const struct gov_ticket *t, const struct store_sp
 	return n;
 }
 
-/* The audit record's content, as the unit's last record. False if it cannot be made. */
-static bool audit_record(const struct audit_rec *a, struct store_rec *r)
+/* The audit record's content, as the unit's last record: encoded into small
+ * (AUDIT_CONTENT_MAX bytes), which the record borrows until store_submit() copies it (no
+ * allocation per request), or with bodies on the heap. False if it cannot be made. */
+static bool audit_record(const struct audit_rec *a, struct store_rec *r, uint8_t *small)
 {
-	uint8_t small[AUDIT_CONTENT_MAX]; /* a record with bodies is encoded on the heap */
 	size_t cap = audit_encode_bound(a);
-	uint8_t *content = cap <= sizeof(small) ? small : malloc(cap);
+	if (cap <= AUDIT_CONTENT_MAX) {
+		size_t len = audit_encode(a, small, cap);
+		return len && store_rec_audit_ref(r, small, len) == 0;
+	}
+	uint8_t *content = malloc(cap);
 	size_t len = content ? audit_encode(a, content, cap) : 0;
 	bool ok = len && store_rec_audit(r, content, len) == 0;
-	if (content != small)
-		free(content);
+	free(content);
 	return ok;
 }
 
@@ -480,10 +484,11 @@ bool gov_audit_strict(const struct gov *g) { return g->strict; }
 int gov_audit(struct gov *g, unsigned worker, const struct audit_rec *a, uint64_t *seq)
 {
 	struct store_rec r;
+	uint8_t small[AUDIT_CONTENT_MAX];
 	*seq = 0;
 	if (!g->audit)
 		return 0;
-	if (!audit_record(a, &r))
+	if (!audit_record(a, &r, small))
 		return -EINVAL;
 	int rc = store_submit(g->store, worker, &r, 1, seq);
 	if (rc) {
@@ -509,6 +514,7 @@ int64_t gov_settle(struct gov *g, unsigned worker, struct gov_ticket *t,
 	int64_t cost = cost_micro_usd(u->prompt_tokens, u->completion_tokens, u->cached_tokens,
 				      &t->prices);
 	struct store_rec recs[BUDGET_RESV_MAX + 4];
+	uint8_t small[AUDIT_CONTENT_MAX]; /* the audit record's content, borrowed until submit */
 	static_assert(BUDGET_RESV_MAX + 4 <= STORE_UNIT_MAX, "a settlement is one store unit");
 	struct budget_alert alerts[BUDGET_RESV_MAX * 2 * BUDGET_THRESHOLDS_MAX];
 	unsigned nalerts = 0, n = 0;
@@ -526,7 +532,7 @@ int64_t gov_settle(struct gov *g, unsigned worker, struct gov_ticket *t,
 		a->completion_tokens = u->completion_tokens;
 		a->cached_tokens = u->cached_tokens;
 		a->cost_micro_usd = cost;
-		if (g->audit && audit_record(a, &recs[n]))
+		if (g->audit && audit_record(a, &recs[n], small))
 			n++;
 	}
 	if (n && store_submit(g->store, worker, recs, n, seq) != 0) {

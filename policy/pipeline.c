@@ -28,6 +28,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/fmt.h"
 #include "core/json.h"
 #include "core/log.h"
 #include "core/sse.h"
@@ -668,12 +669,21 @@ static size_t px_attempt_headers(const struct px *px, char *out, size_t cap);
 static void px_extra_headers(const struct px *px, char *out, size_t cap)
 {
 	const struct snapshot_provider *prov = &px->v->s->providers[px->route->provider];
-	int n = snprintf(out, cap, "x-penstock-provider: %s\r\nx-penstock-model: %s\r\n",
-			 prov->cfg->name, px->route->upstream_model);
-	if (n > 0 && (size_t)n < cap)
-		n += (int)px_attempt_headers(px, out + n, cap - (size_t)n);
-	if (px->retry_after[0] && n > 0 && (size_t)n < cap)
-		snprintf(out + n, cap - (size_t)n, "retry-after: %s\r\n", px->retry_after);
+	struct fmt f = fmt_into(out, cap);
+	fmt_lit(&f, "x-penstock-provider: ");
+	fmt_str(&f, prov->cfg->name);
+	fmt_lit(&f, "\r\nx-penstock-model: ");
+	fmt_str(&f, px->route->upstream_model);
+	fmt_lit(&f, "\r\n");
+	size_t n = f.n;
+	if (n < cap)
+		n += px_attempt_headers(px, out + n, cap - n);
+	if (px->retry_after[0] && n < cap) {
+		f = fmt_into(out + n, cap - n);
+		fmt_lit(&f, "retry-after: ");
+		fmt_str(&f, px->retry_after);
+		fmt_lit(&f, "\r\n");
+	}
 }
 
 /* The usage chunk the gateway asked for is left out of a stream whose client did not ask: cut
@@ -804,7 +814,7 @@ static void px_on_head(void *arg, const struct http1_response *res)
 		metrics_upstream_error(m, px->pw->id, px->v->s->metrics_provider[px->target->provider],
 				       kind);
 	if (ra && ra->value.n < sizeof(px->retry_after))
-		snprintf(px->retry_after, sizeof(px->retry_after), SLICE_FMT, SLICE_ARG(ra->value));
+		fmt_copy(px->retry_after, sizeof(px->retry_after), ra->value.p, ra->value.n);
 	buf_free(&px->req); /* sent: the upstream call no longer needs it */
 	if (px_head_routes(px, res, ct))
 		return;
@@ -846,7 +856,7 @@ static void px_on_head(void *arg, const struct http1_response *res)
 	}
 	char ctype[128] = "application/json";
 	if (ct)
-		snprintf(ctype, sizeof(ctype), SLICE_FMT, SLICE_ARG(ct->value));
+		fmt_copy(ctype, sizeof(ctype), ct->value.p, ct->value.n);
 	int64_t length = -1;
 	if (res->body == HTTP1_BODY_LENGTH)
 		length = (int64_t)res->content_length;
@@ -1206,38 +1216,49 @@ static bool attempt_failed(const struct px *px, const struct attempt *a)
  * x-penstock-fallbacks: each as provider/model and how it failed. */
 static size_t px_attempt_headers(const struct px *px, char *out, size_t cap)
 {
-	size_t n = 0;
-	bool any = false;
 	if (px->nattempts <= 1 && !px->fallback_status)
 		return 0;
-	int k = snprintf(out, cap, "x-penstock-attempts: %u\r\n", px->nsent);
-	if (k < 0 || (size_t)k >= cap)
+	struct fmt f = fmt_into(out, cap);
+	fmt_lit(&f, "x-penstock-attempts: ");
+	fmt_dec(&f, px->nsent);
+	fmt_lit(&f, "\r\n");
+	if (f.n >= cap)
 		return 0;
-	n = (size_t)k;
+	size_t n = f.n, line = f.n;
+	bool any = false;
 	for (unsigned i = 0; i < px->nattempts; i++) {
 		const struct attempt *a = &px->attempts[i];
 		if (!attempt_failed(px, a))
 			continue;
 		const struct router_target *t = &a->model->targets[a->target];
-		char how[24];
-		if (a->skipped)
-			snprintf(how, sizeof(how), "untranslatable");
-		else if (a->err)
-			snprintf(how, sizeof(how), "%s", error_token(a->err));
+		f = fmt_into(out + n, cap - n);
+		if (any)
+			fmt_lit(&f, ", ");
 		else
-			snprintf(how, sizeof(how), "%d", a->status);
+			fmt_lit(&f, "x-penstock-fallbacks: ");
+		fmt_strn(&f, px->v->s->providers[t->provider].cfg->name, 40);
+		fmt_lit(&f, "/");
+		fmt_strn(&f, t->upstream_model, 60);
+		fmt_lit(&f, " ");
+		if (a->skipped)
+			fmt_lit(&f, "untranslatable");
+		else if (a->err)
+			fmt_strn(&f, error_token(a->err), 23); /* it was cut to 24 bytes with the NUL */
+		else
+			fmt_sdec(&f, a->status);
 		/* room is kept for the line's end and a retry-after line */
-		k = snprintf(out + n, cap - n, "%s%.40s/%.60s %s", any ? ", " : "x-penstock-fallbacks: ",
-			     px->v->s->providers[t->provider].cfg->name, t->upstream_model, how);
-		if (k < 0 || n + (size_t)k + 96 >= cap)
+		if (n + f.n + 96 >= cap)
 			break;
-		n += (size_t)k;
+		n += f.n;
 		any = true;
 	}
-	if (!any)
-		return (size_t)snprintf(out, cap, "x-penstock-attempts: %u\r\n", px->nsent);
-	n += (size_t)snprintf(out + n, cap - n, "\r\n");
-	return n;
+	if (!any) { /* the attempts line alone, without a fallbacks piece that did not fit */
+		out[line] = '\0';
+		return line;
+	}
+	f = fmt_into(out + n, cap - n);
+	fmt_lit(&f, "\r\n");
+	return n + f.n;
 }
 
 static struct attempt *px_last_attempt(struct px *px)
@@ -1294,9 +1315,9 @@ static bool px_head_routes(struct px *px, const struct http1_response *res,
 		px_report(px, ROUTE_FAILED, elapsed, now);
 		px->fallback_status = true;
 		px->relay = RELAY_ERROR;
-		snprintf(px->last_ctype, sizeof(px->last_ctype), SLICE_FMT,
-			 SLICE_ARG(ct && ct->value.n < sizeof(px->last_ctype)
-					   ? ct->value : SLICE_LIT("application/json")));
+		struct slice t = ct && ct->value.n < sizeof(px->last_ctype)
+					 ? ct->value : SLICE_LIT("application/json");
+		fmt_copy(px->last_ctype, sizeof(px->last_ctype), t.p, t.n);
 		return true;
 	}
 	/* A stream's health is known at its end: a provider that starts streams and breaks them
@@ -1575,20 +1596,27 @@ static bool px_head(struct px *px, const struct snapshot_provider *prov, const c
 	struct exchange *ex = px->ex;
 	bool beta = px->in == prov->api->dialect && px->in == DIALECT_ANTHROPIC;
 	size_t fwd_len = forward_headers(px->v->s->cfg, ex, beta, NULL);
+	size_t prefix_n = strlen(prov->cfg->path_prefix), path_n = strlen(path);
+	size_t host_n = strlen(prov->host_header), auth_n = strlen(prov->auth_header);
 	/* The head's fixed text and numbers take < 200 bytes. */
-	size_t cap = 256 + strlen(prov->cfg->path_prefix) + strlen(path) +
-		     strlen(prov->auth_header) + strlen(prov->host_header) + fwd_len + spare;
+	size_t cap = 256 + prefix_n + path_n + auth_n + host_n + fwd_len + spare;
 	free(px->head);
 	px->head = malloc(cap);
 	if (!px->head)
 		return false;
-	int n = snprintf(px->head, cap,
-			 "POST %s%s HTTP/1.1\r\n%s%s"
-			 "Content-Type: application/json\r\nContent-Length: %zu\r\n"
-			 "x-request-id: %s\r\n",
-			 prov->cfg->path_prefix, path, prov->host_header, prov->auth_header, body_len,
-			 ex->id);
-	px->head_len = (size_t)n;
+	struct fmt f = fmt_into(px->head, cap);
+	fmt_lit(&f, "POST ");
+	fmt_mem(&f, prov->cfg->path_prefix, prefix_n);
+	fmt_mem(&f, path, path_n);
+	fmt_lit(&f, " HTTP/1.1\r\n");
+	fmt_mem(&f, prov->host_header, host_n);
+	fmt_mem(&f, prov->auth_header, auth_n);
+	fmt_lit(&f, "Content-Type: application/json\r\nContent-Length: ");
+	fmt_dec(&f, body_len);
+	fmt_lit(&f, "\r\nx-request-id: ");
+	fmt_str(&f, ex->id);
+	fmt_lit(&f, "\r\n");
+	px->head_len = f.n;
 	px->head_len += forward_headers(px->v->s->cfg, ex, beta, px->head + px->head_len);
 	memcpy(px->head + px->head_len, "\r\n", 2);
 	px->head_len += 2;
@@ -1708,7 +1736,7 @@ static void px_answer_last_error(struct px *px)
 	}
 	char extra[1024], ctype[64];
 	px_extra_headers(px, extra, sizeof(extra));
-	snprintf(ctype, sizeof(ctype), "%s", px->last_ctype);
+	fmt_copy(ctype, sizeof(ctype), px->last_ctype, sizeof(px->last_ctype));
 	int status = px->last_status;
 	body = px->last_err;
 	px->last_err = (struct buf){ 0 };

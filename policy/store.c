@@ -31,6 +31,9 @@
 
 #define STORE_REC_MORE 0x01 /* another record of the same unit follows in the ring */
 #define STORE_REC_BLOB 0x02 /* v.blob holds the value, malloc'd; the owner frees it */
+#define STORE_REC_REF 0x04  /* v.blob: the caller's bytes, borrowed until store_submit() */
+#define STORE_REC_STAGED 0x08 /* v.blob: in the producer's staging area (set by submit) */
+#define STORE_REC_OUT (STORE_REC_BLOB | STORE_REC_REF | STORE_REC_STAGED) /* v.blob: value */
 
 #define RING_RECORDS_DEFAULT 8192
 #define COMMIT_INTERVAL_MS_DEFAULT 10
@@ -46,6 +49,8 @@
 #define PRUNE_EVERY_MS 1000         /* how often retention looks when nothing is due */
 #define ADD_SLOTS 1024              /* a batch's pending spend sums (a power of two) */
 #define ADD_FILL_MAX (ADD_SLOTS / 4 * 3) /* past this, additions go straight to the map */
+#define STAGE_PER_RING_RECORD 64    /* staging bytes per ring slot: an audit record is ~150
+				     * bytes in a unit of ~5 records */
 
 static_assert(sizeof(struct store_rec) == 128, "a ring slot is two cache lines");
 static_assert(sizeof(struct store_spend) == 4 * sizeof(int64_t), "ADD carries the whole counter");
@@ -60,17 +65,27 @@ static const char *const db_names[STORE_DB_COUNT] = {
  * the commit interval) wants one only when a ring passes half full; IDLE on any record. */
 enum { SLEEP_AWAKE, SLEEP_TIMED, SLEEP_IDLE };
 
+/* Staging: borrowed record content (STORE_REC_REF) is copied at submit into a byte ring of
+ * the producer's, in submission order, each piece whole (a piece that would cross the end
+ * starts over at the beginning, the tail left unused). The store thread reads it in place
+ * and gives the bytes back, up to where its batch's records end, once the batch is done.
+ * Positions count bytes from the start, never wrapping (64 bits). */
 struct producer {
 	struct spsc ring;
 	/* The producer thread's line. */
 	alignas(SPSC_CACHE_LINE) uint64_t next_seq;
 	_Atomic uint64_t submit_full;
+	uint8_t *stage;
+	uint64_t stage_mask;         /* size - 1, a power of two */
+	uint64_t stage_tail, stage_head_seen;
 	/* Written by the store thread, read by anyone. */
 	alignas(SPSC_CACHE_LINE) _Atomic uint64_t done_seq;
+	_Atomic uint64_t stage_head; /* staging bytes given back */
 	_Atomic uint64_t *outcome;
 	uint64_t outcome_mask;
 	int notify_fd;
 	uint64_t batch_lo, batch_hi; /* the store thread's: this batch's seqs, 0 if none */
+	uint64_t stage_read;         /* the store thread's: staging taken by drained records */
 };
 
 struct store_reader {
@@ -276,15 +291,29 @@ int store_rec_spend_add(struct store_rec *r, const struct store_spend_key *k,
 	return 0;
 }
 
+static const uint8_t audit_key_none = 0; /* the store chooses the key */
+
 int store_rec_audit(struct store_rec *r, const void *content, size_t len)
 {
 	if (len == 0 || len > STORE_VAL_MAX - STORE_AUDIT_HASH_LEN || !content)
 		return -EINVAL;
-	static const uint8_t none = 0; /* the store chooses the key */
-	int rc = store_rec_put(r, STORE_DB_AUDIT, &none, 1, content, len);
+	int rc = store_rec_put(r, STORE_DB_AUDIT, &audit_key_none, 1, content, len);
 	if (rc == 0)
 		r->op = STORE_OP_AUDIT;
 	return rc;
+}
+
+int store_rec_audit_ref(struct store_rec *r, const void *content, size_t len)
+{
+	if (len <= STORE_INLINE_MAX || len > STORE_REF_MAX || !content)
+		return store_rec_audit(r, content, len);
+	int rc = rec_key(r, STORE_OP_AUDIT, STORE_DB_AUDIT, &audit_key_none, 1);
+	if (rc)
+		return rc;
+	r->val_len = (uint32_t)len;
+	r->v.blob = (void *)content; /* read, never written or freed */
+	r->flags = STORE_REC_REF;
+	return 0;
 }
 
 void store_rec_release(struct store_rec *r)
@@ -298,7 +327,7 @@ void store_rec_release(struct store_rec *r)
 
 static const void *rec_val(const struct store_rec *r)
 {
-	return (r->flags & STORE_REC_BLOB) ? r->v.blob : r->v.inline_val;
+	return (r->flags & STORE_REC_OUT) ? r->v.blob : r->v.inline_val;
 }
 
 static bool rec_valid(const struct store_rec *r)
@@ -308,7 +337,12 @@ static bool rec_valid(const struct store_rec *r)
 	/* the audit database is the chain's: only the store thread keys and links it */
 	if ((r->db == STORE_DB_AUDIT) != (r->op == STORE_OP_AUDIT))
 		return false;
-	bool blob = r->flags & STORE_REC_BLOB;
+	/* staging is the store's to set; only audit content is borrowed, and it is bounded */
+	if ((r->flags & STORE_REC_STAGED) ||
+	    ((r->flags & STORE_REC_REF) &&
+	     (r->op != STORE_OP_AUDIT || (r->flags & STORE_REC_BLOB) || r->val_len > STORE_REF_MAX)))
+		return false;
+	bool blob = r->flags & (STORE_REC_BLOB | STORE_REC_REF);
 	switch (r->op) {
 	case STORE_OP_PUT:
 		if (r->val_len > STORE_VAL_MAX || blob != (r->val_len > STORE_INLINE_MAX))
@@ -463,6 +497,17 @@ static void ring_bell(struct store *s)
 	futex_wake(&s->bell, 1);
 }
 
+/* The staging bytes of a drained record, in the order the producer placed them: the same
+ * walk, so a piece that did not fit before the end is found at the beginning. */
+static void stage_take(struct producer *p, const struct store_rec *r)
+{
+	uint64_t size = p->stage_mask + 1, at = p->stage_read & p->stage_mask;
+	if (at + r->val_len > size)
+		p->stage_read += size - at;
+	assert(r->v.blob == p->stage + (p->stage_read & p->stage_mask));
+	p->stage_read += r->val_len;
+}
+
 /* Take what the rings hold, up to batch_records, never splitting a unit: a unit is
  * published whole (one release store), so its tail is already there to take. */
 static size_t drain(struct store *s)
@@ -484,6 +529,9 @@ static size_t drain(struct store *s)
 		}
 		if (got == 0)
 			continue;
+		for (size_t k = 0; k < got; k++)
+			if (at[k].flags & STORE_REC_STAGED)
+				stage_take(p, &at[k]);
 		p->batch_lo = at[0].seq;
 		p->batch_hi = at[got - 1].seq;
 		assert(p->batch_hi - p->batch_lo + 1 == got);
@@ -800,6 +848,9 @@ static void commit_batch(struct store *s)
 	publish(s, rc);
 	for (size_t i = 0; i < s->batch_len; i++)
 		store_rec_release(&s->batch[i]);
+	for (unsigned i = 0; i < s->nproducers; i++) /* the batch's staged content is read */
+		atomic_store_explicit(&s->producers[i].stage_head, s->producers[i].stage_read,
+				      memory_order_release);
 }
 
 static void sync_if_due(struct store *s, uint64_t now)
@@ -951,6 +1002,48 @@ static void nudge(struct store *s, struct producer *p)
 	ring_bell(s);
 }
 
+/* Room for len bytes of staging, whole: NULL when the store thread has not given back
+ * enough yet. */
+static uint8_t *stage_alloc(struct producer *p, uint32_t len)
+{
+	uint64_t size = p->stage_mask + 1, at = p->stage_tail & p->stage_mask;
+	uint64_t skip = at + len > size ? size - at : 0;
+	if (p->stage_tail + skip + len - p->stage_head_seen > size) {
+		p->stage_head_seen = atomic_load_explicit(&p->stage_head, memory_order_acquire);
+		if (p->stage_tail + skip + len - p->stage_head_seen > size)
+			return NULL;
+	}
+	p->stage_tail += skip + len;
+	return p->stage + (skip ? 0 : at);
+}
+
+/* Borrowed content into staging (true), or nothing staged and recs as they were (false). */
+static bool stage_unit(struct producer *p, struct store_rec *recs, unsigned n,
+		       const void *borrowed[])
+{
+	uint64_t tail = p->stage_tail;
+	for (unsigned i = 0; i < n; i++) {
+		borrowed[i] = NULL;
+		if (!(recs[i].flags & STORE_REC_REF))
+			continue;
+		uint8_t *at = stage_alloc(p, recs[i].val_len);
+		if (!at) {
+			p->stage_tail = tail;
+			for (unsigned k = 0; k < i; k++)
+				if (borrowed[k]) {
+					recs[k].v.blob = (void *)borrowed[k];
+					recs[k].flags = STORE_REC_REF;
+				}
+			return false;
+		}
+		borrowed[i] = recs[i].v.blob;
+		memcpy(at, borrowed[i], recs[i].val_len);
+		recs[i].v.blob = at;
+		recs[i].flags = STORE_REC_STAGED;
+	}
+	return true;
+}
+
 int store_submit(struct store *s, unsigned producer, struct store_rec *recs, unsigned n,
 		 uint64_t *last_seq)
 {
@@ -962,21 +1055,37 @@ int store_submit(struct store *s, unsigned producer, struct store_rec *recs, uns
 		if (!rec_valid(&recs[i]))
 			return -EINVAL;
 	struct producer *p = &s->producers[producer];
-	uint64_t seq = p->next_seq;
+	uint64_t seq = p->next_seq, stage_tail = p->stage_tail;
 	assert(seq + n < (uint64_t)1 << OUTCOME_SEQ_BITS);
+	const void *borrowed[STORE_UNIT_MAX];
+	if (!stage_unit(p, recs, n, borrowed)) {
+		stat_add(&p->submit_full, 1);
+		return -EAGAIN;
+	}
 	for (unsigned i = 0; i < n; i++) {
 		recs[i].seq = seq + i;
-		recs[i].flags = (uint8_t)((recs[i].flags & STORE_REC_BLOB) |
+		recs[i].flags = (uint8_t)((recs[i].flags & (STORE_REC_BLOB | STORE_REC_STAGED)) |
 					  (i + 1 < n ? STORE_REC_MORE : 0));
 	}
-	if (!spsc_push_n(&p->ring, recs, n)) {
+	bool queued = spsc_push_n(&p->ring, recs, n);
+	for (unsigned i = 0; i < n; i++) { /* the caller's records borrow their content again */
+		recs[i].flags &= (uint8_t)~STORE_REC_MORE;
+		if (borrowed[i]) {
+			recs[i].v.blob = (void *)borrowed[i];
+			recs[i].flags = STORE_REC_REF;
+		}
+	}
+	if (!queued) {
+		p->stage_tail = stage_tail;
 		stat_add(&p->submit_full, 1);
 		return -EAGAIN;
 	}
 	p->next_seq = seq + n;
 	for (unsigned i = 0; i < n; i++) { /* the blobs are the store's now */
-		recs[i].flags &= (uint8_t)~STORE_REC_BLOB;
-		recs[i].v.blob = NULL;
+		if (recs[i].flags & STORE_REC_BLOB) {
+			recs[i].flags &= (uint8_t)~STORE_REC_BLOB;
+			recs[i].v.blob = NULL;
+		}
 	}
 	if (last_seq)
 		*last_seq = seq + n - 1;
@@ -1416,6 +1525,15 @@ static int setup_producers(struct store *s, const struct store_options *opt)
 		if (!p->outcome)
 			return -ENOMEM;
 		p->outcome_mask = slots - 1;
+		/* powers of two, and room for two of the largest pieces however small the ring */
+		size_t stage = ring * STAGE_PER_RING_RECORD;
+		if (stage < 2 * STORE_REF_MAX)
+			stage = 2 * STORE_REF_MAX;
+		p->stage = malloc(stage);
+		if (!p->stage)
+			return -ENOMEM;
+		p->stage_mask = stage - 1;
+		atomic_init(&p->stage_head, 0);
 		p->notify_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
 		if (p->notify_fd < 0)
 			return -errno;
@@ -1448,6 +1566,7 @@ static void store_free(struct store *s)
 			struct producer *p = &s->producers[i];
 			spsc_fini(&p->ring);
 			free(p->outcome);
+			free(p->stage);
 			if (p->notify_fd >= 0)
 				close(p->notify_fd);
 		}

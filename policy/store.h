@@ -161,6 +161,13 @@ void store_rec_release(struct store_rec *r);
 #define STORE_AUDIT_ANCHOR "audit_anchor" /* meta: stamp (8, BE) | hash (32) */
 
 int store_rec_audit(struct store_rec *r, const void *content, size_t len);
+/* The same record without a copy: it borrows content, which must stay as it is until
+ * store_submit() returns; submit copies it into the producer's own staging area (no
+ * allocation per record, nothing freed on another thread). Content over STORE_REF_MAX is
+ * copied at once, as store_rec_audit() does. A unit whose borrowed content does not fit
+ * the staging area now is refused like a full ring (-EAGAIN), records unchanged. */
+#define STORE_REF_MAX 4096
+int store_rec_audit_ref(struct store_rec *r, const void *content, size_t len);
 void store_audit_hash(const uint8_t prev[STORE_AUDIT_HASH_LEN], uint64_t stamp,
 		      const void *content, size_t len, uint8_t out[STORE_AUDIT_HASH_LEN]);
 void store_audit_key(uint64_t stamp, uint8_t out[STORE_AUDIT_KEY_LEN]);

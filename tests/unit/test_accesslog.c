@@ -319,6 +319,34 @@ static void test_long_fields_cut(void **state)
 	free(text);
 }
 
+/* Plain text is copied a run at a time: the runs end where an escape begins and at the cut,
+ * exactly where a byte-at-a-time copy would have stopped. The raw line is compared. */
+static void test_plain_runs(void **state)
+{
+	(void)state;
+	static char long_id[300], near_cut[ACCESSLOG_FIELD_MAX + 2];
+	memset(long_id, 'x', sizeof long_id);
+	memset(near_cut, 'y', sizeof near_cut);
+	near_cut[ACCESSLOG_FIELD_MAX - 1] = '"'; /* its escape would pass the cut */
+	static const char mixed[] = "ab\"cd\\e\x01" "f\x7fg\xc3\xa9h";
+	struct accesslog_entry e = full;
+	e.request_id = slice_of(long_id, sizeof long_id);
+	e.key_id = slice_of(near_cut, sizeof near_cut);
+	e.team = slice_of(mixed, sizeof mixed - 1);
+	struct accesslog *al = open_log(path, 1);
+	accesslog_write(al, 0, &e);
+	accesslog_close(al);
+	size_t len;
+	char *text = read_file(path, &len);
+	char want[3 * ACCESSLOG_FIELD_MAX];
+	int n = snprintf(want, sizeof want, "\"request_id\":\"%.*s\",\"key_id\":\"%.*s\","
+			 "\"team\":\"ab\\\"cd\\\\e\\u0001f\\u007fg\xc3\xa9h\",",
+			 ACCESSLOG_FIELD_MAX, long_id, ACCESSLOG_FIELD_MAX - 1, near_cut);
+	assert_true(n > 0 && (size_t)n < sizeof want);
+	assert_non_null(strstr(text, want));
+	free(text);
+}
+
 /* A worker's buffer never passes ACCESSLOG_BATCH_MAX; it goes out whole lines at a time
  * when full, and when a line finds the oldest one ACCESSLOG_FLUSH_MS old. */
 static void test_batches_bounded(void **state)
@@ -624,6 +652,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_absent_fields_are_null, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_odd_bytes, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_long_fields_cut, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_plain_runs, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_batches_bounded, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_reopen_while_writing, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_reopen_waits_for_every_worker, setup, teardown),

@@ -109,6 +109,42 @@ static void test_round_trip(void **state)
 }
 
 /* Bodies travel in version 2; a version 1 record (no body flags) still reads. */
+/* The bytes themselves, for integers at their edges (LEB128 of 1 to 10 bytes, zigzag of -1
+ * and INT64_MIN), and at every capacity: the record, or 0 when it does not fit whole. */
+static void test_exact_bytes_and_every_cap(void **state)
+{
+	(void)state;
+	struct audit_rec a = {
+		.time_ns = -1, .request_id = slice_cstr("r1"), .status = 429,
+		.usage = AUDIT_USAGE_GATEWAY, .prompt_tokens = UINT64_MAX, .completion_tokens = 128,
+		.cost_micro_usd = INT64_MIN, .total_us = 16384, .first_byte_us = 127,
+		.upstream_us = 300, .nattempts = 1, .has_request_body = true,
+		.request_body = slice_cstr("{}"),
+	};
+	a.attempts[0] = (struct audit_attempt){ slice_cstr("p"), slice_cstr("m"), 503,
+						slice_cstr("") };
+	static const uint8_t want[] = {
+		0x02, 0x08, 0xad, 0x03, 0x01, 0x02, 0x72, 0x31, 0x00, 0x00, 0x00, 0x00,
+		0x00, 0x00, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01,
+		0x80, 0x01, 0x00, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+		0x01, 0x80, 0x80, 0x01, 0x7f, 0xac, 0x02, 0x01, 0x01, 0x70, 0x01, 0x6d,
+		0xf7, 0x03, 0x00, 0x01, 0x02, 0x7b, 0x7d,
+	};
+	uint8_t buf[sizeof(want) + 16];
+	for (size_t cap = 0; cap <= sizeof(buf); cap++) {
+		memset(buf, 0xee, sizeof(buf));
+		size_t n = audit_encode(&a, buf, cap);
+		if (cap < sizeof(want)) {
+			assert_int_equal(n, 0);
+			continue;
+		}
+		assert_int_equal(n, sizeof(want));
+		assert_memory_equal(buf, want, sizeof(want));
+		for (size_t i = sizeof(want); i < sizeof(buf); i++)
+			assert_int_equal(buf[i], 0xee);
+	}
+}
+
 static void test_bodies_and_version_1(void **state)
 {
 	struct audit_rec a = sample("r2"), d;
@@ -428,6 +464,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_round_trip),
+		cmocka_unit_test(test_exact_bytes_and_every_cap),
 		cmocka_unit_test(test_bodies_and_version_1),
 		cmocka_unit_test(test_filters_and_times),
 		cmocka_unit_test(test_formats),
