@@ -207,6 +207,7 @@ struct px {
 	int sent;                /* the status the client got (0: none yet), 499: it left */
 	const char *error;       /* a short kind when it failed: "upstream_timeout", ... */
 	uint64_t first_byte_us;  /* when the response began (0: not yet) */
+	uint64_t end_us;         /* when it ended: one clock read for the audit, metrics, log */
 	uint64_t upstream_us;    /* the last attempt's time, sent to its end */
 	struct gov_usage billed;
 	int64_t cost;
@@ -277,6 +278,7 @@ static void px_free(struct px *px, int status)
 {
 	if (status)
 		px->sent = status;
+	px->end_us = mono_us();
 	px_settle(px, status);
 	px_observe(px);
 	px_unpick(px);
@@ -372,12 +374,12 @@ static void px_hold(struct px *px)
 }
 
 /* What every audit record says of its exchange: when, who from, which dialect. */
-static void audit_base(struct exchange *ex, enum dialect d, int status, struct audit_rec *a,
-		       char *client, size_t client_cap)
+static void audit_base(struct exchange *ex, enum dialect d, int status, uint64_t now_us,
+		       struct audit_rec *a, char *client, size_t client_cap)
 {
 	struct timespec ts;
 	clock_gettime(CLOCK_REALTIME, &ts);
-	uint64_t now_us = mono_us(), start_us = ex->start_ms * 1000;
+	uint64_t start_us = ex->start_ms * 1000;
 	uint64_t total = now_us > start_us ? now_us - start_us : 0;
 	*a = (struct audit_rec){
 		.time_ns = (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec - (int64_t)total * 1000,
@@ -430,7 +432,7 @@ static void px_audit_bodies(const struct px *px, struct audit_rec *a, struct buf
 static void px_audit_rec(const struct px *px, int status, struct audit_rec *a, char *client,
 			 size_t client_cap, struct buf bodies[2])
 {
-	audit_base(px->ex, px->in, status, a, client, client_cap);
+	audit_base(px->ex, px->in, status, px->end_us, a, client, client_cap);
 	const struct gov_caller *c = &px->ticket.caller;
 	if (c->key)
 		a->key_id = slice_cstr(c->key->id);
@@ -455,7 +457,7 @@ static void px_audit_rec(const struct px *px, int status, struct audit_rec *a, c
 	if (last && last->status && px->nsent) { /* the provider that answered */
 		a->provider = a->attempts[a->nattempts - 1].provider;
 		a->upstream_model = a->attempts[a->nattempts - 1].model;
-		uint64_t now = mono_us(), start = px->ex->start_ms * 1000;
+		uint64_t now = px->end_us, start = px->ex->start_ms * 1000;
 		if (px->attempt_us > start)
 			a->first_byte_us = px->attempt_us - start + (uint64_t)last->ms * 1000;
 		if (now > px->attempt_us)
@@ -473,7 +475,7 @@ static void audit_refusal(struct pipeline *pl, struct exchange *ex, enum dialect
 	uint64_t seq;
 	if (!pl->gov)
 		return;
-	audit_base(ex, d, status, &a, client, sizeof(client));
+	audit_base(ex, d, status, mono_us(), &a, client, sizeof(client));
 	gov_audit(pl->gov, worker_id(ex_worker(ex)), &a, &seq);
 	if (gov_audit_strict(pl->gov))
 		strict_wait(worker_state(ex_worker(ex)), ex_hold(ex), seq);
@@ -493,7 +495,7 @@ static void px_settle(struct px *px, int status)
 	uint64_t seq;
 	struct buf bodies[2] = { { 0 }, { 0 } };
 	px_audit_rec(px, status, &a, client, sizeof(client), bodies);
-	int64_t now_ns = (int64_t)mono_us() * 1000;
+	int64_t now_ns = (int64_t)px->end_us * 1000;
 	px_hold(px);
 	if (!px->ticket.held || !px->served) {
 		gov_release(g, px->pw->id, &px->ticket, now_ns);
@@ -568,7 +570,7 @@ static void px_observe(struct px *px)
 	if (!pl->metrics && !pl->alog)
 		return;
 	struct exchange *ex = px->ex;
-	uint64_t now = mono_us(), start = ex->start_ms * 1000;
+	uint64_t now = px->end_us, start = ex->start_ms * 1000;
 	int status = px->sent ? px->sent : 500;
 	const struct config_provider *prov =
 		px->target ? px->v->s->providers[px->target->provider].cfg : NULL;
@@ -1285,7 +1287,11 @@ static void px_stream_verdict(struct px *px, bool ok)
 }
 
 /* The pick was not used, or its request went away: it says nothing of the target. */
-static void px_unpick(struct px *px) { px_report(px, ROUTE_CANCELLED, 0, mono_us()); }
+static void px_unpick(struct px *px)
+{
+	if (px->picked)
+		px_report(px, ROUTE_CANCELLED, 0, px->end_us ? px->end_us : mono_us());
+}
 
 static bool status_in(const struct config_retry *rc, int status)
 {
