@@ -298,6 +298,16 @@ static size_t jdec_run(struct jdec *d, const char *raw, size_t len, char *out)
 	size_t n = 0;
 	for (size_t i = 0; i < len; i++) {
 		unsigned char b = (unsigned char)raw[i];
+		if (b < 0x80 && b != '\\' && !d->esc && !d->need && !d->hi) {
+			/* A run of plain ASCII, most of a completion: copied as it is. */
+			size_t j = i + 1;
+			while (j < len && (unsigned char)raw[j] < 0x80 && raw[j] != '\\')
+				j++;
+			memcpy(out + n, raw + i, j - i);
+			n += j - i;
+			i = j - 1;
+			continue;
+		}
 		if (d->esc == 1) {
 			static const char from[] = "\"\\/bfnrt", to[] = "\"\\/\b\f\n\r\t";
 			const char *k = b ? strchr(from, b) : NULL;
