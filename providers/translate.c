@@ -1175,15 +1175,37 @@ static void sure_ws(struct sure *v)
 		v->p++;
 }
 
-/* A string at v->p. Keys may not hold escapes: the scanner compares them raw. Byte by byte:
- * the strings of stream events are short. */
+/* The first byte in [p, end) that is '"', '\\', a control character or not ASCII, or end: where
+ * a string's run that needs no check stops (16 bytes a step with SSE2: a request's texts are
+ * long; the tail and short strings, as stream events' mostly are, byte by byte). */
+static const unsigned char *plain_ascii_stop(const unsigned char *p, const unsigned char *end)
+{
+#ifdef __SSE2__
+	const __m128i quote = _mm_set1_epi8('"'), bslash = _mm_set1_epi8('\\');
+	const __m128i space = _mm_set1_epi8(0x20);
+	while (end - p >= 16) {
+		__m128i v = _mm_loadu_si128((const __m128i *)(const void *)p);
+		/* signed: bytes >= 0x80 are negative, so below ' ' as control characters are */
+		__m128i hit = _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(v, quote), _mm_cmpeq_epi8(v, bslash)),
+					   _mm_cmplt_epi8(v, space));
+		int mask = _mm_movemask_epi8(hit);
+		if (mask)
+			return p + __builtin_ctz((unsigned)mask);
+		p += 16;
+	}
+#endif
+	while (p < end && *p >= 0x20 && *p < 0x80 && *p != '"' && *p != '\\')
+		p++;
+	return p;
+}
+
+/* A string at v->p. Keys may not hold escapes: the scanner compares them raw. */
 static bool sure_string(struct sure *v, bool key)
 {
 	const unsigned char *p = (const unsigned char *)v->p + 1;
 	const unsigned char *end = (const unsigned char *)v->end;
 	for (;;) {
-		while (p < end && *p >= 0x20 && *p < 0x80 && *p != '"' && *p != '\\')
-			p++;
+		p = plain_ascii_stop(p, end);
 		if (p == end || *p < 0x20)
 			return false;
 		if (*p == '"') {
@@ -1787,18 +1809,18 @@ static bool join_texts(struct buf *out, struct slice content, bool refusal, bool
 }
 
 enum { OM_ROLE, OM_CONTENT, OM_TOOL_CALLS, OM_FUNCTION_CALL, OM_N };
+enum { R_SYSTEM, R_DEVELOPER, R_USER, R_ASSISTANT, R_N };
 
-/* One OpenAI message the fast path takes: role system, developer, user or assistant (0..3),
- * content of text pieces; -1 for anything else. */
+/* The role (R_*) of an OpenAI message the fast path may take, its fields in v; -1 for others. */
 static int oa_fast_message(struct slice m, struct slice *v)
 {
 	static const char *const keys[OM_N] = { "role", "content", "tool_calls", "function_call" };
-	static const char *const roles[] = { "system", "developer", "user", "assistant" };
+	static const char *const roles[R_N] = { "system", "developer", "user", "assistant" };
 	if (json_scan_object(m, keys, v, OM_N))
 		return -1;
-	for (int r = 0; r < 4; r++)
+	for (int r = 0; r < R_N; r++)
 		if (raw_is(v[OM_ROLE], roles[r]))
-			return r == 3 && (given(v[OM_TOOL_CALLS]) || given(v[OM_FUNCTION_CALL])) ? -1 : r;
+			return r == R_ASSISTANT && (given(v[OM_TOOL_CALLS]) || given(v[OM_FUNCTION_CALL])) ? -1 : r;
 	return -1;
 }
 
@@ -1813,16 +1835,16 @@ static bool oa_fast_turns(struct buf *out, struct slice list)
 	while (json_array_next(&it, &m) == 1) {
 		int role = oa_fast_message(m, v);
 		struct texts t;
-		if (role < 2)
+		if (role < R_USER)
 			continue;
-		texts_begin(&t, v[OM_CONTENT], role == 3, false);
+		texts_begin(&t, v[OM_CONTENT], role == R_ASSISTANT, false);
 		while ((rc = texts_next(&t, &text)) == 1) {
 			if (text.n == 2)
 				continue;
 			const char *start = open < 0 ? "{\"role\":\"" : "]},{\"role\":\"";
 			if (!(role == open ? emit_raw(out, ",")
 					   : emit_raw(out, start) &&
-						     emit_raw(out, role == 2 ? "user" : "assistant") &&
+						     emit_raw(out, role == R_USER ? "user" : "assistant") &&
 						     emit_raw(out, "\",\"content\":[")) ||
 			    !emit_raw(out, "{\"type\":\"text\",\"text\":\"") || !emit_text(out, text) ||
 			    !emit_raw(out, "\"}"))
@@ -1850,12 +1872,12 @@ static bool oa_fast_system(struct buf *out, struct slice list)
 		struct texts t;
 		if (role < 0)
 			return false;
-		if (role < 2) {
+		if (role < R_USER) {
 			if (!join_texts(out, v[OM_CONTENT], false, false, ",\"system\":\"", &opened))
 				return false;
 			continue;
 		}
-		if (!texts_begin(&t, v[OM_CONTENT], role == 3, false))
+		if (!texts_begin(&t, v[OM_CONTENT], role == R_ASSISTANT, false))
 			return false;
 		int k;
 		while ((k = texts_next(&t, &text)) == 1)
@@ -1864,7 +1886,7 @@ static bool oa_fast_system(struct buf *out, struct slice list)
 		if (k)
 			return false;
 	}
-	return rc == 0 && first == 2 && (!opened || emit_raw(out, "\""));
+	return rc == 0 && first == R_USER && (!opened || emit_raw(out, "\""));
 }
 
 enum {
