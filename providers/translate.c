@@ -1824,26 +1824,56 @@ static int oa_fast_message(struct slice m, struct slice *v)
 	return -1;
 }
 
-/* The Anthropic messages oa_messages makes: consecutive messages of one role merged, empty
- * text skipped, a message left without text dropped. Checked by oa_fast_system first. */
-static bool oa_fast_turns(struct buf *out, struct slice list)
+/* Move the bytes from mark to the end of out back to at, ahead of those from at to mark. */
+static void move_back(struct buf *out, size_t at, size_t mark)
+{
+	size_t ends[3][2] = { { at, mark }, { mark, out->len }, { at, out->len } };
+	for (int k = 0; k < 3; k++) /* three reversals rotate the bytes in place */
+		for (size_t i = ends[k][0], j = ends[k][1]; i + 1 < j; i++, j--) {
+			char c = out->p[i];
+			out->p[i] = out->p[j - 1];
+			out->p[j - 1] = c;
+		}
+}
+
+/* The system text and the messages oa_messages makes, in one pass: system and developer texts
+ * joined into ',"system":"..."' ahead of the messages (one that comes after a turn is moved
+ * there), user and assistant texts as text blocks, consecutive messages of one role merged,
+ * empty text skipped, a message left without text dropped. False where the full path refuses
+ * the messages (none, or the first not the user's) or the fast path does not take them. */
+static bool oa_fast_messages(struct buf *out, struct slice list)
 {
 	struct json_iter it;
 	struct slice m, v[OM_N], text;
-	int open = -1, rc;
-	json_array_begin(&it, list);
-	while (json_array_next(&it, &m) == 1) {
+	size_t sys_end = out->len; /* where more system text goes: before its closing quote */
+	bool sys = false;
+	int open = -1, rc, k = 0;
+	if (!json_array_begin(&it, list))
+		return false;
+	while ((rc = json_array_next(&it, &m)) == 1) {
 		int role = oa_fast_message(m, v);
 		struct texts t;
-		if (role < R_USER)
-			continue;
-		texts_begin(&t, v[OM_CONTENT], role == R_ASSISTANT, false);
-		while ((rc = texts_next(&t, &text)) == 1) {
+		if (role < 0 || !texts_begin(&t, v[OM_CONTENT], role == R_ASSISTANT, false))
+			return false;
+		while ((k = texts_next(&t, &text)) == 1) {
+			size_t mark = out->len;
 			if (text.n == 2)
 				continue;
-			const char *start = open < 0 ? "{\"role\":\"" : "]},{\"role\":\"";
+			if (role < R_USER) {
+				if (!emit_raw(out, sys ? "\\n\\n" : ",\"system\":\"") ||
+				    !emit_text(out, text) || (!sys && !emit_raw(out, "\"")))
+					return false;
+				if (mark != sys_end)
+					move_back(out, sys_end, mark);
+				sys_end += out->len - mark - !sys;
+				sys = true;
+				continue;
+			}
+			if (open < 0 && role != R_USER)
+				return false;
 			if (!(role == open ? emit_raw(out, ",")
-					   : emit_raw(out, start) &&
+					   : emit_raw(out, open < 0 ? ",\"messages\":[{\"role\":\""
+								    : "]},{\"role\":\"") &&
 						     emit_raw(out, role == R_USER ? "user" : "assistant") &&
 						     emit_raw(out, "\",\"content\":[")) ||
 			    !emit_raw(out, "{\"type\":\"text\",\"text\":\"") || !emit_text(out, text) ||
@@ -1851,42 +1881,10 @@ static bool oa_fast_turns(struct buf *out, struct slice list)
 				return false;
 			open = role;
 		}
-		if (rc)
-			return false;
-	}
-	return emit_raw(out, "]}]");
-}
-
-/* The system text (",\"system\":\"...\"" when there is any), after checking every message is
- * one the fast path takes and that the first message with text is the user's. */
-static bool oa_fast_system(struct buf *out, struct slice list)
-{
-	struct json_iter it;
-	struct slice m, v[OM_N], text;
-	bool opened = false;
-	int first = -1, rc;
-	if (!json_array_begin(&it, list))
-		return false;
-	while ((rc = json_array_next(&it, &m)) == 1) {
-		int role = oa_fast_message(m, v);
-		struct texts t;
-		if (role < 0)
-			return false;
-		if (role < R_USER) {
-			if (!join_texts(out, v[OM_CONTENT], false, false, ",\"system\":\"", &opened))
-				return false;
-			continue;
-		}
-		if (!texts_begin(&t, v[OM_CONTENT], role == R_ASSISTANT, false))
-			return false;
-		int k;
-		while ((k = texts_next(&t, &text)) == 1)
-			if (text.n > 2 && first < 0)
-				first = role;
 		if (k)
 			return false;
 	}
-	return rc == 0 && first == R_USER && (!opened || emit_raw(out, "\""));
+	return rc == 0 && open >= 0 && emit_raw(out, "]}]");
 }
 
 enum {
@@ -1926,8 +1924,7 @@ static bool oa_to_an_request_fast(struct slice body, const struct xlat_request_o
 	else if (ok)
 		ok = emit_num(out, "\"max_tokens\":", o && o->default_max_tokens ? o->default_max_tokens
 										 : DEFAULT_MAX_TOKENS);
-	ok = ok && oa_fast_system(out, v[OA_MESSAGES]) && emit_raw(out, ",\"messages\":[") &&
-	     oa_fast_turns(out, v[OA_MESSAGES]) &&
+	ok = ok && oa_fast_messages(out, v[OA_MESSAGES]) &&
 	     emit_strings(out, ",\"stop_sequences\":[", v[OA_STOP], true);
 	if (ok && given(temp)) { /* OpenAI's 0..2 onto Anthropic's 0..1: clamped, as a real */
 		bool integer;

@@ -1656,6 +1656,11 @@ static void test_request_fast_oa(void **state)
 		"'text':'p1','cache_control':{'type':'ephemeral'}},{'type':'text','text':''},"
 		"{'type':'text','text':'p2'}]},{'role':'system','content':null},{'role':'system'}]}",
 		"{'model':'m','messages':[{'role':'system','content':''},{'role':'user','content':'u'}]}",
+		/* system text after the turns: moved ahead of them */
+		"{'model':'m','messages':[{'role':'system','content':'s1'},{'role':'user','content':'u'},"
+		"{'role':'developer','content':[{'type':'text','text':'d\\n\\u00e9'},{'type':'text',"
+		"'text':'d2'}]},{'role':'assistant','content':'a'},{'role':'system','content':''},"
+		"{'role':'system','content':'\\'late\\''}]}",
 		/* consecutive roles merged, also across a message left empty */
 		"{'model':'m','messages':[{'role':'user','content':'a'},{'role':'user','content':'b'},"
 		"{'role':'assistant','content':'c'},{'role':'assistant','content':''},{'role':"
