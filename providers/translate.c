@@ -3,8 +3,9 @@
  * follows it. Translation is a full parse and rebuild with jansson: the output is built
  * only from fields we know, so nothing unknown is ever passed through by accident. The
  * same-dialect paths (usage, stream copy-through) use the zero-copy scanner in core/json,
- * and so do the fast paths for the usual translated shapes (a stream's text and the events
- * around it, a plain text response), which write what jansson would, byte for byte.
+ * and so do the fast paths for the usual translated shapes (a chat request of text messages,
+ * a stream's text and the events around it, a plain text response), which write what jansson
+ * would, byte for byte.
  */
 #include "translate.h"
 
