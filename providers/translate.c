@@ -1187,8 +1187,8 @@ static const unsigned char *plain_ascii_stop(const unsigned char *p, const unsig
 	while (end - p >= 16) {
 		__m128i v = _mm_loadu_si128((const __m128i *)(const void *)p);
 		/* signed: bytes >= 0x80 are negative, so below ' ' as control characters are */
-		__m128i hit = _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(v, quote), _mm_cmpeq_epi8(v, bslash)),
-					   _mm_cmplt_epi8(v, space));
+		__m128i hit = _mm_or_si128(_mm_cmpeq_epi8(v, quote), _mm_cmpeq_epi8(v, bslash));
+		hit = _mm_or_si128(hit, _mm_cmplt_epi8(v, space));
 		int mask = _mm_movemask_epi8(hit);
 		if (mask)
 			return p + __builtin_ctz((unsigned)mask);
@@ -1665,7 +1665,8 @@ static bool read_number(struct slice v, bool *integer, int64_t *i, double *d)
 }
 
 /* d as jansson writes a real (jsonp_dtostr): 17 significant digits, ".0" when that reads as
- * an integer, the exponent without '+' or leading zeros. */
+ * an integer, the exponent without '+' or leading zeros. The gateway never sets a locale, so
+ * snprintf and strtod use '.' here, as jansson does in any locale. */
 static bool emit_real(struct buf *out, double d)
 {
 	char num[40], clean[40];
@@ -1782,22 +1783,24 @@ static int texts_next(struct texts *t, struct slice *text)
 			return -1;
 		if (t->thinking && (raw_is(v[0], "thinking") || raw_is(v[0], "redacted_thinking")))
 			continue;
-		*text = raw_is(v[0], "text") ? v[1] : t->refusal && raw_is(v[0], "refusal") ? v[2]
-											: (struct slice){ NULL, 0 };
+		if (raw_is(v[0], "text"))
+			*text = v[1];
+		else if (t->refusal && raw_is(v[0], "refusal"))
+			*text = v[2];
+		else
+			return -1;
 		return is_string(*text) ? 1 : -1;
 	}
 }
 
-/* Join content's non-empty texts onto what open..."\n\n"-separated text out holds: the
- * opening (e.g. ',"system":"') goes first, once, when *opened is false. False on content the
- * fast path does not take. */
-static bool join_texts(struct buf *out, struct slice content, bool refusal, bool thinking,
-		       const char *open, bool *opened)
+/* Append content's non-empty texts to out, a blank line between them, after open (written
+ * before the first when *opened is false). False on content the fast path does not take. */
+static bool join_texts(struct buf *out, struct slice content, const char *open, bool *opened)
 {
 	struct texts t;
 	struct slice text;
 	int rc;
-	if (!texts_begin(&t, content, refusal, thinking))
+	if (!texts_begin(&t, content, false, false))
 		return false;
 	while ((rc = texts_next(&t, &text)) == 1) {
 		if (text.n == 2)
@@ -1819,9 +1822,11 @@ static int oa_fast_message(struct slice m, struct slice *v)
 	static const char *const roles[R_N] = { "system", "developer", "user", "assistant" };
 	if (json_scan_object(m, keys, v, OM_N))
 		return -1;
+	if (given(v[OM_TOOL_CALLS]) || given(v[OM_FUNCTION_CALL]))
+		return -1;
 	for (int r = 0; r < R_N; r++)
 		if (raw_is(v[OM_ROLE], roles[r]))
-			return r == R_ASSISTANT && (given(v[OM_TOOL_CALLS]) || given(v[OM_FUNCTION_CALL])) ? -1 : r;
+			return r;
 	return -1;
 }
 
@@ -1872,13 +1877,13 @@ static bool oa_fast_messages(struct buf *out, struct slice list)
 			}
 			if (open < 0 && role != R_USER)
 				return false;
-			if (!(role == open ? emit_raw(out, ",")
-					   : emit_raw(out, open < 0 ? ",\"messages\":[{\"role\":\""
-								    : "]},{\"role\":\"") &&
-						     emit_raw(out, role == R_USER ? "user" : "assistant") &&
-						     emit_raw(out, "\",\"content\":[")) ||
-			    !emit_raw(out, "{\"type\":\"text\",\"text\":\"") || !emit_text(out, text) ||
-			    !emit_raw(out, "\"}"))
+			const char *start = open < 0 ? ",\"messages\":[{\"role\":\"" : "]},{\"role\":\"";
+			const char *name = role == R_USER ? "user" : "assistant";
+			bool ok = role == open ? emit_raw(out, ",")
+					       : emit_raw(out, start) && emit_raw(out, name) &&
+							 emit_raw(out, "\",\"content\":[");
+			if (!ok || !emit_raw(out, "{\"type\":\"text\",\"text\":\"") ||
+			    !emit_text(out, text) || !emit_raw(out, "\"}"))
 				return false;
 			open = role;
 		}
@@ -1904,8 +1909,8 @@ static bool oa_to_an_request_fast(struct slice body, const struct xlat_request_o
 		"response_format", "functions", "function_call", "web_search_options",
 	};
 	struct slice v[OA_KEYS];
-	if (!json_sure(body, keys, v, OA_KEYS) || (given(v[OA_N]) && !slice_eq_cstr(v[OA_N], "1")) ||
-	    slice_eq_cstr(v[OA_LOGPROBS], "true"))
+	if (!json_sure(body, keys, v, OA_KEYS) ||
+	    (given(v[OA_N]) && !slice_eq_cstr(v[OA_N], "1")) || slice_eq_cstr(v[OA_LOGPROBS], "true"))
 		return false;
 	for (int k = OA_AUDIO; k < OA_KEYS; k++) /* refused, or not a usual shape */
 		if (given(v[k]))
@@ -1923,8 +1928,8 @@ static bool oa_to_an_request_fast(struct slice body, const struct xlat_request_o
 	if (ok && given(mt))
 		ok = emit_max_tokens(out, mt);
 	else if (ok)
-		ok = emit_num(out, "\"max_tokens\":", o && o->default_max_tokens ? o->default_max_tokens
-										 : DEFAULT_MAX_TOKENS);
+		ok = emit_num(out, "\"max_tokens\":",
+			      o && o->default_max_tokens ? o->default_max_tokens : DEFAULT_MAX_TOKENS);
 	ok = ok && oa_fast_messages(out, v[OA_MESSAGES]) &&
 	     emit_strings(out, ",\"stop_sequences\":[", v[OA_STOP], true);
 	if (ok && given(temp)) { /* OpenAI's 0..2 onto Anthropic's 0..1: clamped, as a real */
@@ -1976,7 +1981,7 @@ static bool an_fast_message(struct buf *out, struct slice m, size_t *n)
 		return false;
 	while ((rc = texts_next(&t, &text)) == 1) {
 		any = true;
-		if (text.n > 2 && !(emit_raw(out, opened ? "\\n\\n" : "\"") && emit_text(out, text)))
+		if (text.n > 2 && (!emit_raw(out, opened ? "\\n\\n" : "\"") || !emit_text(out, text)))
 			return false;
 		opened = opened || text.n > 2;
 	}
@@ -2019,8 +2024,7 @@ static bool an_to_oa_request_fast(struct slice body, const struct xlat_request_o
 		  (o && o->upstream_model ? put_cstring(out, o->upstream_model)
 					  : emit_str(out, v[AN_MODEL])) &&
 		  emit_raw(out, ",\"messages\":[") &&
-		  join_texts(out, v[AN_SYSTEM], false, false, "{\"role\":\"system\",\"content\":\"",
-			     &sys) &&
+		  join_texts(out, v[AN_SYSTEM], "{\"role\":\"system\",\"content\":\"", &sys) &&
 		  (!sys || emit_raw(out, "\"}"));
 	n = sys;
 	while (ok && (rc = json_array_next(&it, &m)) == 1)
