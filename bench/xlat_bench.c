@@ -14,10 +14,11 @@
  *   fast    + translation as the gateway does it (text deltas on the fast path)
  * Before measuring, each stream's fast output is checked to be the slow output, byte for byte.
  *
- * Then the bodies of a translated request that does not stream: the response (shaped like
- * tools/mockllm's, 16 words; slow and fast, checked the same), and for scale the request
- * itself (bench/bodies/chat.json and messages.json, the whole-gateway bench's; jansson both
- * ways, as there is no fast path for requests).
+ * Then the bodies: the response of a translated request that does not stream (shaped like
+ * tools/mockllm's, 16 words), and the request itself, translated for every call either way:
+ * a chat of a system prompt and three turns with temperature, max_tokens and stream (chat), and
+ * bench/bodies/chat.json and messages.json (the whole-gateway bench's: a system prompt and one
+ * question). Slow and fast, checked the same.
  *
  *   build/bench/xlat_bench [-r rounds] [-t ms_per_round] [-m mode] [-s stream] [-b bodies_dir]
  *                          [-n streams]   (per round, instead of a time: for perf and callgrind)
@@ -258,6 +259,7 @@ struct body {
 	const char *name;
 	bool request;
 	enum dialect from, to;
+	const char *file; /* a request from the bodies directory; none: make_request's */
 	struct buf bytes;
 };
 
@@ -278,6 +280,36 @@ static void make_response(struct body *b)
 			 "\"assistant\",\"model\":\"claude-sonnet-4-5\",\"content\":[{\"type\":\"text\","
 			 "\"text\":\"%s\"}],\"stop_reason\":\"end_turn\",\"stop_sequence\":null,"
 			 "\"usage\":{\"input_tokens\":95,\"output_tokens\":16}}\n", text);
+	if (!buf_append(&b->bytes, out, strlen(out), SIZE_MAX))
+		fail("out of memory");
+}
+
+/* A chat as a client sends it: a system prompt, then user, assistant, user. */
+static void make_request(struct body *b)
+{
+	static const char *const turns[] = {
+		"You are a support assistant for Acme Cloud. Answer in at most three short "
+		"paragraphs and cite the relevant documentation page when you know it.",
+		"Our nightly export job started failing with '403 AccessDenied: request signature "
+		"does not match'. Nothing changed on our side. What should I check first?",
+		"Check the clock on the VM first: a skew of more than 15 minutes makes every "
+		"signature invalid. Then check that the job uses the key you think it does.",
+		"The clock is fine. How do I see which key signed the failing requests?",
+	};
+	char out[2048];
+	if (b->from == DIALECT_OPENAI)
+		snprintf(out, sizeof(out), "{\"model\":\"gpt-4o-mini\",\"messages\":[{\"role\":"
+			 "\"system\",\"content\":\"%s\"},{\"role\":\"user\",\"content\":\"%s\"},"
+			 "{\"role\":\"assistant\",\"content\":\"%s\"},{\"role\":\"user\","
+			 "\"content\":\"%s\"}],\"temperature\":0.7,\"max_tokens\":1024,"
+			 "\"stream\":true,\"stream_options\":{\"include_usage\":true}}\n",
+			 turns[0], turns[1], turns[2], turns[3]);
+	else
+		snprintf(out, sizeof(out), "{\"model\":\"claude-sonnet-4-5\",\"max_tokens\":1024,"
+			 "\"system\":\"%s\",\"messages\":[{\"role\":\"user\",\"content\":\"%s\"},"
+			 "{\"role\":\"assistant\",\"content\":\"%s\"},{\"role\":\"user\","
+			 "\"content\":\"%s\"}],\"temperature\":0.7,\"stream\":true}\n",
+			 turns[0], turns[1], turns[2], turns[3]);
 	if (!buf_append(&b->bytes, out, strlen(out), SIZE_MAX))
 		fail("out of memory");
 }
@@ -418,8 +450,12 @@ int main(int argc, char **argv)
 		{ .name = "resp-oa-to-an", .from = DIALECT_OPENAI, .to = DIALECT_ANTHROPIC },
 		{ .name = "resp-an-to-oa", .from = DIALECT_ANTHROPIC, .to = DIALECT_OPENAI },
 		{ .name = "req-oa-to-an", .request = true, .from = DIALECT_OPENAI,
-		  .to = DIALECT_ANTHROPIC },
+		  .to = DIALECT_ANTHROPIC, .file = "chat.json" },
 		{ .name = "req-an-to-oa", .request = true, .from = DIALECT_ANTHROPIC,
+		  .to = DIALECT_OPENAI, .file = "messages.json" },
+		{ .name = "chat-oa-to-an", .request = true, .from = DIALECT_OPENAI,
+		  .to = DIALECT_ANTHROPIC },
+		{ .name = "chat-an-to-oa", .request = true, .from = DIALECT_ANTHROPIC,
 		  .to = DIALECT_OPENAI },
 	};
 	printf("\n%-13s %6s %10s\n", "body", "mode", "ns/call");
@@ -429,14 +465,16 @@ int main(int argc, char **argv)
 			continue;
 		if (!b->request)
 			make_response(b);
+		else if (b->file)
+			read_body(b, bodies, b->file);
 		else
-			read_body(b, bodies, b->from == DIALECT_OPENAI ? "chat.json" : "messages.json");
+			make_request(b);
 		if (!same_body(b)) {
 			printf("%s: the fast answer differs from the slow answer\n", b->name);
 			bad = 1;
 		}
 		for (int m = M_SLOW; m < M_N; m++) {
-			if ((only >= 0 && m != only) || (b->request && m == M_FAST))
+			if (only >= 0 && m != only)
 				continue;
 			printf("%-13s %6s %10.0f\n", b->name, mode_names[m],
 			       measure_body(b, (enum mode)m, rounds, ms));

@@ -3,8 +3,9 @@
  * follows it. Translation is a full parse and rebuild with jansson: the output is built
  * only from fields we know, so nothing unknown is ever passed through by accident. The
  * same-dialect paths (usage, stream copy-through) use the zero-copy scanner in core/json,
- * and so do the fast paths for the usual translated shapes (a stream's text and the events
- * around it, a plain text response), which write what jansson would, byte for byte.
+ * and so do the fast paths for the usual translated shapes (a chat request of text messages,
+ * a stream's text and the events around it, a plain text response), which write what jansson
+ * would, byte for byte.
  */
 #include "translate.h"
 
@@ -1081,34 +1082,6 @@ static int an_to_oa_request(struct cx *c, const json_t *in, const struct xlat_re
 	return an_tools(c, in, out);
 }
 
-int xlat_request(enum dialect from, enum dialect to, struct slice body,
-		 const struct xlat_request_opts *o, struct buf *out, char *err, size_t errlen)
-{
-	struct cx c = { err, errlen, false };
-	json_error_t je;
-	json_t *in = json_loadb(body.p ? body.p : "", body.n, JSON_ALLOW_NUL, &je);
-	if (!in)
-		return fail(&c, "request body is not valid JSON (line %d column %d: %s)", je.line,
-			    je.column, je.text);
-	json_t *res = json_object();
-	int rc;
-	if (!json_is_object(in))
-		rc = fail(&c, "request body must be a JSON object");
-	else if (from == to)
-		rc = json_object_update(res, in) ? (c.oom = true, -1) : 0;
-	else if (from == DIALECT_OPENAI)
-		rc = oa_to_an_request(&c, in, o, res);
-	else
-		rc = an_to_oa_request(&c, in, o, res);
-	if (!rc && from == to && o && o->upstream_model)
-		put(&c, res, "model", json_string(o->upstream_model));
-	if (!rc && (c.oom || !emit_json(out, res)))
-		rc = fail(&c, "the translated request is too large or memory ran out");
-	json_decref(res);
-	json_decref(in);
-	return rc;
-}
-
 /* ---- fast paths: jansson's answer without jansson ----
  *
  * Most translated traffic is a stream's text deltas, and a full parse and rebuild costs
@@ -1203,15 +1176,37 @@ static void sure_ws(struct sure *v)
 		v->p++;
 }
 
-/* A string at v->p. Keys may not hold escapes: the scanner compares them raw. Byte by byte:
- * the strings of stream events are short. */
+/* The first byte in [p, end) that is '"', '\\', a control character or not ASCII, or end: where
+ * a string's run that needs no check stops (16 bytes a step with SSE2: a request's texts are
+ * long; the tail and short strings, as stream events' mostly are, byte by byte). */
+static const unsigned char *plain_ascii_stop(const unsigned char *p, const unsigned char *end)
+{
+#ifdef __SSE2__
+	const __m128i quote = _mm_set1_epi8('"'), bslash = _mm_set1_epi8('\\');
+	const __m128i space = _mm_set1_epi8(0x20);
+	while (end - p >= 16) {
+		__m128i v = _mm_loadu_si128((const __m128i *)(const void *)p);
+		/* signed: bytes >= 0x80 are negative, so below ' ' as control characters are */
+		__m128i hit = _mm_or_si128(_mm_cmpeq_epi8(v, quote), _mm_cmpeq_epi8(v, bslash));
+		hit = _mm_or_si128(hit, _mm_cmplt_epi8(v, space));
+		int mask = _mm_movemask_epi8(hit);
+		if (mask)
+			return p + __builtin_ctz((unsigned)mask);
+		p += 16;
+	}
+#endif
+	while (p < end && *p >= 0x20 && *p < 0x80 && *p != '"' && *p != '\\')
+		p++;
+	return p;
+}
+
+/* A string at v->p. Keys may not hold escapes: the scanner compares them raw. */
 static bool sure_string(struct sure *v, bool key)
 {
 	const unsigned char *p = (const unsigned char *)v->p + 1;
 	const unsigned char *end = (const unsigned char *)v->end;
 	for (;;) {
-		while (p < end && *p >= 0x20 && *p < 0x80 && *p != '"' && *p != '\\')
-			p++;
+		p = plain_ascii_stop(p, end);
 		if (p == end || *p < 0x20)
 			return false;
 		if (*p == '"') {
@@ -1625,6 +1620,464 @@ static bool an_to_oa_response_fast(struct slice body, const char *model, struct 
 	if (!ok)
 		out->len = mark;
 	return ok;
+}
+
+/* ---- fast paths: requests ----
+ *
+ * A chat request of the usual shape (text messages, the sampling settings, stream) written
+ * as oa_to_an_request and an_to_oa_request write it. They read only the fields the full path
+ * reads, so other fields are dropped alike; any value the full path would refuse, and any
+ * feature beyond text (tools, images, tool results), makes them decline: the full path then
+ * answers, refusals and their messages included. */
+
+/* A value the full path takes as present (not absent, not null). */
+static bool given(struct slice v)
+{
+	return v.p && !is_null(v);
+}
+
+/* v (a string json_sure passed) as jansson writes the string it decodes to, quotes included. */
+static bool emit_str(struct buf *out, struct slice v)
+{
+	return emit_raw(out, "\"") && emit_text(out, v) && emit_raw(out, "\"");
+}
+
+/* A number json_sure passed, as jansson reads it: an integer (no '.': json_sure takes no
+ * exponent) into *i, or a real; *d is its value either way. False if v is not a number. */
+static bool read_number(struct slice v, bool *integer, int64_t *i, double *d)
+{
+	char num[64];
+	if (!v.p || (v.p[0] != '-' && (v.p[0] < '0' || v.p[0] > '9')))
+		return false;
+	*integer = !memchr(v.p, '.', v.n);
+	if (*integer) {
+		if (!json_int(v, i))
+			return false;
+		*d = (double)*i;
+		return true;
+	}
+	if (v.n >= sizeof(num))
+		return false;
+	memcpy(num, v.p, v.n);
+	num[v.n] = 0;
+	*d = strtod(num, NULL);
+	return true;
+}
+
+/* d as jansson writes a real (jsonp_dtostr): 17 significant digits, ".0" when that reads as
+ * an integer, the exponent without '+' or leading zeros. The gateway never sets a locale, so
+ * snprintf and strtod use '.' here, as jansson does in any locale. */
+static bool emit_real(struct buf *out, double d)
+{
+	char num[40], clean[40];
+	snprintf(num, sizeof(num), "%.17g", d);
+	if (!strchr(num, '.') && !strchr(num, 'e'))
+		strcat(num, ".0");
+	const char *e = strchr(num, 'e');
+	if (!e)
+		return emit_raw(out, num);
+	size_t n = (size_t)(e + 1 - num);
+	memcpy(clean, num, n);
+	e++;
+	if (*e == '-')
+		clean[n++] = *e++;
+	else if (*e == '+')
+		e++;
+	while (*e == '0')
+		e++;
+	strcpy(clean + n, e);
+	return emit_raw(out, clean);
+}
+
+/* A number value as jansson writes it back (put_ref): an integer as "%lld" ("-0" is 0), a
+ * real as emit_real. False if v is not a number. */
+static bool emit_number(struct buf *out, struct slice v)
+{
+	bool integer;
+	int64_t i;
+	double d;
+	if (!read_number(v, &integer, &i, &d))
+		return false;
+	if (!integer)
+		return emit_real(out, d);
+	char num[24];
+	snprintf(num, sizeof(num), "%lld", (long long)i);
+	return emit_raw(out, num);
+}
+
+/* max_tokens as the full path takes it: a positive integer, written as jansson writes it. */
+static bool emit_max_tokens(struct buf *out, struct slice v)
+{
+	bool integer;
+	int64_t i;
+	double d;
+	return read_number(v, &integer, &i, &d) && integer && i >= 1 &&
+	       emit_num(out, "\"max_tokens\":", (uint64_t)i);
+}
+
+/* "key":v for the sampling numbers both ways pass through (temperature, top_p), when given;
+ * false if v is given but not a number (the full path refuses it). */
+static bool emit_number_field(struct buf *out, const char *key, struct slice v)
+{
+	return !given(v) || (emit_raw(out, key) && emit_number(out, v));
+}
+
+/* An array of strings (stop, stop_sequences) after key (which opens it: ',"stop":['), when
+ * given and not empty; false if it is given and not that. With single (OpenAI's stop), a lone
+ * string counts too. */
+static bool emit_strings(struct buf *out, const char *key, struct slice v, bool single)
+{
+	struct json_iter it;
+	struct slice s;
+	size_t count = 0;
+	int rc;
+	if (!given(v))
+		return true;
+	if (single && is_string(v))
+		return emit_raw(out, key) && emit_str(out, v) && emit_raw(out, "]");
+	if (!json_array_begin(&it, v))
+		return false;
+	while ((rc = json_array_next(&it, &s)) == 1)
+		if (!is_string(s) || !emit_raw(out, count++ ? "," : key) || !emit_str(out, s))
+			return false;
+	return rc == 0 && (!count || emit_raw(out, "]"));
+}
+
+/* The text pieces of a message's content as the full path reads them: a string, or an array
+ * of text parts (OpenAI) or blocks (Anthropic), each {"type":"text","text":"..."}; with
+ * refusal (an OpenAI assistant) {"type":"refusal","refusal":"..."} too, with thinking
+ * (Anthropic messages) thinking blocks are skipped. Null or absent content has none. */
+struct texts {
+	struct slice one;
+	struct json_iter it;
+	bool parts, refusal, thinking;
+};
+
+static bool texts_begin(struct texts *t, struct slice content, bool refusal, bool thinking)
+{
+	*t = (struct texts){ .refusal = refusal, .thinking = thinking };
+	if (is_string(content)) {
+		t->one = content;
+		return true;
+	}
+	t->parts = json_array_begin(&t->it, content);
+	return t->parts || !given(content);
+}
+
+/* 1 with the next piece's string value in *text (maybe empty: ""), 0 after the last, -1 on
+ * anything else (a part or block the fast path does not take). */
+static int texts_next(struct texts *t, struct slice *text)
+{
+	static const char *const keys[] = { "type", "text", "refusal" };
+	struct slice part, v[3];
+	if (!t->parts) {
+		*text = t->one;
+		t->one = (struct slice){ NULL, 0 };
+		return text->p ? 1 : 0;
+	}
+	for (;;) {
+		int rc = json_array_next(&t->it, &part);
+		if (rc != 1)
+			return rc;
+		if (json_scan_object(part, keys, v, 3))
+			return -1;
+		if (t->thinking && (raw_is(v[0], "thinking") || raw_is(v[0], "redacted_thinking")))
+			continue;
+		if (raw_is(v[0], "text"))
+			*text = v[1];
+		else if (t->refusal && raw_is(v[0], "refusal"))
+			*text = v[2];
+		else
+			return -1;
+		return is_string(*text) ? 1 : -1;
+	}
+}
+
+/* Append content's non-empty texts to out, a blank line between them, after open (written
+ * before the first when *opened is false). False on content the fast path does not take. */
+static bool join_texts(struct buf *out, struct slice content, const char *open, bool *opened)
+{
+	struct texts t;
+	struct slice text;
+	int rc;
+	if (!texts_begin(&t, content, false, false))
+		return false;
+	while ((rc = texts_next(&t, &text)) == 1) {
+		if (text.n == 2)
+			continue;
+		if (!emit_raw(out, *opened ? "\\n\\n" : open) || !emit_text(out, text))
+			return false;
+		*opened = true;
+	}
+	return rc == 0;
+}
+
+enum { OM_ROLE, OM_CONTENT, OM_TOOL_CALLS, OM_FUNCTION_CALL, OM_N };
+enum { R_SYSTEM, R_DEVELOPER, R_USER, R_ASSISTANT, R_N };
+
+/* The role (R_*) of an OpenAI message the fast path may take, its fields in v; -1 for others. */
+static int oa_fast_message(struct slice m, struct slice *v)
+{
+	static const char *const keys[OM_N] = { "role", "content", "tool_calls", "function_call" };
+	static const char *const roles[R_N] = { "system", "developer", "user", "assistant" };
+	if (json_scan_object(m, keys, v, OM_N))
+		return -1;
+	if (given(v[OM_TOOL_CALLS]) || given(v[OM_FUNCTION_CALL]))
+		return -1;
+	for (int r = 0; r < R_N; r++)
+		if (raw_is(v[OM_ROLE], roles[r]))
+			return r;
+	return -1;
+}
+
+/* Move the bytes from mark to the end of out back to at, ahead of those from at to mark. */
+static void move_back(struct buf *out, size_t at, size_t mark)
+{
+	size_t ends[3][2] = { { at, mark }, { mark, out->len }, { at, out->len } };
+	for (int k = 0; k < 3; k++) /* three reversals rotate the bytes in place */
+		for (size_t i = ends[k][0], j = ends[k][1]; i + 1 < j; i++, j--) {
+			char c = out->p[i];
+			out->p[i] = out->p[j - 1];
+			out->p[j - 1] = c;
+		}
+}
+
+/* The system text and the messages oa_messages makes, in one pass: system and developer texts
+ * joined into ',"system":"..."' ahead of the messages (one that comes after a turn is moved
+ * there), user and assistant texts as text blocks, consecutive messages of one role merged,
+ * empty text skipped, a message left without text dropped. False where the full path refuses
+ * the messages (none, or the first not the user's) or the fast path does not take them. */
+static bool oa_fast_messages(struct buf *out, struct slice list)
+{
+	struct json_iter it;
+	struct slice m, v[OM_N], text;
+	size_t sys_end = out->len; /* where more system text goes: before its closing quote */
+	bool sys = false;
+	int open = -1, rc, k = 0;
+	if (!json_array_begin(&it, list))
+		return false;
+	while ((rc = json_array_next(&it, &m)) == 1) {
+		int role = oa_fast_message(m, v);
+		struct texts t;
+		if (role < 0 || !texts_begin(&t, v[OM_CONTENT], role == R_ASSISTANT, false))
+			return false;
+		while ((k = texts_next(&t, &text)) == 1) {
+			size_t mark = out->len;
+			if (text.n == 2)
+				continue;
+			if (role < R_USER) {
+				if (!emit_raw(out, sys ? "\\n\\n" : ",\"system\":\"") ||
+				    !emit_text(out, text) || (!sys && !emit_raw(out, "\"")))
+					return false;
+				if (mark != sys_end)
+					move_back(out, sys_end, mark);
+				sys_end += out->len - mark - !sys;
+				sys = true;
+				continue;
+			}
+			if (open < 0 && role != R_USER)
+				return false;
+			const char *start = open < 0 ? ",\"messages\":[{\"role\":\"" : "]},{\"role\":\"";
+			const char *name = role == R_USER ? "user" : "assistant";
+			bool ok = role == open ? emit_raw(out, ",")
+					       : emit_raw(out, start) && emit_raw(out, name) &&
+							 emit_raw(out, "\",\"content\":[");
+			if (!ok || !emit_raw(out, "{\"type\":\"text\",\"text\":\"") ||
+			    !emit_text(out, text) || !emit_raw(out, "\"}"))
+				return false;
+			open = role;
+		}
+		if (k)
+			return false;
+	}
+	return rc == 0 && open >= 0 && emit_raw(out, "]}]");
+}
+
+enum {
+	OA_MODEL, OA_MESSAGES, OA_MAX_COMPLETION, OA_MAX_TOKENS, OA_STOP, OA_TEMPERATURE, OA_TOP_P,
+	OA_STREAM, OA_USER, OA_TOOLS, OA_N, OA_LOGPROBS, OA_AUDIO, OA_MODALITIES,
+	OA_RESPONSE_FORMAT, OA_FUNCTIONS, OA_FUNCTION_CALL, OA_WEB_SEARCH, OA_KEYS
+};
+
+/* An OpenAI request of text messages for an Anthropic provider, as oa_to_an_request writes it. */
+static bool oa_to_an_request_fast(struct slice body, const struct xlat_request_opts *o,
+				  struct buf *out)
+{
+	static const char *const keys[OA_KEYS] = {
+		"model", "messages", "max_completion_tokens", "max_tokens", "stop", "temperature",
+		"top_p", "stream", "user", "tools", "n", "logprobs", "audio", "modalities",
+		"response_format", "functions", "function_call", "web_search_options",
+	};
+	struct slice v[OA_KEYS];
+	if (!json_sure(body, keys, v, OA_KEYS) ||
+	    (given(v[OA_N]) && !slice_eq_cstr(v[OA_N], "1")) || slice_eq_cstr(v[OA_LOGPROBS], "true"))
+		return false;
+	for (int k = OA_AUDIO; k < OA_KEYS; k++) /* refused, or not a usual shape */
+		if (given(v[k]))
+			return false;
+	if ((given(v[OA_TOOLS]) && !is_empty_array(v[OA_TOOLS])) ||
+	    (!(o && o->upstream_model) && !is_string(v[OA_MODEL])))
+		return false;
+	struct slice mt = given(v[OA_MAX_COMPLETION]) ? v[OA_MAX_COMPLETION] : v[OA_MAX_TOKENS];
+	struct slice temp = v[OA_TEMPERATURE];
+	size_t mark = out->len;
+	bool ok = emit_raw(out, "{\"model\":") &&
+		  (o && o->upstream_model ? put_cstring(out, o->upstream_model)
+					  : emit_str(out, v[OA_MODEL])) &&
+		  emit_raw(out, ",");
+	if (ok && given(mt))
+		ok = emit_max_tokens(out, mt);
+	else if (ok)
+		ok = emit_num(out, "\"max_tokens\":",
+			      o && o->default_max_tokens ? o->default_max_tokens : DEFAULT_MAX_TOKENS);
+	ok = ok && oa_fast_messages(out, v[OA_MESSAGES]) &&
+	     emit_strings(out, ",\"stop_sequences\":[", v[OA_STOP], true);
+	if (ok && given(temp)) { /* OpenAI's 0..2 onto Anthropic's 0..1: clamped, as a real */
+		bool integer;
+		int64_t i;
+		double t;
+		ok = read_number(temp, &integer, &i, &t) && emit_raw(out, ",\"temperature\":") &&
+		     emit_real(out, t < 0 ? 0 : t > 1 ? 1 : t);
+	}
+	ok = ok && emit_number_field(out, ",\"top_p\":", v[OA_TOP_P]);
+	if (ok && given(v[OA_STREAM]))
+		ok = (slice_eq_cstr(v[OA_STREAM], "true") || slice_eq_cstr(v[OA_STREAM], "false")) &&
+		     emit_raw(out, ",\"stream\":") &&
+		     buf_append(out, v[OA_STREAM].p, v[OA_STREAM].n, XLAT_MAX_OUT);
+	if (ok && is_string(v[OA_USER]) && v[OA_USER].n > 2)
+		ok = emit_raw(out, ",\"metadata\":{\"user_id\":") && emit_str(out, v[OA_USER]) &&
+		     emit_raw(out, "}");
+	ok = ok && emit_raw(out, "}");
+	if (!ok)
+		out->len = mark;
+	return ok;
+}
+
+/* One Anthropic message of text blocks as an_message writes it: content a string as it is,
+ * text blocks joined (null for an assistant, "" for a user, when all are empty), a message
+ * of no text (thinking only) dropped. *n counts the messages written. */
+static bool an_fast_message(struct buf *out, struct slice m, size_t *n)
+{
+	static const char *const keys[] = { "role", "content" };
+	struct slice v[2], text;
+	struct texts t;
+	bool assistant;
+	if (json_scan_object(m, keys, v, 2) ||
+	    !((assistant = raw_is(v[0], "assistant")) || raw_is(v[0], "user")))
+		return false;
+	const char *open = *n ? ",{\"role\":\"" : "{\"role\":\"";
+	const char *role = assistant ? "assistant\",\"content\":" : "user\",\"content\":";
+	if (is_string(v[1])) {
+		++*n;
+		return emit_raw(out, open) && emit_raw(out, role) && emit_str(out, v[1]) &&
+		       emit_raw(out, "}");
+	}
+	if (!v[1].p || v[1].p[0] != '[' || !texts_begin(&t, v[1], false, true))
+		return false;
+	size_t mark = out->len;
+	bool any = false, opened = false;
+	int rc;
+	if (!emit_raw(out, open) || !emit_raw(out, role))
+		return false;
+	while ((rc = texts_next(&t, &text)) == 1) {
+		any = true;
+		if (text.n > 2 && (!emit_raw(out, opened ? "\\n\\n" : "\"") || !emit_text(out, text)))
+			return false;
+		opened = opened || text.n > 2;
+	}
+	if (rc)
+		return false;
+	if (!any) {
+		out->len = mark;
+		return true;
+	}
+	++*n;
+	return emit_raw(out, opened ? "\"}" : assistant ? "null}" : "\"\"}");
+}
+
+enum {
+	AN_MODEL, AN_MESSAGES, AN_SYSTEM, AN_MAX_TOKENS, AN_STOP, AN_TEMPERATURE, AN_TOP_P,
+	AN_METADATA, AN_STREAM, AN_TOOLS, AN_MCP, AN_CONTAINER, AN_KEYS
+};
+
+/* An Anthropic request of text messages for an OpenAI provider, as an_to_oa_request writes it. */
+static bool an_to_oa_request_fast(struct slice body, const struct xlat_request_opts *o,
+				  struct buf *out)
+{
+	static const char *const keys[AN_KEYS] = {
+		"model", "messages", "system", "max_tokens", "stop_sequences", "temperature", "top_p",
+		"metadata", "stream", "tools", "mcp_servers", "container",
+	};
+	static const char *const mkeys[] = { "user_id" };
+	struct slice v[AN_KEYS], user;
+	struct json_iter it;
+	if (!json_sure(body, keys, v, AN_KEYS) || given(v[AN_MCP]) || given(v[AN_CONTAINER]) ||
+	    (given(v[AN_TOOLS]) && !is_empty_array(v[AN_TOOLS])) ||
+	    (!(o && o->upstream_model) && !is_string(v[AN_MODEL])) ||
+	    !json_array_begin(&it, v[AN_MESSAGES]))
+		return false;
+	size_t mark = out->len, n = 0;
+	bool sys = false;
+	struct slice m;
+	int rc = -1;
+	bool ok = emit_raw(out, "{\"model\":") &&
+		  (o && o->upstream_model ? put_cstring(out, o->upstream_model)
+					  : emit_str(out, v[AN_MODEL])) &&
+		  emit_raw(out, ",\"messages\":[") &&
+		  join_texts(out, v[AN_SYSTEM], "{\"role\":\"system\",\"content\":\"", &sys) &&
+		  (!sys || emit_raw(out, "\"}"));
+	n = sys;
+	while (ok && (rc = json_array_next(&it, &m)) == 1)
+		ok = an_fast_message(out, m, &n);
+	ok = ok && rc == 0 && n && emit_raw(out, "]") &&
+	     (!given(v[AN_MAX_TOKENS]) ||
+	      (emit_raw(out, ",") && emit_max_tokens(out, v[AN_MAX_TOKENS]))) &&
+	     emit_strings(out, ",\"stop\":[", v[AN_STOP], false) &&
+	     emit_number_field(out, ",\"temperature\":", v[AN_TEMPERATURE]) &&
+	     emit_number_field(out, ",\"top_p\":", v[AN_TOP_P]);
+	if (ok && !json_scan_object(v[AN_METADATA], mkeys, &user, 1) && is_string(user) &&
+	    user.n > 2)
+		ok = emit_raw(out, ",\"user\":") && emit_str(out, user);
+	if (ok && given(v[AN_STREAM]) && !slice_eq_cstr(v[AN_STREAM], "false"))
+		ok = slice_eq_cstr(v[AN_STREAM], "true") && emit_raw(out, ",\"stream\":true") &&
+		     (!(o && o->stream_usage) ||
+		      emit_raw(out, ",\"stream_options\":{\"include_usage\":true}"));
+	ok = ok && emit_raw(out, "}");
+	if (!ok)
+		out->len = mark;
+	return ok;
+}
+
+int xlat_request(enum dialect from, enum dialect to, struct slice body,
+		 const struct xlat_request_opts *o, struct buf *out, char *err, size_t errlen)
+{
+	struct cx c = { err, errlen, false };
+	if (fast_on && from != to &&
+	    (from == DIALECT_OPENAI ? oa_to_an_request_fast(body, o, out)
+				    : an_to_oa_request_fast(body, o, out)))
+		return 0;
+	json_error_t je;
+	json_t *in = json_loadb(body.p ? body.p : "", body.n, JSON_ALLOW_NUL, &je);
+	if (!in)
+		return fail(&c, "request body is not valid JSON (line %d column %d: %s)", je.line,
+			    je.column, je.text);
+	json_t *res = json_object();
+	int rc;
+	if (!json_is_object(in))
+		rc = fail(&c, "request body must be a JSON object");
+	else if (from == to)
+		rc = json_object_update(res, in) ? (c.oom = true, -1) : 0;
+	else if (from == DIALECT_OPENAI)
+		rc = oa_to_an_request(&c, in, o, res);
+	else
+		rc = an_to_oa_request(&c, in, o, res);
+	if (!rc && from == to && o && o->upstream_model)
+		put(&c, res, "model", json_string(o->upstream_model));
+	if (!rc && (c.oom || !emit_json(out, res)))
+		rc = fail(&c, "the translated request is too large or memory ran out");
+	json_decref(res);
+	json_decref(in);
+	return rc;
 }
 
 /* ---- responses ---- */

@@ -100,10 +100,10 @@ void xlat_stream_error(struct xlat_stream *s, enum xlat_err_kind kind, const cha
 const struct usage *xlat_stream_usage(const struct xlat_stream *s);
 void xlat_stream_free(struct xlat_stream *s);
 
-/* The usual shapes (a stream's text and the events around it, a plain text response) have
- * fast paths that write, byte for byte, what the full jansson translation writes. On by
- * default; tests and benches turn them off to compare the two. Process-wide: not to be
- * changed while other threads translate. */
+/* The usual shapes (a chat request of text messages, a stream's text and the events around
+ * it, a plain text response) have fast paths that write, byte for byte, what the full jansson
+ * translation writes. On by default; tests and benches turn them off to compare the two.
+ * Process-wide: not to be changed while other threads translate. */
 void xlat_set_fast(bool on);
 
 #endif

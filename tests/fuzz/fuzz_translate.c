@@ -4,8 +4,9 @@
  * four dialect pairs. For any bytes: no crash or leak; a translated request or response is
  * one JSON object; every stream is well-formed SSE ending in its terminator (message_stop
  * or error; [DONE]) written exactly once, and a translated one has one data line per event,
- * JSON or [DONE]; and the fast paths (xlat_set_fast) write what the full path writes, streams
- * and responses, byte for byte (but for made-up ids and the clock), with the same usage. */
+ * JSON or [DONE]; and the fast paths (xlat_set_fast) write what the full path writes, requests
+ * (and their translations back), streams and responses, byte for byte (but for made-up ids and
+ * the clock), with the same usage and refusals. */
 /* fuzz-sources: providers/translate.c core/json.c -ljansson */
 #include <stdint.h>
 #include <stdio.h>
@@ -165,29 +166,49 @@ static void response_is_full(enum dialect from, enum dialect to, struct slice in
 	buf_free(&full);
 }
 
+/* The full path's answer to a request is the fast path's (rc, out, err). */
+static void request_is_full(enum dialect from, enum dialect to, struct slice in,
+			    const struct xlat_request_opts *o, int rc, const struct buf *out,
+			    const char *err)
+{
+	struct buf full = { 0 };
+	char serr[128] = "";
+	xlat_set_fast(false);
+	int src = xlat_request(from, to, in, o, &full, serr, sizeof(serr));
+	xlat_set_fast(true);
+	if (rc != src || out->len != full.len || (out->len && memcmp(out->p, full.p, out->len)) ||
+	    (rc && strcmp(err, serr)))
+		abort();
+	buf_free(&full);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	char *copy = malloc(size ? size : 1);
 	memcpy(copy, data, size);
 	struct slice in = slice_of(copy, size);
-	const struct xlat_request_opts o = { "up", (uint32_t)size, size & 1 };
-	char err[128];
+	const struct xlat_request_opts o = { size & 8 ? NULL : "up", (uint32_t)size, size & 1 };
+	char err[128] = "";
 	struct usage u;
 	struct buf out = { 0 };
 
 	for (int from = 0; from < 2; from++) {
 		int to = !from;
 		out.len = 0;
-		if (xlat_request(from, to, in, &o, &out, err, sizeof(err)) == 0) {
+		int rc = xlat_request(from, to, in, &o, &out, err, sizeof(err));
+		request_is_full(from, to, in, &o, rc, &out, err);
+		if (rc == 0) {
 			check_object(&out);
 			struct buf back = { 0 };
-			xlat_request(to, from, slice_of(out.p, out.len), &o, &back, err, sizeof(err));
+			struct slice sent = slice_of(out.p, out.len);
+			int brc = xlat_request(to, from, sent, &o, &back, err, sizeof(err));
+			request_is_full(to, from, sent, &o, brc, &back, err);
 			buf_free(&back);
 		} else if (out.len || !memchr(err, 0, sizeof(err))) {
 			abort();
 		}
 		out.len = 0;
-		int rc = xlat_response(from, to, in, "fuzz-model", &out, &u);
+		rc = xlat_response(from, to, in, "fuzz-model", &out, &u);
 		if (rc == 0)
 			check_object(&out);
 		response_is_full(from, to, in, rc, &out, &u);

@@ -2,6 +2,7 @@
  * responses, streams, errors and refusals. Outputs and expectations are both parsed and
  * compared with json_equal, so key order does not matter. In the JSON written here a
  * single quote stands for a double quote (Q() swaps them), to keep the cases readable. */
+#include <dlfcn.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -1572,6 +1573,340 @@ static void test_response_fast(void **state)
 	}
 }
 
+/* ---- requests: the fast path against the full path ---- */
+
+/* Calls to jansson's json_loadb, counted: this definition interposes on the library's and
+ * passes the call on. A request on the fast path makes none. */
+static size_t loads;
+
+json_t *json_loadb(const char *buffer, size_t buflen, size_t flags, json_error_t *error)
+{
+	typedef json_t *loadb_fn(const char *, size_t, size_t, json_error_t *);
+	static loadb_fn *real;
+	if (!real)
+		real = (loadb_fn *)dlsym(RTLD_NEXT, "json_loadb");
+	assert_non_null(real);
+	loads++;
+	return real(buffer, buflen, flags, error);
+}
+
+enum path { EITHER, FAST, FULL };
+
+/* xlat_request's answer (return value, body, message) is the same, byte for byte, with the
+ * fast paths and without; FAST: the fast path answered (no jansson load), FULL: it declined. */
+static void expect_request_fast_is_full(enum dialect from, enum dialect to,
+					const struct xlat_request_opts *o, const char *body_q,
+					enum path path)
+{
+	const char *body = Q(body_q);
+	struct buf fast = { 0 }, full = { 0 };
+	char ferr[256] = "", serr[256] = "";
+	xlat_set_fast(true);
+	size_t before = loads;
+	int frc = xlat_request(from, to, slice_cstr(body), o, &fast, ferr, sizeof(ferr));
+	bool took = loads == before;
+	xlat_set_fast(false);
+	int src = xlat_request(from, to, slice_cstr(body), o, &full, serr, sizeof(serr));
+	xlat_set_fast(true);
+	if (frc != src || fast.len != full.len || memcmp(fast.p, full.p, fast.len) ||
+	    strcmp(ferr, serr))
+		fail_msg("%s\nfast path (%d %s):\n%.*s\nfull path (%d %s):\n%.*s", body, frc, ferr,
+			 (int)fast.len, fast.p, src, serr, (int)full.len, full.p);
+	if ((path == FAST && !took) || (path == FULL && took))
+		fail_msg("%s\nexpected the %s path", body, path == FAST ? "fast" : "full");
+	buf_free(&fast);
+	buf_free(&full);
+}
+
+/* Every opts shape: upstream model or none (plain, escaped, not UTF-8), default max_tokens
+ * or none, stream usage or not, no opts at all. */
+static void expect_request_all_opts(enum dialect from, enum dialect to, const char *body_q,
+				    enum path path)
+{
+	static const struct xlat_request_opts all[] = {
+		{ "upstream-m", 1000, false },
+		{ NULL, 0, true },
+		{ "m\xc3\xa9 \"q\"\n\x01", 4294967295u, true },
+	};
+	static const struct xlat_request_opts bad_model = { "bad \xff", 1, false };
+	for (size_t i = 0; i < N(all); i++)
+		expect_request_fast_is_full(from, to, &all[i], body_q, path);
+	/* without opts the body's model is used; where it has none that is the full path's */
+	expect_request_fast_is_full(from, to, NULL, body_q, EITHER);
+	expect_request_fast_is_full(from, to, &bad_model, body_q, path == FAST ? FULL : path);
+}
+
+/* Strings in every spelling JSON has: escapes (each written back jansson's way), \u0000,
+ * UTF-8 raw and escaped, surrogate pairs, U+2028, DEL. */
+#define TEXTS "'\\' \\\" \\\\ \\/ \\b\\f\\n\\r\\t \\u0000 \\u001f \\u007f \\u00e9 \\u20ac " \
+	      "\\ud83d\\ude00 \\u2028 \xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80 \x7f'"
+
+static void test_request_fast_oa(void **state)
+{
+	static const char *const fast[] = {
+		"{'model':'gpt-4o','messages':[{'role':'system','content':'Be brief.'},"
+		"{'role':'user','content':'Hi'},{'role':'assistant','content':'Hello!'},"
+		"{'role':'user','content':'Why?'}],'temperature':0.7,'max_tokens':256,'stream':true,"
+		"'stream_options':{'include_usage':true},'user':'u-1','stop':'END','top_p':0.95}",
+		"{'model':" TEXTS ",'messages':[{'role':'system','content':" TEXTS "},"
+		"{'role':'user','content':" TEXTS "}],'user':" TEXTS ",'stop':[" TEXTS ",'b']}",
+		/* system and developer joined wherever they are; empty ones skipped */
+		"{'model':'m','messages':[{'role':'developer','content':'d'},{'role':'user','content':"
+		"'u'},{'role':'system','content':''},{'role':'system','content':[{'type':'text',"
+		"'text':'p1','cache_control':{'type':'ephemeral'}},{'type':'text','text':''},"
+		"{'type':'text','text':'p2'}]},{'role':'system','content':null},{'role':'system'}]}",
+		"{'model':'m','messages':[{'role':'system','content':''},{'role':'user','content':'u'}]}",
+		/* system text after the turns: moved ahead of them */
+		"{'model':'m','messages':[{'role':'system','content':'s1'},{'role':'user','content':'u'},"
+		"{'role':'developer','content':[{'type':'text','text':'d\\n\\u00e9'},{'type':'text',"
+		"'text':'d2'}]},{'role':'assistant','content':'a'},{'role':'system','content':''},"
+		"{'role':'system','content':'\\'late\\''}]}",
+		/* consecutive roles merged, also across a message left empty */
+		"{'model':'m','messages':[{'role':'user','content':'a'},{'role':'user','content':'b'},"
+		"{'role':'assistant','content':'c'},{'role':'assistant','content':''},{'role':"
+		"'assistant','content':'d'},{'role':'user','content':'e'},{'role':'assistant',"
+		"'content':null},{'role':'user','content':'f'},{'role':'system','content':'s'},"
+		"{'role':'user','content':'g'}]}",
+		"{'model':'m','messages':[{'role':'assistant','content':''},{'role':'user','content':"
+		"'first with text'},{'role':'assistant','content':'x','tool_calls':null,"
+		"'function_call':null,'name':'bob'}]}",
+		/* text parts; an assistant's refusal parts */
+		"{'model':'m','messages':[{'role':'user','content':[{'type':'text','text':'a'},"
+		"{'type':'text','text':''},{'text':'b','type':'text'}]},{'role':'assistant','content':"
+		"[{'type':'refusal','refusal':'no'},{'type':'text','text':'t'}]},{'role':'user',"
+		"'content':[]}]}",
+		/* reals and integers as jansson writes them back */
+		"{'model':'m','messages':[{'role':'user','content':'x'}],'temperature':1.5,'top_p':1}",
+		"{'model':'m','messages':[{'role':'user','content':'x'}],'temperature':-0.5,'top_p':-0}",
+		"{'model':'m','messages':[{'role':'user','content':'x'}],'temperature':-0,'top_p':0.1}",
+		"{'model':'m','messages':[{'role':'user','content':'x'}],'temperature':-0.0,"
+		"'top_p':0.30000000000000004}",
+		"{'model':'m','messages':[{'role':'user','content':'x'}],'temperature':0,'top_p':1.0}",
+		"{'model':'m','messages':[{'role':'user','content':'x'}],'temperature':1,"
+		"'top_p':0.0000001}",
+		"{'model':'m','messages':[{'role':'user','content':'x'}],'temperature':2,"
+		"'top_p':123456789012345678.5}",
+		"{'model':'m','messages':[{'role':'user','content':'x'}],'temperature':0.1,"
+		"'top_p':12345678901234567.5}",
+		"{'model':'m','messages':[{'role':'user','content':'x'}],'temperature':0.99999999999999999999,"
+		"'top_p':-999999999999999999}",
+		"{'model':'m','messages':[{'role':'user','content':'x'}],'temperature':0.000000000000000000000000001}",
+		"{'model':'m','messages':[{'role':'user','content':'x'}],'max_tokens':999999999999999999}",
+		"{'model':'m','messages':[{'role':'user','content':'x'}],'max_tokens':5,"
+		"'max_completion_tokens':7}",
+		"{'model':'m','messages':[{'role':'user','content':'x'}],'max_tokens':5,"
+		"'max_completion_tokens':null}",
+		"{'model':'m','messages':[{'role':'user','content':'x'}],'max_tokens':1}",
+		/* the last of duplicate keys, at every level */
+		"{'model':'a','model':'b','messages':5,'messages':[{'role':'assistant','role':'user',"
+		"'content':'x','content':'y'}],'temperature':'hot','temperature':0.5,'stream':false,"
+		"'stream':true}",
+		/* whitespace everywhere */
+		" \r\n\t{ 'model' : 'm' ,\n\t'messages' : [ { 'role' : 'user' , 'content' : [ { "
+		"'type' : 'text' , 'text' : 'a' } ] } , { 'role' :'user','content':'b' } ] , 'stop' "
+		": [ 'x' , 'y' ] , 'tools' : [ ] } \n",
+		/* settings that change nothing, and fields dropped */
+		"{'model':'m','messages':[{'role':'user','content':'x'}],'n':1,'logprobs':false,"
+		"'audio':null,'modalities':null,'response_format':null,'functions':null,"
+		"'function_call':null,'web_search_options':null,'tools':null,'tool_choice':'auto',"
+		"'parallel_tool_calls':false,'stop':null,'user':'','seed':5,'metadata':{'a':'b'},"
+		"'frequency_penalty':0.5,'unknown':{'deep':[1,2,{'x':null}]},'stream':null,"
+		"'temperature':null,'top_p':null,'max_tokens':null}",
+		"{'model':'m','messages':[{'role':'user','content':'x'}],'stop':[],'user':5,"
+		"'logprobs':'yes'}",
+		"{'model':'m','messages':[{'role':'user','content':'x'}],'stop':['']}",
+		"{'model':'m','messages':[{'role':'user','content':'x'}],'stop':''}",
+	};
+	static const char *const declined[] = {
+		/* not the usual shape: the full path translates it */
+		"{'model':'m','messages':[{'role':'user','content':[{'type':'image_url','image_url':"
+		"{'url':'https://x/y.png'}}]}]}",
+		"{'model':'m','messages':[{'role':'user','content':'x'}],'tools':[{'type':'function',"
+		"'function':{'name':'f'}}]}",
+		"{'model':'m','messages':[{'role':'user','content':'x'},{'role':'assistant',"
+		"'tool_calls':[{'id':'c','type':'function','function':{'name':'f','arguments':'{}'}}]},"
+		"{'role':'tool','tool_call_id':'c','content':'r'}]}",
+		"{'model':'m','messages':[{'role':'user','content':'x'},{'role':'assistant',"
+		"'content':'y','tool_calls':[]}]}",
+		"{'model':'m','messages':[{'role':'user','content':'x'}],'response_format':{'type':"
+		"'text'},'modalities':['text']}",
+		"{'model':'m','messages':[{'role':'user','content':'x'}],'max_tokens':1000000000000000000}",
+		"{'model':'m','messages':[{'role':'user','content':'x'}],'temperature':1e-3}",
+		"{'model':'m','messages':[{'role':'user','content':'x'}],'x':" /* deep */
+		"[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]}",
+		"{'mod\\u0065l':'m','messages':[{'role':'user','content':'x'}]}",
+		"{'model':'m','messages':[{'role':'us\\u0065r','content':'x'}]}",
+		"{'model':'m','messages':[{'role':'user','content':[{'type':'t\\u0065xt','text':'x'}]}]}",
+		"\xef\xbb\xbf{'model':'m','messages':[{'role':'user','content':'x'}]}",
+		/* refused: the full path's message */
+		"{'model':'m','messages':[{'role':'user','content':'x'}],'n':2}",
+		"{'model':'m','messages':[{'role':'user','content':'x'}],'logprobs':true}",
+		"{'model':'m','messages':[{'role':'user','content':'x'}],'audio':{}}",
+		"{'model':'m','messages':[{'role':'user','content':'x'}],'functions':[]}",
+		"{'model':'m','messages':[{'role':'user','content':'x'}],'web_search_options':{}}",
+		"{'model':'m','messages':[{'role':'user','content':'x'}],'response_format':"
+		"{'type':'json_object'}}",
+		"{'model':'m','messages':[]}",
+		"{'model':'m'}",
+		"{'model':'m','messages':{}}",
+		"{'model':'m','messages':[{'role':'system','content':'s'}]}",
+		"{'model':'m','messages':[{'role':'user','content':''}]}",
+		"{'model':'m','messages':[{'role':'assistant','content':'a'},{'role':'user',"
+		"'content':'u'}]}",
+		"{'model':'m','messages':[{'role':'function','content':'x'}]}",
+		"{'model':'m','messages':[{'content':'x'}]}",
+		"{'model':'m','messages':[5]}",
+		"{'model':'m','messages':[{'role':'user','content':5}]}",
+		"{'model':'m','messages':[{'role':'system','content':[{'type':'text','text':5}]}]}",
+		"{'model':'m','messages':[{'role':'user','content':[{'type':'refusal','refusal':'r'}]}]}",
+		"{'model':'m','messages':[{'role':'assistant','content':'a','function_call':{}}]}",
+		"{'model':'m','messages':[{'role':'user','content':'x'}],'max_tokens':0}",
+		"{'model':'m','messages':[{'role':'user','content':'x'}],'max_tokens':-1}",
+		"{'model':'m','messages':[{'role':'user','content':'x'}],'max_tokens':-0}",
+		"{'model':'m','messages':[{'role':'user','content':'x'}],'max_tokens':1.0}",
+		"{'model':'m','messages':[{'role':'user','content':'x'}],'max_completion_tokens':'5'}",
+		"{'model':'m','messages':[{'role':'user','content':'x'}],'max_tokens':9223372036854775808}",
+		"{'model':'m','messages':[{'role':'user','content':'x'}],'temperature':'hot'}",
+		"{'model':'m','messages':[{'role':'user','content':'x'}],'top_p':true}",
+		"{'model':'m','messages':[{'role':'user','content':'x'}],'stream':'yes'}",
+		"{'model':'m','messages':[{'role':'user','content':'x'}],'stop':['a',1]}",
+		"{'model':'m','messages':[{'role':'user','content':'x'}],'stop':5}",
+		/* not JSON, or not what jansson loads */
+		"{'model':'m','messages':[{'role':'user','content':'x'}],}",
+		"{'model':'m','messages':[{'role':'user','content':'\\ud800'}]}",
+		"{'model':'m','messages':[{'role':'user','content':'\xc3'}]}",
+		"{'model':'m','messages':[{'role':'user','content':'x'}]} x",
+		"{'model':'m','messages':[{'role':'user','content':'x'}],'t':01}",
+		"[1]",
+		"",
+	};
+	static const char *const no_model[] = { /* the catalog's model is used; none: refused */
+		"{'model':5,'messages':[{'role':'user','content':'x'}]}",
+		"{'messages':[{'role':'user','content':'x'}]}",
+	};
+	for (size_t i = 0; i < N(fast); i++)
+		expect_request_all_opts(OA, AN, fast[i], FAST);
+	for (size_t i = 0; i < N(declined); i++)
+		expect_request_all_opts(OA, AN, declined[i], FULL);
+	for (size_t i = 0; i < N(no_model); i++)
+		expect_request_all_opts(OA, AN, no_model[i], EITHER);
+}
+
+static void test_request_fast_an(void **state)
+{
+	static const char *const fast[] = {
+		"{'model':'claude','max_tokens':256,'system':'Be brief.','messages':[{'role':'user',"
+		"'content':'Hi'},{'role':'assistant','content':'Hello!'},{'role':'user','content':"
+		"'Why?'}],'temperature':0.7,'top_p':0.9,'top_k':40,'stop_sequences':['END','\\n'],"
+		"'metadata':{'user_id':'u-1'},'stream':true}",
+		"{'model':" TEXTS ",'max_tokens':1,'system':" TEXTS ",'messages':[{'role':'user',"
+		"'content':" TEXTS "}],'metadata':{'user_id':" TEXTS "},'stop_sequences':[" TEXTS "]}",
+		/* system blocks joined; text blocks joined; thinking dropped; all-empty text */
+		"{'model':'m','system':[{'type':'text','text':'s1','cache_control':{'type':'ephemeral'}},"
+		"{'type':'text','text':''},{'type':'text','text':'s2'}],'messages':[{'role':'user',"
+		"'content':[{'type':'text','text':'a'},{'type':'text','text':''},{'type':'text',"
+		"'text':'b'}]},{'role':'assistant','content':[{'type':'thinking','thinking':'hm',"
+		"'signature':'s'},{'type':'text','text':'c'},{'type':'redacted_thinking','data':'x'}]},"
+		"{'role':'assistant','content':[{'type':'thinking','thinking':'only'}]},{'role':'user',"
+		"'content':[{'type':'text','text':''}]},{'role':'assistant','content':[{'type':'text',"
+		"'text':''}]},{'role':'user','content':[]},{'role':'user','content':''}]}",
+		"{'model':'m','system':'','messages':[{'role':'assistant','content':'a'}]}",
+		"{'model':'m','system':[],'messages':[{'role':'user','content':'a'}],'system':null}",
+		"{'model':'m','system':'only system','messages':[{'role':'user','content':[]}]}",
+		/* reals and integers as jansson writes them back */
+		"{'model':'m','messages':[{'role':'user','content':'x'}],'temperature':1,'top_p':-0}",
+		"{'model':'m','messages':[{'role':'user','content':'x'}],'temperature':0.1,"
+		"'top_p':0.30000000000000004}",
+		"{'model':'m','messages':[{'role':'user','content':'x'}],'temperature':-0.0,"
+		"'top_p':0.0000001}",
+		"{'model':'m','messages':[{'role':'user','content':'x'}],'temperature':1.5,"
+		"'top_p':123456789012345678.5,'max_tokens':999999999999999999}",
+		/* the last of duplicate keys; whitespace */
+		" {\n'model' : 'a' , 'model':'b','messages':[{'role':'user','content':'x','role':"
+		"'assistant'}] , 'stream' : true , 'stream':false ,'max_tokens':1,'max_tokens':2}\t",
+		/* settings that change nothing, and fields dropped */
+		"{'model':'m','messages':[{'role':'user','content':'x'}],'mcp_servers':null,"
+		"'container':null,'tools':[],'tool_choice':{'type':'any'},'metadata':{'user_id':''},"
+		"'stop_sequences':[],'thinking':{'type':'enabled'},'service_tier':'auto','stream':null,"
+		"'max_tokens':null,'temperature':null,'top_p':null,'system':null,'unknown':[{}]}",
+		"{'model':'m','messages':[{'role':'user','content':'x'}],'metadata':5,'tools':null}",
+		"{'model':'m','messages':[{'role':'user','content':'x'}],'metadata':{'user_id':7}}",
+		"{'model':'m','messages':[{'role':'user','content':'x'}],'metadata':{'user_id':'a',"
+		"'user_id':'b'}}",
+	};
+	static const char *const declined[] = {
+		"{'model':'m','messages':[{'role':'user','content':[{'type':'image','source':{'type':"
+		"'url','url':'https://x/y.png'}}]}]}",
+		"{'model':'m','messages':[{'role':'user','content':'x'},{'role':'assistant','content':"
+		"[{'type':'tool_use','id':'t','name':'f','input':{}}]},{'role':'user','content':"
+		"[{'type':'tool_result','tool_use_id':'t','content':'r'}]}]}",
+		"{'model':'m','messages':[{'role':'user','content':'x'}],'tools':[{'name':'f',"
+		"'input_schema':{}}]}",
+		"{'model':'m','messages':[{'role':'user','content':[{'type':'thinkin\\u0067',"
+		"'thinking':'x'},{'type':'text','text':'y'}]}]}",
+		"{'model':'m','messages':[{'role':'user','content':'x'}],'max_tokens':1000000000000000000}",
+		/* refused: the full path's message */
+		"{'model':'m','messages':[{'role':'user','content':'x'}],'mcp_servers':[]}",
+		"{'model':'m','messages':[{'role':'user','content':'x'}],'container':'c'}",
+		"{'model':'m','messages':[]}",
+		"{'model':'m','messages':'x'}",
+		"{'model':'m','messages':[{'role':'assistant','content':[{'type':'thinking'}]}]}",
+		"{'model':'m','messages':[{'role':'system','content':'x'}]}",
+		"{'model':'m','messages':[{'role':'user','content':null}]}",
+		"{'model':'m','messages':[{'role':'user'}]}",
+		"{'model':'m','messages':[{'role':'user','content':[{'type':'text','text':null}]}]}",
+		"{'model':'m','messages':[{'role':'user','content':[5]}]}",
+		"{'model':'m','system':5,'messages':[{'role':'user','content':'x'}]}",
+		"{'model':'m','system':[{'type':'image'}],'messages':[{'role':'user','content':'x'}]}",
+		"{'model':'m','messages':[{'role':'user','content':'x'}],'max_tokens':0}",
+		"{'model':'m','messages':[{'role':'user','content':'x'}],'max_tokens':2.5}",
+		"{'model':'m','messages':[{'role':'user','content':'x'}],'stop_sequences':'END'}",
+		"{'model':'m','messages':[{'role':'user','content':'x'}],'stop_sequences':[null]}",
+		"{'model':'m','messages':[{'role':'user','content':'x'}],'temperature':'0.5'}",
+		"{'model':'m','messages':[{'role':'user','content':'x'}],'top_p':[]}",
+		"{'model':'m','messages':[{'role':'user','content':'x'}],'stream':1}",
+		"{'model':'m','messages':[{'role':'user','content':'x'}],'temperature':1e400}",
+		"{'model':'m','messages':[{'role':'user','content':'x\\q'}]}",
+		"{'model':'m','messages':[{'role':'user','content':'x'}]",
+	};
+	static const char *const no_model[] = { /* the catalog's model is used; none: refused */
+		"{'model':5,'messages':[{'role':'user','content':'x'}]}",
+		"{'messages':[{'role':'user','content':'x'}]}",
+	};
+	for (size_t i = 0; i < N(fast); i++)
+		expect_request_all_opts(AN, OA, fast[i], FAST);
+	for (size_t i = 0; i < N(declined); i++)
+		expect_request_all_opts(AN, OA, declined[i], FULL);
+	for (size_t i = 0; i < N(no_model); i++)
+		expect_request_all_opts(AN, OA, no_model[i], EITHER);
+}
+
+/* golden: what the fast path writes for the usual request, each way */
+static void test_request_fast_golden(void **state)
+{
+	const struct xlat_request_opts o = { "up", 0, true };
+	struct buf out = { 0 };
+	char err[128];
+	size_t before = loads;
+	assert_int_equal(xlat_request(OA, AN, slice_cstr(Q("{'model':'gpt','messages':[{'role':"
+		"'system','content':'S'},{'role':'user','content':'a\\u00e9\\/'}],'temperature':0.2,"
+		"'stream':true,'max_completion_tokens':9}")), &o, &out, err, sizeof(err)), 0);
+	assert_true(buf_append(&out, "", 1, SIZE_MAX));
+	assert_string_equal(out.p, "{\"model\":\"up\",\"max_tokens\":9,\"system\":\"S\",\"messages\":"
+		"[{\"role\":\"user\",\"content\":[{\"type\":\"text\",\"text\":\"a\xc3\xa9/\"}]}],"
+		"\"temperature\":0.20000000000000001,\"stream\":true}");
+	out.len = 0;
+	assert_int_equal(xlat_request(AN, OA, slice_cstr(Q("{'model':'c','max_tokens':9,'system':"
+		"[{'type':'text','text':'S1'},{'type':'text','text':'S2'}],'messages':[{'role':'user',"
+		"'content':'a'}],'temperature':1,'stream':true}")), &o, &out, err, sizeof(err)), 0);
+	assert_true(buf_append(&out, "", 1, SIZE_MAX));
+	assert_string_equal(out.p, "{\"model\":\"up\",\"messages\":[{\"role\":\"system\",\"content\":"
+		"\"S1\\n\\nS2\"},{\"role\":\"user\",\"content\":\"a\"}],\"max_tokens\":9,"
+		"\"temperature\":1,\"stream\":true,\"stream_options\":{\"include_usage\":true}}");
+	assert_int_equal(loads, before);
+	buf_free(&out);
+}
+
 static size_t count(const char *hay, const char *needle)
 {
 	size_t n = 0;
@@ -1622,6 +1957,7 @@ int main(void)
 		T(test_stream_same_dialect),  T(test_stream_empty),         T(test_stream_fast_texts),
 		T(test_stream_fast_ends),      T(test_stream_fast_oa_ends),
 		T(test_stream_fast_opening),     T(test_response_fast),
+		T(test_request_fast_oa),       T(test_request_fast_an),      T(test_request_fast_golden),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
