@@ -19,6 +19,7 @@
 /* core/json.h first: jansson defines json_is_true and json_is_null as macros, which
  * would otherwise rewrite core/json's declarations of the same names. */
 #include "core/json.h"
+#include "core/fmt.h"
 
 #include <jansson.h>
 
@@ -2898,14 +2899,17 @@ __attribute__((format(printf, 2, 3))) static char *catf(char *dst, const char *f
  * oa_finish and usage_json write, as jansson dumps it: test_translate and fuzz_translate
  * compare the two, byte for byte. */
 
-static char *an_event(char *p, const char *type)
-{
-	return cat(cat(cat(cat(p, "event: "), type), "\ndata: {\"type\":\""), type);
-}
+/* An Anthropic event's name line and the start of its data, up to its type's closing quote.
+ * type is a literal: the whole head is one copy. */
+#define an_event(p, type) cat((p), "event: " type "\ndata: {\"type\":\"" type)
+
+/* A number as %lld writes it, without the format parse (once per event). */
+static char *cat_i64(char *dst, int64_t v) { return dst + fmt_i64(dst, v); }
 
 static char *an_block_stop(char *p, int64_t index)
 {
-	return catf(an_event(p, "content_block_stop"), "\",\"index\":%lld}\n\n", (long long)index);
+	return cat(cat_i64(cat(an_event(p, "content_block_stop"), "\",\"index\":"), index),
+		   "}\n\n");
 }
 
 /* The text of a delta whose JSON string value is text (quotes included), to either client. */
@@ -2916,8 +2920,8 @@ static char *put_text_delta(struct xlat_stream *s, char *p, struct slice text)
 		p = put_string(cat(p, "[{\"index\":0,\"delta\":{\"content\":\""), body);
 		return cat(p, "\"},\"logprobs\":null,\"finish_reason\":null}]}\n\n");
 	}
-	p = catf(an_event(p, "content_block_delta"), "\",\"index\":%lld,\"delta\":{\"type\":"
-		 "\"text_delta\",\"text\":\"", (long long)s->blk_index);
+	p = cat_i64(cat(an_event(p, "content_block_delta"), "\",\"index\":"), s->blk_index);
+	p = cat(p, ",\"delta\":{\"type\":\"text_delta\",\"text\":\"");
 	return cat(put_string(p, body), "\"}}\n\n");
 }
 
