@@ -29,26 +29,16 @@
 #include <string.h>
 #include <time.h>
 
+#include "bench/mock_stream.h"
 #include "core/buf.h"
 #include "core/sse.h"
 #include "providers/tokcount.h"
-
-static const char *const words[] = {
-	"The", " quick", " brown", " fox", " jumps", " over", " the", " lazy", " dog", ".",
-	" Penstock", " routes", " every", " request", " through", " one", " gateway", ",",
-	" counting", " tokens", " as", " they", " pass", ".",
-};
-#define NWORDS (sizeof(words) / sizeof(words[0]))
-
-#define MAX_EVENTS 1024
 
 struct stream {
 	const char *name;
 	enum dialect d;
 	unsigned tokens;
-	struct buf bytes;
-	size_t ev_off[MAX_EVENTS + 1];
-	unsigned nev;
+	struct mock_stream m;
 	struct buf text; /* the decoded completion */
 };
 
@@ -58,89 +48,11 @@ static void fail(const char *what)
 	exit(1);
 }
 
-static void put(struct stream *s, const char *str)
-{
-	if (!buf_append(&s->bytes, str, strlen(str), SIZE_MAX))
-		fail("out of memory");
-}
-
-static void event_start(struct stream *s)
-{
-	if (s->nev == MAX_EVENTS)
-		fail("too many events");
-	s->ev_off[s->nev++] = s->bytes.len;
-}
-
-static void oa_chunk(struct stream *s)
-{
-	event_start(s);
-	put(s, "data: {\"id\":\"chatcmpl-mock123456\",\"object\":\"chat.completion.chunk\","
-	       "\"created\":1764000000,\"model\":\"gpt-4o-mini\",\"choices\":");
-}
-
-/* As tools/mockllm's openai_complete writes a stream with include_usage. */
-static void make_openai(struct stream *s)
-{
-	oa_chunk(s);
-	put(s, "[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"},"
-	       "\"finish_reason\":null}]}\n\n");
-	for (unsigned i = 0; i < s->tokens; i++) {
-		oa_chunk(s);
-		put(s, "[{\"index\":0,\"delta\":{\"content\":\"");
-		put(s, words[i % NWORDS]);
-		put(s, "\"},\"finish_reason\":null}]}\n\n");
-	}
-	oa_chunk(s);
-	put(s, "[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n");
-	oa_chunk(s);
-	char u[128];
-	snprintf(u, sizeof(u), "[],\"usage\":{\"prompt_tokens\":95,\"completion_tokens\":%u,"
-		 "\"total_tokens\":%u}}\n\n", s->tokens, 95 + s->tokens);
-	put(s, u);
-	event_start(s);
-	put(s, "data: [DONE]\n\n");
-}
-
-static void make_anthropic(struct stream *s)
-{
-	event_start(s);
-	put(s, "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":"
-	       "\"msg_mock123456\",\"type\":\"message\",\"role\":\"assistant\",\"content\":[],"
-	       "\"model\":\"claude-sonnet-4-5\",\"stop_reason\":null,\"stop_sequence\":null,"
-	       "\"usage\":{\"input_tokens\":95,\"output_tokens\":1}}}\n\n");
-	event_start(s);
-	put(s, "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,"
-	       "\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n");
-	event_start(s);
-	put(s, "event: ping\ndata: {\"type\":\"ping\"}\n\n");
-	for (unsigned i = 0; i < s->tokens; i++) {
-		event_start(s);
-		put(s, "event: content_block_delta\ndata: {\"type\":\"content_block_delta\","
-		       "\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"");
-		put(s, words[i % NWORDS]);
-		put(s, "\"}}\n\n");
-	}
-	event_start(s);
-	put(s, "event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n\n");
-	event_start(s);
-	char u[256];
-	snprintf(u, sizeof(u), "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":"
-		 "{\"stop_reason\":\"end_turn\",\"stop_sequence\":null},\"usage\":{\"output_tokens\":"
-		 "%u}}\n\n", s->tokens);
-	put(s, u);
-	event_start(s);
-	put(s, "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n");
-}
-
 static void make(struct stream *s)
 {
-	if (s->d == DIALECT_OPENAI)
-		make_openai(s);
-	else
-		make_anthropic(s);
-	s->ev_off[s->nev] = s->bytes.len;
+	mock_stream_make(&s->m, s->d, s->tokens);
 	for (unsigned i = 0; i < s->tokens; i++)
-		if (!buf_append(&s->text, words[i % NWORDS], strlen(words[i % NWORDS]), SIZE_MAX))
+		if (!buf_append(&s->text, mock_word(i), strlen(mock_word(i)), SIZE_MAX))
 			fail("out of memory");
 }
 
@@ -208,10 +120,10 @@ static int64_t one_stream(struct tokcount_ctx *c, struct tokcount_tokenizer t,
 		fail("out of memory");
 	sse_init(&p, 1024 * 1024);
 	if (per_event) {
-		for (unsigned i = 0; i < s->nev; i++)
-			feed(r, &p, s->bytes.p + s->ev_off[i], s->ev_off[i + 1] - s->ev_off[i]);
+		for (unsigned i = 0; i < s->m.nev; i++)
+			feed(r, &p, s->m.bytes.p + s->m.ev_off[i], s->m.ev_off[i + 1] - s->m.ev_off[i]);
 	} else {
-		feed(r, &p, s->bytes.p, s->bytes.len);
+		feed(r, &p, s->m.bytes.p, s->m.bytes.len);
 	}
 	sse_free(&p);
 	int64_t n = 0;
@@ -330,12 +242,12 @@ int main(int argc, char **argv)
 					continue;
 				double ns = measure(c, t, s, (enum mode)m, per_event, rounds, ms);
 				printf("%-14s %-9s %6s %6u %10.0f %9.1f\n", s->name,
-				       per_event ? "per-event" : "whole", mode_names[m], s->nev, ns,
-				       ns / (double)s->nev);
+				       per_event ? "per-event" : "whole", mode_names[m], s->m.nev, ns,
+				       ns / (double)s->m.nev);
 				fflush(stdout);
 			}
 		}
-		buf_free(&s->bytes);
+		buf_free(&s->m.bytes);
 		buf_free(&s->text);
 	}
 	tokcount_ctx_free(c);
