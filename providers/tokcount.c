@@ -1561,18 +1561,62 @@ static bool sse_pass_event(void *arg, const struct sse_event *ev)
 	return true;
 }
 
+/* An event at p[0..n) in the usual framing, "data: D\n\n" or "event: T\ndata: D\n\n" (each
+ * line whole, no CR): its length, and *ev as the parser would report it, between events, to
+ * a caller that gave it p; 0 if not (the parser reads it). It saves a provider's other events
+ * (the role, finish and usage chunks, [DONE]) the parser's line machinery. */
+static size_t plain_event(const struct sse_parser *parser, const char *p, size_t n,
+			  struct sse_event *ev)
+{
+	const char *q = p, *end = p + n, *nl;
+	struct slice type = { p, 0 };
+	if (n > 7 && memcmp(p, "event: ", 7) == 0) {
+		if (!(nl = memchr(p + 7, '\n', n - 7)))
+			return 0;
+		type = slice_of(p + 7, (size_t)(nl - (p + 7)));
+		q = nl + 1;
+	}
+	if (end - q < 8 || memcmp(q, "data: ", 6) != 0 || !(nl = memchr(q + 6, '\n', end - q - 6)) ||
+	    end - nl < 2 || nl[1] != '\n' || memchr(p, '\r', (size_t)(nl - p)))
+		return 0;
+	size_t len = (size_t)(nl + 2 - p);
+	if (len > parser->max)
+		return 0;
+	*ev = (struct sse_event){
+		.type = type,
+		.data = slice_of(q + 6, (size_t)(nl - (q + 6))),
+		.id = slice_of(parser->id.p, parser->id.len),
+		.has_id = parser->has_id,
+		.retry = -1,
+		.raw_in_frag = true,
+		.raw_start = 0,
+		.raw_end = len,
+	};
+	return len;
+}
+
 bool tokcount_stream_sse(struct tokcount_stream *s, enum dialect d, struct sse_parser *p,
 			 struct slice frag, uint64_t limit, tokcount_sse_fn fn, void *arg)
 {
 	struct sse_pass x = { .s = s, .d = d, .limit = limit, .fn = fn, .arg = arg };
-	size_t at = 0;
+	size_t at = 0, k;
+	struct sse_event ev;
 	while (at < frag.n) {
-		if (sse_between_events(p)) {
+		while (sse_between_events(p)) {
 			at += count_framed(s, d, slice_of(frag.p + at, frag.n - at), p->max, limit,
 					   &x.past);
-			if (x.past || at == frag.n)
+			if (x.past || at == frag.n ||
+			    !(k = plain_event(p, frag.p + at, frag.n - at, &ev)))
 				break;
+			x.frag = frag.p + at;
+			x.off = at;
+			sse_pass_event(&x, &ev);
+			if (x.past)
+				break;
+			at += k;
 		}
+		if (x.past || at == frag.n)
+			break;
 		x.frag = frag.p + at;
 		x.off = at;
 		x.resume = 0;
