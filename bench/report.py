@@ -827,7 +827,10 @@ class Report:
                  f"{active} connections (median of the second half of a "
                  f"{fmt_value(m.get('load_duration_s'))} s run); after the load stops. "
                  "Growth is the least-squares slope of RSS over the run after its first "
-                 "quarter.", "")
+                 "quarter. RSS counts the pages of mapped files the process has touched: "
+                 "penstock's LMDB files (the audit trail, read through its map as it is "
+                 "appended) are page cache the kernel reclaims, and they grow with the trail; "
+                 "the anonymous columns (RssAnon) are the process's own memory.", "")
         rows = []
         for t in names:
             v = targets[t]
@@ -837,9 +840,13 @@ class Report:
                          fmt_mib(v.get("rss_low_load_kib")), fmt_mib(v.get("rss_steady_kib")),
                          fmt_bytes(v.get("bytes_per_active_connection")),
                          fmt_value(v.get("growth_mib_per_min")), fmt_mib(v.get("rss_after_kib")),
+                         fmt_bytes(v.get("anon_bytes_per_active_connection")),
+                         fmt_value(v.get("anon_growth_mib_per_min")),
+                         fmt_mib(v.get("rss_anon_after_kib")),
                          fmt_count(v.get("throughput_rps"))])
         self.add(*table(["target", "start", "warm", f"+{idle} idle conns", "per idle conn",
                          "low load", "steady", "per active conn", "growth MiB/min", "after",
+                         "anon per active conn", "anon growth MiB/min", "anon after",
                          "req/s under load"], rows), "")
         lines = []
         for t in names:
