@@ -21,7 +21,8 @@
  * Faults are chosen per request by header, or for every request by flag:
  *   x-mock-status: 429|500|503|...   answer with that error in the caller's dialect
  *   x-mock-latency-ms: N             wait before the first byte
- *   x-mock-event-delay-ms: N         wait between stream events
+ *   x-mock-event-delay-ms: N         wait between stream events (an OpenAI stream's finish
+ *                                    chunk, usage chunk and [DONE] go out together)
  *   x-mock-disconnect-after: N       drop the connection after N stream events
  *                                    (0: before any response byte)
  *   x-mock-tokens: N                 completion length in tokens (default 16, or max_tokens)
@@ -1138,11 +1139,18 @@ static void arg_piece(struct mock_ex *m, unsigned i, int p)
 	}
 }
 
+/* A chunk's bytes up to its choices. */
+static void oa_chunk_head(struct mock_ex *m, uint64_t id, long now, struct slice model)
+{
+	mx_printf(m, "data: {\"id\":\"chatcmpl-mock%" PRIu64 "\",\"object\":\"chat.completion.chunk\","
+		  "\"created\":%ld,\"model\":\"" SLICE_FMT "\",\"choices\":", id, now, SLICE_ARG(model));
+}
+
+/* A chunk that starts an event (paced by --event-delay-ms). */
 static void oa_chunk(struct mock_ex *m, uint64_t id, long now, struct slice model)
 {
 	mx_event_start(m);
-	mx_printf(m, "data: {\"id\":\"chatcmpl-mock%" PRIu64 "\",\"object\":\"chat.completion.chunk\","
-		  "\"created\":%ld,\"model\":\"" SLICE_FMT "\",\"choices\":", id, now, SLICE_ARG(model));
+	oa_chunk_head(m, id, now, model);
 }
 
 static void openai_complete(struct mock_ex *m, const struct answer *a)
@@ -1200,12 +1208,13 @@ static void openai_complete(struct mock_ex *m, const struct answer *a)
 	}
 	oa_chunk(m, id, now, model);
 	mx_printf(m, "[{\"index\":0,\"delta\":{},\"finish_reason\":\"%s\"}]}\n\n", finish);
+	/* The usage chunk and [DONE] come with the finish chunk, as OpenAI sends them: not
+	 * paced, so that a relay that drops the usage chunk shows no gap for it. */
 	if (a->r->include_usage && !a->no_usage) {
-		oa_chunk(m, id, now, model);
+		oa_chunk_head(m, id, now, model);
 		mx_printf(m, "[],\"usage\":{\"prompt_tokens\":%d,\"completion_tokens\":%d,"
 			  "\"total_tokens\":%d}}\n\n", prompt, out, prompt + out);
 	}
-	mx_event_start(m);
 	mx_printf(m, "data: [DONE]\n\n");
 }
 
