@@ -721,6 +721,12 @@ static void unmade(struct buf *b)
 	b->len = w;
 }
 
+/* Two outputs hold the same bytes (an empty one may have no buffer at all). */
+static bool same_bytes(const struct buf *a, const struct buf *b)
+{
+	return a->len == b->len && (a->len == 0 || memcmp(a->p, b->p, a->len) == 0);
+}
+
 /* The stream's output (refusals included) is the same, byte for byte, with the fast paths and
  * without, and so is its usage. A second apart, "created" may differ: then it is tried again, once. */
 static void expect_fast_is_full(enum dialect from, enum dialect to, const char *model, bool usage,
@@ -733,7 +739,7 @@ static void expect_fast_is_full(enum dialect from, enum dialect to, const char *
 		const struct usage *fu = xlat_stream_usage(f), *su = xlat_stream_usage(s);
 		unmade(&fast);
 		unmade(&full);
-		bool same = fast.len == full.len && memcmp(fast.p, full.p, fast.len) == 0;
+		bool same = same_bytes(&fast, &full);
 		if (!same && attempt == 1)
 			fail_msg("fast path:\n%.*s\nfull path:\n%.*s", (int)fast.len, fast.p,
 				 (int)full.len, full.p);
@@ -1484,7 +1490,7 @@ static void expect_response_fast_is_full(enum dialect from, enum dialect to, con
 		xlat_set_fast(true);
 		unmade(&fast);
 		unmade(&full);
-		bool same = frc == src && fast.len == full.len && !memcmp(fast.p, full.p, fast.len);
+		bool same = frc == src && same_bytes(&fast, &full);
 		if (!same && attempt == 1)
 			fail_msg("%s\nfast path (%d):\n%.*s\nfull path (%d):\n%.*s", body, frc,
 				 (int)fast.len, fast.p, src, (int)full.len, full.p);
@@ -1608,7 +1614,7 @@ static void expect_request_fast_is_full(enum dialect from, enum dialect to,
 	xlat_set_fast(false);
 	int src = xlat_request(from, to, slice_cstr(body), o, &full, serr, sizeof(serr));
 	xlat_set_fast(true);
-	if (frc != src || fast.len != full.len || memcmp(fast.p, full.p, fast.len) ||
+	if (frc != src || !same_bytes(&fast, &full) ||
 	    strcmp(ferr, serr))
 		fail_msg("%s\nfast path (%d %s):\n%.*s\nfull path (%d %s):\n%.*s", body, frc, ferr,
 			 (int)fast.len, fast.p, src, serr, (int)full.len, full.p);
