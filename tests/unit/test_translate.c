@@ -1642,6 +1642,23 @@ static void expect_request_all_opts(enum dialect from, enum dialect to, const ch
 	expect_request_fast_is_full(from, to, &bad_model, body_q, path == FAST ? FULL : path);
 }
 
+/* Requests the fast path answers, requests it declines, and (either way) bodies whose model
+ * the catalog's replaces: with every opts shape. */
+static void expect_requests(enum dialect from, enum dialect to, const char *const *fast,
+			    size_t nfast, const char *const *declined, size_t ndeclined)
+{
+	static const char *const no_model[] = { /* the catalog's model is used; none: refused */
+		"{'model':5,'messages':[{'role':'user','content':'x'}]}",
+		"{'messages':[{'role':'user','content':'x'}]}",
+	};
+	for (size_t i = 0; i < nfast; i++)
+		expect_request_all_opts(from, to, fast[i], FAST);
+	for (size_t i = 0; i < ndeclined; i++)
+		expect_request_all_opts(from, to, declined[i], FULL);
+	for (size_t i = 0; i < N(no_model); i++)
+		expect_request_all_opts(from, to, no_model[i], EITHER);
+}
+
 /* Strings in every spelling JSON has: escapes (each written back jansson's way), \u0000,
  * UTF-8 raw and escaped, surrogate pairs, U+2028, DEL. */
 #define TEXTS "'\\' \\\" \\\\ \\/ \\b\\f\\n\\r\\t \\u0000 \\u001f \\u007f \\u00e9 \\u20ac " \
@@ -1786,16 +1803,7 @@ static void test_request_fast_oa(void **state)
 		"[1]",
 		"",
 	};
-	static const char *const no_model[] = { /* the catalog's model is used; none: refused */
-		"{'model':5,'messages':[{'role':'user','content':'x'}]}",
-		"{'messages':[{'role':'user','content':'x'}]}",
-	};
-	for (size_t i = 0; i < N(fast); i++)
-		expect_request_all_opts(OA, AN, fast[i], FAST);
-	for (size_t i = 0; i < N(declined); i++)
-		expect_request_all_opts(OA, AN, declined[i], FULL);
-	for (size_t i = 0; i < N(no_model); i++)
-		expect_request_all_opts(OA, AN, no_model[i], EITHER);
+	expect_requests(OA, AN, fast, N(fast), declined, N(declined));
 }
 
 static void test_request_fast_an(void **state)
@@ -1875,16 +1883,7 @@ static void test_request_fast_an(void **state)
 		"{'model':'m','messages':[{'role':'user','content':'x\\q'}]}",
 		"{'model':'m','messages':[{'role':'user','content':'x'}]",
 	};
-	static const char *const no_model[] = { /* the catalog's model is used; none: refused */
-		"{'model':5,'messages':[{'role':'user','content':'x'}]}",
-		"{'messages':[{'role':'user','content':'x'}]}",
-	};
-	for (size_t i = 0; i < N(fast); i++)
-		expect_request_all_opts(AN, OA, fast[i], FAST);
-	for (size_t i = 0; i < N(declined); i++)
-		expect_request_all_opts(AN, OA, declined[i], FULL);
-	for (size_t i = 0; i < N(no_model); i++)
-		expect_request_all_opts(AN, OA, no_model[i], EITHER);
+	expect_requests(AN, OA, fast, N(fast), declined, N(declined));
 }
 
 /* golden: what the fast path writes for the usual request, each way */
