@@ -110,34 +110,55 @@ static double cpu_ns(void)
 /* With -n: streams per round (for perf and callgrind: a fixed amount of work). */
 static uint64_t fixed;
 
-/* ns per stream: the best of rounds, each at least ms of CPU time (or fixed streams). */
-static double measure(const struct stream *s, enum mode mode, int rounds, int ms, uint64_t *events)
+/* ns per call of work(arg): the best of rounds, each at least ms of CPU time (or fixed
+ * calls). */
+static double best_ns(int rounds, int ms, void (*work)(void *arg), void *arg)
 {
-	struct run r = { 0 };
 	double best = 0;
 	for (int k = 0; k < rounds; k++) {
 		uint64_t n = 0;
-		r.events = 0;
 		double t0 = cpu_ns(), t1 = t0;
 		for (unsigned batch = 64; fixed ? n < fixed : t1 - t0 < ms * 1e6;
 		     batch += batch < 4096 ? batch : 0) {
 			if (fixed && batch > fixed - n)
 				batch = (unsigned)(fixed - n);
 			for (unsigned i = 0; i < batch; i++)
-				one_stream(s, mode, &r);
+				work(arg);
 			n += batch;
 			t1 = cpu_ns();
 		}
 		double per = (t1 - t0) / (double)n;
 		if (k == 0 || per < best)
 			best = per;
-		*events = r.events / n;
 	}
-	if (r.failed)
+	return best;
+}
+
+struct stream_work {
+	const struct stream *s;
+	enum mode mode;
+	struct run r;
+	uint64_t streams;
+};
+
+static void stream_work(void *arg)
+{
+	struct stream_work *w = arg;
+	one_stream(w->s, w->mode, &w->r);
+	w->streams++;
+}
+
+/* ns per stream: the best of rounds, each at least ms of CPU time (or fixed streams). */
+static double measure(const struct stream *s, enum mode mode, int rounds, int ms, uint64_t *events)
+{
+	struct stream_work w = { .s = s, .mode = mode };
+	double best = best_ns(rounds, ms, stream_work, &w);
+	*events = w.r.events / w.streams;
+	if (w.r.failed)
 		fail("a translation failed");
-	if (r.sink == 42) /* keep the work */
+	if (w.r.sink == 42) /* keep the work */
 		putchar(' ');
-	buf_free(&r.out);
+	buf_free(&w.r.out);
 	return best;
 }
 
@@ -252,32 +273,28 @@ static int one_body(const struct body *b, enum mode mode, struct buf *out)
 			     out, &u);
 }
 
+struct body_work {
+	const struct body *b;
+	enum mode mode;
+	struct buf out;
+	uint64_t sink;
+};
+
+static void body_work(void *arg)
+{
+	struct body_work *w = arg;
+	if (one_body(w->b, w->mode, &w->out) == 0)
+		w->sink += w->out.len;
+}
+
 /* ns per translation: the best of rounds, each at least ms of CPU time (or fixed calls). */
 static double measure_body(const struct body *b, enum mode mode, int rounds, int ms)
 {
-	struct buf out = { 0 };
-	double best = 0;
-	uint64_t sink = 0;
-	for (int k = 0; k < rounds; k++) {
-		uint64_t n = 0;
-		double t0 = cpu_ns(), t1 = t0;
-		for (unsigned batch = 64; fixed ? n < fixed : t1 - t0 < ms * 1e6;
-		     batch += batch < 4096 ? batch : 0) {
-			if (fixed && batch > fixed - n)
-				batch = (unsigned)(fixed - n);
-			for (unsigned i = 0; i < batch; i++)
-				if (one_body(b, mode, &out) == 0)
-					sink += out.len;
-			n += batch;
-			t1 = cpu_ns();
-		}
-		double per = (t1 - t0) / (double)n;
-		if (k == 0 || per < best)
-			best = per;
-	}
-	if (sink == 42) /* keep the work */
+	struct body_work w = { .b = b, .mode = mode };
+	double best = best_ns(rounds, ms, body_work, &w);
+	if (w.sink == 42) /* keep the work */
 		putchar(' ');
-	buf_free(&out);
+	buf_free(&w.out);
 	return best;
 }
 
