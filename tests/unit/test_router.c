@@ -267,6 +267,15 @@ static void test_breaker_transitions(void **state)
 	router_report(f->rw, m, 0, probe, ROUTE_OK, 1 * MS, f->now);
 }
 
+/* A stream on the model's first target: picked, begun, and ended whole (ok) or broken. */
+static void stream_on_first(struct fx *f, const struct router_model *m, bool ok)
+{
+	bool probe;
+	assert_int_equal(pick(f, m, 0, &probe), 0);
+	router_report(f->rw, m, 0, probe, ROUTE_STARTED, 1 * MS, f->now);
+	router_stream_end(f->rw, m, 0, ok, f->now);
+}
+
 /* Streams: a stream that begins says nothing of health until it ends; streams that break
  * open the breaker as refused connections do, and a whole one resets the count. */
 static void test_broken_streams(void **state)
@@ -276,20 +285,12 @@ static void test_broken_streams(void **state)
 	const struct router_target *a = &m->targets[0];
 	bool probe;
 
-	for (int i = 0; i < 2; i++) {
-		assert_int_equal(pick(f, m, 0, &probe), 0);
-		router_report(f->rw, m, 0, probe, ROUTE_STARTED, 1 * MS, f->now);
-		router_stream_end(f->rw, m, 0, false, f->now);
-	}
+	for (int i = 0; i < 2; i++)
+		stream_on_first(f, m, false);
 	assert_int_equal(router_breaker(f->r, a), BREAKER_CLOSED);
-	assert_int_equal(pick(f, m, 0, &probe), 0);
-	router_report(f->rw, m, 0, probe, ROUTE_STARTED, 1 * MS, f->now);
-	router_stream_end(f->rw, m, 0, true, f->now); /* whole: the count starts again */
-	for (int i = 0; i < 2; i++) {
-		assert_int_equal(pick(f, m, 0, &probe), 0);
-		router_report(f->rw, m, 0, probe, ROUTE_STARTED, 1 * MS, f->now);
-		router_stream_end(f->rw, m, 0, false, f->now);
-	}
+	stream_on_first(f, m, true); /* whole: the count starts again */
+	for (int i = 0; i < 2; i++)
+		stream_on_first(f, m, false);
 	assert_int_equal(router_breaker(f->r, a), BREAKER_CLOSED);
 	/* a stream that begins does not reset the count; the third break in a row opens */
 	assert_int_equal(pick(f, m, 0, &probe), 0);
