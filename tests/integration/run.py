@@ -49,10 +49,20 @@ def disarm():
 def one_line(e):
     if isinstance(e, TestTimeout):
         return "timed out"
-    text = str(e).strip() or type(e).__name__
+    text = str(e).strip() or "%s at %s" % (type(e).__name__, where(e))
     first = text.splitlines()[0]
     name = type(e).__name__
     return first if name in ("AssertionError", "HarnessError") else "%s: %s" % (name, first)
+
+
+def where(e):
+    """file:line and source of the innermost frame of e: a bare assert says which one (CI
+    keeps only stdout, where the FAIL line goes)."""
+    frames = traceback.extract_tb(e.__traceback__)
+    if not frames:
+        return "?"
+    f = frames[-1]
+    return "%s:%d: %s" % (os.path.basename(f.filename), f.lineno, (f.line or "").strip())
 
 
 class Env:
