@@ -25,12 +25,15 @@ struct tokcount_reg {
 #define SPARE_STREAMS 8
 #define SPARE_TEXT_CAP (16u * 1024)
 
+struct lessons; /* what a context's streams teach its next ones (see below) */
+
 struct tokcount_ctx {
 	const struct tokcount_reg *reg;
 	struct tok_ctx *tok[NVOCAB];
 	struct buf scratch; /* a decoded prompt string */
 	struct tokcount_stream *spare[SPARE_STREAMS];
 	unsigned nspare;
+	struct lessons *lessons;
 };
 
 const char *tokcount_method_name(enum tokcount_method m)
@@ -135,6 +138,7 @@ struct tokcount_tokenizer tokcount_pick(const struct tokcount_reg *r, const char
 }
 
 static void stream_destroy(struct tokcount_stream *s);
+static struct lessons *lessons_new(void);
 
 struct tokcount_ctx *tokcount_ctx_new(const struct tokcount_reg *r)
 {
@@ -142,6 +146,10 @@ struct tokcount_ctx *tokcount_ctx_new(const struct tokcount_reg *r)
 	if (!c)
 		return NULL;
 	c->reg = r;
+	if (!(c->lessons = lessons_new())) {
+		free(c);
+		return NULL;
+	}
 	for (int i = 0; i < NVOCAB; i++) {
 		if (!r || !r->enc[i])
 			continue;
@@ -163,6 +171,7 @@ void tokcount_ctx_free(struct tokcount_ctx *c)
 	buf_free(&c->scratch);
 	for (unsigned i = 0; i < c->nspare; i++)
 		stream_destroy(c->spare[i]);
+	free(c->lessons);
 	free(c);
 }
 
@@ -1012,14 +1021,13 @@ static bool rd_openai_usage(struct rd *r, struct tokcount_event *ev)
 }
 
 /* {"choices": [choice...], "usage": null or {usage}, flat others}. resume: 0, or where a key
- * starts after members that an earlier event had byte for byte (as *lead reported: the start
- * of its "choices" key); the reader goes on from there. */
-static bool fast_openai(struct slice data, size_t resume, struct tokcount_event *ev,
-			size_t *lead)
+ * starts after members that an earlier event had byte for byte (its lead, see openai_lead);
+ * the reader goes on from there. */
+static bool fast_openai(struct slice data, size_t resume, struct tokcount_event *ev)
 {
 	struct rd r = { data.p, data.p + data.n };
 	struct slice k;
-	bool first = true, choices = false, any_choice = false, usage = false;
+	bool first = true, choices = false, any_choice = false;
 	int m;
 	if (resume) {
 		r.p += resume;
@@ -1034,8 +1042,6 @@ static bool fast_openai(struct slice data, size_t resume, struct tokcount_event 
 		if (KEY_IS(k, "choices")) {
 			if (choices)
 				return false;
-			if (lead && !usage) /* a lead holds nothing but what it skips */
-				*lead = (size_t)(k.p - 1 - data.p);
 			if (!rd_char(&r, '['))
 				return false;
 			choices = true;
@@ -1050,7 +1056,6 @@ static bool fast_openai(struct slice data, size_t resume, struct tokcount_event 
 			if (!rd_char(&r, ']'))
 				return false;
 		} else if (KEY_IS(k, "usage")) { /* the last one counts */
-			usage = true;
 			ev->usage = (struct usage){ 0 };
 			ev->has_prompt = ev->has_completion = false;
 			struct slice v;
@@ -1127,18 +1132,43 @@ static void event_clear(struct tokcount_event *ev)
 	ev->has_prompt = ev->has_completion = ev->usage_only = ev->done = false;
 }
 
-int tokcount_scan_event(enum dialect d, struct slice type, struct slice data,
-			struct tokcount_event *ev)
+/* The general scan, for an event the reader gave up on. */
+static int slow_scan(enum dialect d, struct slice data, struct tokcount_event *ev)
 {
-	(void)type; /* both dialects say in the data what the event is */
-	event_clear(ev);
-	if (d == DIALECT_OPENAI ? fast_openai(data, 0, ev, NULL) : fast_anthropic(data, ev))
-		return 0;
 	event_clear(ev);
 	int rc = d == DIALECT_OPENAI ? scan_openai(data, ev) : scan_anthropic(data, ev);
 	if (rc < 0)
 		event_clear(ev);
 	return rc;
+}
+
+int tokcount_scan_event(enum dialect d, struct slice type, struct slice data,
+			struct tokcount_event *ev)
+{
+	(void)type; /* both dialects say in the data what the event is */
+	event_clear(ev);
+	if (d == DIALECT_OPENAI ? fast_openai(data, 0, ev) : fast_anthropic(data, ev))
+		return 0;
+	return slow_scan(d, data, ev);
+}
+
+/* An OpenAI chunk's lead: its bytes before the "choices" key, when every member before it is
+ * flat and none is "usage" (so the reader leaves them in no state but "not the first");
+ * 0 if it has none. */
+static size_t openai_lead(struct slice data)
+{
+	struct rd r = { data.p, data.p + data.n };
+	struct slice k, v;
+	bool first = true;
+	if (!rd_char(&r, '{'))
+		return 0;
+	while (rd_member(&r, &first, &k) == 1) {
+		if (KEY_IS(k, "choices"))
+			return (size_t)(k.p - 1 - data.p);
+		if (KEY_IS(k, "usage") || !rd_flat(&r, &v))
+			return 0;
+	}
+	return 0;
 }
 
 /* ---- the stream counter ---- */
@@ -1163,16 +1193,24 @@ struct shape {
 	char bytes[SHAPE_MAX]; /* last (see tokcount_stream_new) */
 };
 
-static void shape_learn(struct shape *sh, enum dialect d, struct slice data, int rc,
+/* The event counted nothing at all (it may end the stream). */
+static bool quiet_event(int rc, const struct tokcount_event *ev)
+{
+	return rc == 0 && ev->ndelta == 0 && !ev->extra_bytes && !ev->usage.present &&
+	       !ev->has_prompt && !ev->has_completion && !ev->usage_only;
+}
+
+/* True if sh was learned from this event. Another event leaves it as it was: the shape is a
+ * fact about bytes, true as long as it is kept, and the next text event likely has it. */
+static bool shape_learn(struct shape *sh, enum dialect d, struct slice data, int rc,
 			const struct tokcount_event *ev)
 {
-	sh->known = false;
 	if (rc != 0 || ev->ndelta != 1 || ev->extra_bytes || ev->usage.present || ev->done)
-		return;
+		return false;
 	struct slice raw = ev->delta[0].raw;
 	size_t before = (size_t)(raw.p - data.p), after = data.n - before - raw.n;
 	if (before + after > SHAPE_MAX)
-		return;
+		return false;
 	memcpy(sh->bytes, data.p, before);
 	memcpy(sh->bytes + before, raw.p + raw.n, after);
 	sh->before = (uint16_t)before;
@@ -1180,6 +1218,7 @@ static void shape_learn(struct shape *sh, enum dialect d, struct slice data, int
 	sh->part = ev->delta[0].part;
 	sh->d = d;
 	sh->known = true;
+	return true;
 }
 
 /* data has the remembered shape: *raw is its string's body. */
@@ -1245,10 +1284,112 @@ struct tokcount_stream {
 	struct usage usage;
 	size_t lead;        /* OpenAI: the first event's bytes before its "choices" key */
 	size_t frame;       /* the raw framing before the data, 0: none learned */
+	bool recalled;      /* it took what the context's earlier streams taught */
+	bool shaped;        /* the last event has the shape (matched it, or taught it) */
 	struct shape shape; /* a reused counter is cleared up to its bytes */
 	char lead_bytes[LEAD_MAX];
 	char frame_bytes[FRAME_MAX];
 };
+
+/* ---- what one stream teaches the next ----
+ *
+ * A worker's streams from one provider differ from one another in little but the text and an
+ * OpenAI chunk's lead (its id and creation time). So the context keeps, for each dialect, the
+ * last text shape a stream learned less its lead, and the framing of such an event: a new
+ * stream takes them as soon as it knows its own lead, and its first text event is counted
+ * from its bytes. It keeps the last few events that counted nothing too (OpenAI's role and
+ * finish chunks past the lead; Anthropic's content_block_start, ping, content_block_stop and
+ * message_stop): one with the same bytes is not read again. Both are facts about bytes that
+ * hold in any stream, since what follows a lead of flat members reads the same whatever the
+ * lead was. */
+
+#define QUIET_MAX 128 /* bytes of a quiet event (past its lead) worth remembering */
+#define QUIET_N 8
+
+struct quiet {
+	uint16_t n;     /* 0: an empty slot */
+	bool past_lead; /* the bytes after an OpenAI lead, not a whole event */
+	bool done;
+	enum dialect d;
+	char bytes[QUIET_MAX];
+};
+
+struct taught {
+	struct shape shape; /* before: the bytes after the lead */
+	size_t frame;
+	char frame_bytes[FRAME_MAX];
+};
+
+struct lessons {
+	struct taught taught[2]; /* by dialect_index */
+	struct quiet quiet[QUIET_N];
+	unsigned next_quiet;
+};
+
+static struct lessons *lessons_new(void) { return calloc(1, sizeof(struct lessons)); }
+
+static unsigned dialect_index(enum dialect d) { return d == DIALECT_ANTHROPIC; }
+
+static const struct quiet *quiet_find(const struct lessons *l, enum dialect d, struct slice b,
+				      bool past_lead)
+{
+	for (unsigned i = 0; i < QUIET_N; i++) {
+		const struct quiet *q = &l->quiet[i];
+		if (q->n == b.n && q->d == d && q->past_lead == past_lead &&
+		    memcmp(q->bytes, b.p, b.n) == 0)
+			return q;
+	}
+	return NULL;
+}
+
+static void quiet_learn(struct lessons *l, enum dialect d, struct slice b, bool past_lead,
+			bool done)
+{
+	if (b.n == 0 || b.n > QUIET_MAX)
+		return;
+	struct quiet *q = &l->quiet[l->next_quiet++ % QUIET_N];
+	*q = (struct quiet){ .n = (uint16_t)b.n, .past_lead = past_lead, .done = done, .d = d };
+	memcpy(q->bytes, b.p, b.n);
+}
+
+/* The stream's newly learned shape, less its lead, for the context's next streams. */
+static void teach_shape(struct tokcount_stream *s)
+{
+	const struct shape *sh = &s->shape;
+	size_t lead = sh->d == DIALECT_OPENAI ? s->lead : 0;
+	if (sh->d == DIALECT_OPENAI &&
+	    (!lead || sh->before < lead || memcmp(sh->bytes, s->lead_bytes, lead) != 0))
+		return; /* not past a lead of this stream's: it would not fit another */
+	struct shape *t = &s->c->lessons->taught[dialect_index(sh->d)].shape;
+	*t = (struct shape){ .before = (uint16_t)(sh->before - lead), .after = sh->after,
+			     .part = sh->part, .d = sh->d, .known = true };
+	memcpy(t->bytes, sh->bytes + lead, t->before + t->after);
+}
+
+/* Once the stream knows its lead (an Anthropic one has none): what earlier streams taught. */
+static void recall(struct tokcount_stream *s, enum dialect d)
+{
+	if (s->recalled || (d == DIALECT_OPENAI && !s->lead))
+		return;
+	s->recalled = true;
+	const struct taught *t = &s->c->lessons->taught[dialect_index(d)];
+	size_t lead = d == DIALECT_OPENAI ? s->lead : 0;
+	const struct shape *ts = &t->shape;
+	if (!s->shape.known && ts->known && ts->d == d &&
+	    lead + ts->before + ts->after <= SHAPE_MAX) {
+		memcpy(s->shape.bytes, s->lead_bytes, lead);
+		memcpy(s->shape.bytes + lead, ts->bytes, ts->before + ts->after);
+		s->shape.before = (uint16_t)(lead + ts->before);
+		s->shape.after = ts->after;
+		s->shape.part = ts->part;
+		s->shape.d = d;
+		s->shape.known = true;
+	}
+	if (!s->frame && t->frame) {
+		memcpy(s->frame_bytes, t->frame_bytes, t->frame);
+		s->frame = t->frame;
+	}
+}
 
 struct tokcount_stream *tokcount_stream_new(struct tokcount_ctx *c, struct tokcount_tokenizer t)
 {
@@ -1403,27 +1544,41 @@ void tokcount_stream_feed(struct tokcount_stream *s, uint32_t part, struct slice
 	}
 }
 
-/* tokcount_scan_event, reading an OpenAI chunk from after its lead. */
-static int stream_scan(struct tokcount_stream *s, enum dialect d, struct slice type,
-		       struct slice data, struct tokcount_event *ev)
+/* tokcount_scan_event, knowing what the stream and its context learned: an OpenAI chunk is
+ * read from after its lead, a quiet event seen before is not read at all. */
+static int stream_scan(struct tokcount_stream *s, enum dialect d, struct slice data,
+		       struct tokcount_event *ev)
 {
-	if (d != DIALECT_OPENAI)
-		return tokcount_scan_event(d, type, data, ev);
 	event_clear(ev);
 	size_t lead = 0;
-	bool ok;
-	if (s->lead && data.n > s->lead && memcmp(data.p, s->lead_bytes, s->lead) == 0) {
-		ok = fast_openai(data, s->lead, ev, NULL);
-	} else {
-		ok = fast_openai(data, 0, ev, s->lead ? NULL : &lead);
-		if (ok && lead > 0 && lead <= LEAD_MAX) {
-			memcpy(s->lead_bytes, data.p, lead);
-			s->lead = lead;
+	if (d == DIALECT_OPENAI) {
+		if (slice_eq_cstr(data, "[DONE]")) {
+			ev->done = true;
+			return 0;
 		}
+		if (!s->lead) {
+			size_t n = openai_lead(data);
+			if (n > 0 && n <= LEAD_MAX) {
+				memcpy(s->lead_bytes, data.p, n);
+				s->lead = n;
+				recall(s, d);
+			}
+		}
+		if (s->lead && data.n > s->lead && memcmp(data.p, s->lead_bytes, s->lead) == 0)
+			lead = s->lead;
 	}
-	if (ok)
+	struct slice rest = slice_of(data.p + lead, data.n - lead);
+	const struct quiet *q = quiet_find(s->c->lessons, d, rest, lead > 0);
+	if (q) {
+		ev->done = q->done;
 		return 0;
-	return tokcount_scan_event(d, type, data, ev);
+	}
+	bool fast = d == DIALECT_OPENAI ? fast_openai(data, lead, ev) : fast_anthropic(data, ev);
+	int rc = fast ? 0 : slow_scan(d, data, ev);
+	/* past a lead, only the reader's answers are known to hold whatever the lead */
+	if (quiet_event(rc, ev) && (fast || !lead))
+		quiet_learn(s->c->lessons, d, rest, lead > 0, ev->done);
+	return rc;
 }
 
 int tokcount_stream_event(struct tokcount_stream *s, enum dialect d, struct slice type,
@@ -1434,13 +1589,17 @@ int tokcount_stream_event(struct tokcount_stream *s, enum dialect d, struct slic
 		ev = &local;
 	struct slice raw;
 	int rc = 0;
-	if (shape_match(&s->shape, d, data, &raw)) {
+	(void)type; /* both dialects say in the data what the event is */
+	recall(s, d);
+	s->shaped = shape_match(&s->shape, d, data, &raw);
+	if (s->shaped) {
 		event_clear(ev);
 		if (raw.n)
 			ev->delta[ev->ndelta++] = (struct tokcount_delta){ raw, s->shape.part };
 	} else {
-		rc = stream_scan(s, d, type, data, ev);
-		shape_learn(&s->shape, d, data, rc, ev);
+		rc = stream_scan(s, d, data, ev);
+		if ((s->shaped = shape_learn(&s->shape, d, data, rc, ev)))
+			teach_shape(s);
 	}
 	for (unsigned i = 0; i < ev->ndelta; i++)
 		tokcount_stream_feed(s, ev->delta[i].part, ev->delta[i].raw);
@@ -1479,6 +1638,9 @@ static bool learn_frame(struct tokcount_stream *s, struct slice raw, struct slic
 		return false;
 	memcpy(s->frame_bytes, raw.p, n);
 	s->frame = n;
+	struct taught *t = &s->c->lessons->taught[dialect_index(s->shape.d)];
+	memcpy(t->frame_bytes, raw.p, n);
+	t->frame = n;
 	return true;
 }
 
@@ -1552,11 +1714,14 @@ static bool sse_pass_event(void *arg, const struct sse_event *ev)
 	}
 	if (x->fn)
 		x->fn(x->arg, ev, &te, x->off);
-	if (ev->raw_in_frag &&
-	    learn_frame(x->s, slice_of(x->frag + ev->raw_start, ev->raw_end - ev->raw_start),
-			ev->data)) {
+	if (!ev->raw_in_frag)
+		return true;
+	if (x->s->shaped)
+		learn_frame(x->s, slice_of(x->frag + ev->raw_start, ev->raw_end - ev->raw_start),
+			    ev->data);
+	if (x->s->frame && x->s->shape.known && x->s->shape.d == x->d) {
 		x->resume = x->off + ev->raw_end;
-		return false; /* the events that follow are read from their bytes */
+		return false; /* the events that follow may be read from their bytes */
 	}
 	return true;
 }

@@ -8,8 +8,10 @@
  *
  * Both stop at the event that takes the count past limit. What is compared: where they
  * stopped, the count then and at the end, exactness, the provider's usage, and the usage-only
- * events a relay would leave out (by their offsets in the whole stream). Header-only, for
- * tests/unit and tests/fuzz alike. */
+ * events a relay would leave out (by their offsets in the whole stream). The reference also
+ * checks each event against tokcount_scan_event alone (unlike: how many differ), so what a
+ * stream or its context learned from earlier events or streams never changes a reading.
+ * Header-only, for tests/unit and tests/fuzz alike. */
 #ifndef PENSTOCK_TEST_SSE_COUNT_H
 #define PENSTOCK_TEST_SSE_COUNT_H
 
@@ -32,6 +34,7 @@ struct sse_count {
 	size_t drops[SSE_COUNT_MAX_DROPS][2]; /* usage-only events: [start, end) in the stream */
 	unsigned ndrop, held_drops;           /* held: not wholly in one fragment */
 	unsigned parsed;                      /* one pass: events that went through the parser */
+	unsigned unlike; /* reference: events the stream read otherwise than a scan alone would */
 };
 
 struct sse_count_run {
@@ -53,11 +56,34 @@ static inline void sse_count_drop(struct sse_count *out, const struct sse_event 
 	}
 }
 
+/* Two readings of one event say the same (its deltas are slices of the same bytes). */
+static inline bool sse_count_same_event(const struct tokcount_event *a,
+					const struct tokcount_event *b)
+{
+	if (a->ndelta != b->ndelta || a->extra_bytes != b->extra_bytes ||
+	    a->usage.present != b->usage.present || a->has_prompt != b->has_prompt ||
+	    a->has_completion != b->has_completion || a->usage_only != b->usage_only ||
+	    a->done != b->done || a->usage.prompt_tokens != b->usage.prompt_tokens ||
+	    a->usage.completion_tokens != b->usage.completion_tokens ||
+	    a->usage.cached_tokens != b->usage.cached_tokens)
+		return false;
+	for (unsigned i = 0; i < a->ndelta; i++)
+		if (a->delta[i].raw.p != b->delta[i].raw.p || a->delta[i].raw.n != b->delta[i].raw.n ||
+		    a->delta[i].part != b->delta[i].part)
+			return false;
+	return true;
+}
+
 static inline bool sse_count_ref_event(void *arg, const struct sse_event *ev)
 {
 	struct sse_count_run *r = arg;
-	struct tokcount_event te;
-	if (tokcount_stream_event(r->s, r->d, ev->type, ev->data, &te) < 0)
+	struct tokcount_event te, alone;
+	int rc = tokcount_stream_event(r->s, r->d, ev->type, ev->data, &te);
+	/* what the stream and its context learned must change nothing in what it reads */
+	if (rc != tokcount_scan_event(r->d, ev->type, ev->data, &alone) ||
+	    (rc >= 0 && !sse_count_same_event(&te, &alone)))
+		r->out->unlike++;
+	if (rc < 0)
 		return true;
 	if (r->limit != UINT64_MAX && tokcount_stream_past(r->s, r->limit)) {
 		r->out->past = true;

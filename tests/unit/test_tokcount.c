@@ -560,6 +560,7 @@ static void check_cuts(enum dialect d, const struct buf *b, const size_t *cuts, 
 	struct sse_count ref;
 	assert_true(sse_count(ctx, O200K, d, b->p, b->len, cuts, ncut, limit, false, &ref));
 	assert_true(sse_count(ctx, O200K, d, b->p, b->len, cuts, ncut, limit, true, pass));
+	assert_int_equal(ref.unlike, 0);
 	if (!sse_count_same(&ref, pass))
 		fail_msg("%zu cuts from %zu, limit %llu: one pass counted %lld (past %d, %u drops), "
 			 "the parser %lld (past %d, %u drops)", ncut, ncut ? cuts[0] : 0,
@@ -620,6 +621,90 @@ static void test_stream_sse(void **state)
 	assert_memory_equal(b.p + pass.drops[0][1], "data: [DONE]", 12);
 	assert_int_equal(pass.usage.completion_tokens, 50);
 	buf_free(&b);
+}
+
+/* An OpenAI stream like the bench's upstream sends, with its own id, creation time and choice
+ * index: role, text, finish, usage, [DONE]. */
+static void lead_stream(struct buf *b, const char *id, unsigned created, unsigned index)
+{
+	char lead[256], ev[512];
+	snprintf(lead, sizeof(lead), "{\"id\":\"%s\",\"object\":\"chat.completion.chunk\","
+		 "\"created\":%u,\"model\":\"gpt-4o-mini\",\"choices\":", id, created);
+	snprintf(ev, sizeof(ev), "%s[{\"index\":%u,\"delta\":{\"role\":\"assistant\","
+		 "\"content\":\"\"},\"finish_reason\":null}]}", lead, index);
+	put_event(b, NULL, ev, "\n");
+	for (unsigned i = 0; i < NTEXTS; i++) {
+		snprintf(ev, sizeof(ev), "%s[{\"index\":%u,\"delta\":{\"content\":\"%s\"},"
+			 "\"finish_reason\":null}]}", lead, index, texts[i]);
+		put_event(b, NULL, ev, "\n");
+	}
+	snprintf(ev, sizeof(ev), "%s[{\"index\":%u,\"delta\":{},\"finish_reason\":\"stop\"}]}",
+		 lead, index);
+	put_event(b, NULL, ev, "\n");
+	snprintf(ev, sizeof(ev), "%s[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":9}}",
+		 lead);
+	put_event(b, NULL, ev, "\n");
+	put_event(b, NULL, "[DONE]", "\n");
+}
+
+/* What one stream teaches a context's next ones (the text shape past an OpenAI lead and its
+ * framing, the events that count nothing) lets a stream with another lead read its first text
+ * event from its bytes, and changes no reading: each event reads as it does alone, and the
+ * one pass counts as the parser does, for a stream like the last and for one unlike it. */
+static void test_streams_teach(void **state)
+{
+	need_vocab();
+	struct tokcount_ctx *c = tokcount_ctx_new(reg);
+	assert_non_null(c);
+	static const struct {
+		const char *id;
+		unsigned created, index;
+		bool taught; /* by the stream before it */
+	} streams[] = {
+		{ "chatcmpl-A", 1, 0, false },
+		{ "chatcmpl-BBBB", 1764000000, 0, true },
+		{ "chatcmpl-CC", 22, 1, false }, /* another choice index: another shape */
+		{ "chatcmpl-D", 3, 1, true },
+		{ "chatcmpl-E", 4, 0, false },
+	};
+	unsigned parsed[sizeof(streams) / sizeof(streams[0])];
+	struct buf b = { 0 };
+	for (size_t i = 0; i < sizeof(streams) / sizeof(streams[0]); i++) {
+		b.len = 0;
+		lead_stream(&b, streams[i].id, streams[i].created, streams[i].index);
+		struct sse_count pass, ref;
+		assert_true(sse_count(c, O200K, DIALECT_OPENAI, b.p, b.len, NULL, 0, UINT64_MAX, true,
+				      &pass));
+		parsed[i] = pass.parsed;
+		assert_true(sse_count(c, O200K, DIALECT_OPENAI, b.p, b.len, NULL, 0, UINT64_MAX,
+				      false, &ref));
+		assert_int_equal(ref.unlike, 0);
+		assert_true(sse_count_same(&ref, &pass));
+		assert_int_equal(pass.usage.completion_tokens, 9);
+		if (i > 0 && streams[i].taught)
+			assert_int_equal(parsed[i], parsed[i - 1] - 1); /* the first text event */
+		else if (i > 0)
+			assert_int_equal(parsed[i], parsed[0]);
+	}
+	/* Anthropic's events have no lead: its second stream is taught all the same. */
+	unsigned first = 0;
+	for (int i = 0; i < 2; i++) {
+		b.len = 0;
+		anthropic_stream(&b, 1);
+		struct sse_count pass, ref;
+		assert_true(sse_count(c, O200K, DIALECT_ANTHROPIC, b.p, b.len, NULL, 0, UINT64_MAX,
+				      true, &pass));
+		assert_true(sse_count(c, O200K, DIALECT_ANTHROPIC, b.p, b.len, NULL, 0, UINT64_MAX,
+				      false, &ref));
+		assert_int_equal(ref.unlike, 0);
+		assert_true(sse_count_same(&ref, &pass));
+		if (i == 0)
+			first = pass.parsed;
+		else
+			assert_int_equal(pass.parsed, first - 1);
+	}
+	buf_free(&b);
+	tokcount_ctx_free(c);
 }
 
 static void test_prompt_openai(void **state)
@@ -778,6 +863,7 @@ int main(void)
 		cmocka_unit_test(test_stream_events),
 		cmocka_unit_test(test_stream_lead),
 		cmocka_unit_test(test_stream_sse),
+		cmocka_unit_test(test_streams_teach),
 		cmocka_unit_test(test_prompt_openai),
 		cmocka_unit_test(test_prompt_anthropic),
 		cmocka_unit_test(test_prompt_bench_bodies),
