@@ -233,6 +233,8 @@ int sse_feed(struct sse_parser *p, const char *frag, size_t len, sse_event_fn fn
 	p->frag = frag;
 	if (p->after_cr && len && frag[0] == '\n')
 		i = 1; /* the LF of a CRLF split across fragments */
+	if (!p->started && p->line.len == 0 && len && (unsigned char)frag[0] != 0xEF)
+		p->started = true; /* no BOM: the first event may take the fast path too */
 	if (len)
 		p->after_cr = false;
 	int rc = SSE_OK;

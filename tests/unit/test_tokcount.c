@@ -180,6 +180,25 @@ static void test_decode(void **state)
 		check_decode(O200K, cases[i].raw, cases[i].rlen, cases[i].want, cases[i].wlen);
 		check_decode(CL100K, cases[i].raw, cases[i].rlen, cases[i].want, cases[i].wlen);
 	}
+	/* A short delta is copied as it is when it is plain ASCII: an escape or a byte that is
+	 * not ASCII anywhere in one of any length must still be decoded. */
+	char raw[48], want[48];
+	for (size_t n = 1; n <= 40; n++)
+		for (size_t at = 0; at < n; at++) {
+			memset(raw, 'a', n);
+			memset(want, 'a', n);
+			if (at + 1 < n) {
+				memcpy(raw + at, "\\n", 2);
+				want[at] = '\n';
+				check_decode(O200K, raw, n, want, n - 1);
+				memset(raw, 'a', n);
+				memset(want, 'a', n);
+			}
+			raw[at] = '\xFF';
+			memcpy(want + at, "\xEF\xBF\xBD", 3);
+			memset(want + at + 3, 'a', n - at - 1);
+			check_decode(O200K, raw, n, want, n + 2);
+		}
 }
 
 /* A text with escapes, fed in steps of every size from 1 to 40: the same count as the
