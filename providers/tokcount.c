@@ -1398,7 +1398,7 @@ static const struct quiet *quiet_find(const struct lessons *l, enum dialect d, s
 {
 	for (unsigned i = 0; i < QUIET_N; i++) {
 		const struct quiet *q = &l->quiet[i];
-		if (q->n == b.n && q->d == d && q->past_lead == past_lead &&
+		if (q->n && q->n == b.n && q->d == d && q->past_lead == past_lead &&
 		    memcmp(q->bytes, b.p, b.n) == 0)
 			return q;
 	}

@@ -25,23 +25,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 static struct tokcount_reg *reg;
 static struct tokcount_ctx *ctx;
 
-static bool same_event(const struct tokcount_event *a, const struct tokcount_event *b)
-{
-	if (a->ndelta != b->ndelta || a->extra_bytes != b->extra_bytes ||
-	    a->has_prompt != b->has_prompt || a->has_completion != b->has_completion ||
-	    a->usage_only != b->usage_only || a->done != b->done ||
-	    a->usage.present != b->usage.present ||
-	    a->usage.prompt_tokens != b->usage.prompt_tokens ||
-	    a->usage.completion_tokens != b->usage.completion_tokens ||
-	    a->usage.cached_tokens != b->usage.cached_tokens)
-		return false;
-	for (unsigned i = 0; i < a->ndelta; i++)
-		if (a->delta[i].part != b->delta[i].part || a->delta[i].raw.p != b->delta[i].raw.p ||
-		    a->delta[i].raw.n != b->delta[i].raw.n)
-			return false;
-	return true;
-}
-
 static void stream_through(enum dialect d, struct slice in)
 {
 	struct tokcount_tokenizer t = tokcount_pick(reg, "estimate", PROVIDER_OPENAI_COMPAT, "m");
@@ -61,7 +44,7 @@ static void stream_through(enum dialect d, struct slice in)
 		}
 		struct tokcount_event te, alone;
 		int rc = tokcount_stream_event(s, d, type, data, &te);
-		if (tokcount_scan_event(d, type, data, &alone) != rc || !same_event(&te, &alone))
+		if (tokcount_scan_event(d, type, data, &alone) != rc || !sse_count_same_event(&te, &alone))
 			abort();
 		int64_t now = tokcount_stream_so_far(s);
 		if (now < last)

@@ -675,6 +675,14 @@ static void test_streams_teach(void **state)
 	need_vocab();
 	struct tokcount_ctx *c = tokcount_ctx_new(reg);
 	assert_non_null(c);
+	for (int d = DIALECT_OPENAI; d <= DIALECT_ANTHROPIC; d++) { /* nothing learned yet */
+		struct tokcount_stream *s = tokcount_stream_new(c, O200K);
+		struct tokcount_event ev, alone;
+		assert_int_equal(tokcount_stream_event(s, d, slice_cstr(""), slice_cstr(""), &ev),
+				 tokcount_scan_event(d, slice_cstr(""), slice_cstr(""), &alone));
+		assert_true(sse_count_same_event(&ev, &alone));
+		tokcount_stream_free(s);
+	}
 	static const struct {
 		const char *id;
 		unsigned created, index;
