@@ -1256,10 +1256,12 @@ struct shape {
 	char bytes[SHAPE_MAX]; /* last (see tokcount_stream_new) */
 };
 
-/* The event counted nothing at all (it may end the stream). */
+/* The event says nothing at all but, maybe, that the stream is done: a cleared event. */
 static bool quiet_event(int rc, const struct tokcount_event *ev)
 {
-	return rc == 0 && ev->ndelta == 0 && !ev->extra_bytes && !ev->usage.present &&
+	const struct usage *u = &ev->usage;
+	return rc == 0 && ev->ndelta == 0 && !ev->extra_bytes && !u->present &&
+	       !u->prompt_tokens && !u->completion_tokens && !u->cached_tokens &&
 	       !ev->has_prompt && !ev->has_completion && !ev->usage_only;
 }
 
