@@ -1734,6 +1734,8 @@ static size_t framed_event(const struct tokcount_stream *s, const char *p, size_
 			return 0;
 		if (*q == '"')
 			break;
+		if (q + 1 < end && (q[1] == '\r' || q[1] == '\n'))
+			return 0; /* the parser ends a line there, escaped or not */
 		q += 2; /* a backslash and the byte it escapes */
 	}
 	size_t len = (size_t)(q - p) + sh->after + 2;

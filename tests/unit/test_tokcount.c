@@ -639,6 +639,16 @@ static void test_stream_sse(void **state)
 	assert_memory_equal(b.p + pass.drops[0][0], "data: {\"id\"", 11);
 	assert_memory_equal(b.p + pass.drops[0][1], "data: [DONE]", 12);
 	assert_int_equal(pass.usage.completion_tokens, 50);
+	/* An escaped CR or LF in a string, after the framing was learned: the parser ends a line
+	 * there (the event is broken), so the counter may not read past it either. */
+	static const char *const broken[] = { "a", " b", " c\\\rd", " e\\\nf", " g" };
+	b.len = 0;
+	for (size_t i = 0; i < sizeof(broken) / sizeof(broken[0]); i++) {
+		char ev[256];
+		snprintf(ev, sizeof(ev), OA_LEAD "{\"content\":\"%s\"}}]}", broken[i]);
+		put_event(&b, NULL, ev, "\n");
+	}
+	check_stream(DIALECT_OPENAI, &b, false);
 	buf_free(&b);
 }
 
